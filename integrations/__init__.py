@@ -1,0 +1,1 @@
+"""Integrations with TransformerLens and SAELens: models, presets, training, evaluation, splicing."""

@@ -1,0 +1,176 @@
+"""The ``sae-variants`` command: train, evaluate, demo, and list what is available.
+
+    sae-variants demo                                   # train + evaluate on the embedded model
+    sae-variants train --architecture standard --set l1_coefficient=5 --output runs/std
+    sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs the hub)
+    sae-variants evaluate runs/std [--json]
+    sae-variants architectures | presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from sae_variants.integrations.evaluation import evaluate_sae, format_table
+from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
+from sae_variants.integrations.hooks import HOOK_SITES
+from sae_variants.integrations.models import HubAccessError
+from sae_variants.integrations.presets import TRAINING_PRESETS
+from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
+from sae_variants.registry import registered_variants, training_architectures
+
+DEMO_OPTIONS = {"l1_coefficient": "4.0", "l1_warm_up_steps": "100"}
+"""The standard SAE's sparsity for the demo, calibrated to L0 <= 64 on the embedded model."""
+
+DEMO_OUTPUT = Path("sae_runs/demo")
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--architecture", default="standard",
+                        help="a registered training architecture (see `sae-variants architectures`)")
+    parser.add_argument("--model", default=EMBEDDED_MODEL_NAME,
+                        help=f"the embedded {EMBEDDED_MODEL_NAME!r} (default) or a TransformerLens name, e.g. gemma-2-2b")
+    parser.add_argument("--layer", type=int, default=None, help="block index (default: the middle block)")
+    parser.add_argument("--site", default="resid_post", choices=list(HOOK_SITES), help="hook site in the block")
+    parser.add_argument("--hook", default=None, help="explicit hook name; overrides --layer/--site")
+    parser.add_argument("--expansion-factor", type=int, default=8, help="d_sae = factor * d_in")
+    parser.add_argument("--d-sae", type=int, default=None, help="dictionary width (overrides --expansion-factor)")
+    parser.add_argument("--preset", default=None, choices=list(TRAINING_PRESETS),
+                        help="training recipe (default: demo for the embedded model, paper otherwise)")
+    parser.add_argument("--training-tokens", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch in tokens")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an architecture hyperparameter, e.g. --set l1_coefficient=5 (repeatable)")
+    parser.add_argument("--dataset", default=None, help="dataset path for non-embedded models")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--overwrite", action="store_true", help="replace an SAE already at --output")
+
+
+def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) -> TrainRequest:
+    return TrainRequest(
+        architecture=args.architecture, model_name=args.model, layer=args.layer, site=args.site,
+        hook_name=args.hook, expansion_factor=args.expansion_factor, d_sae=args.d_sae,
+        preset=args.preset, training_tokens=args.training_tokens,
+        train_batch_size_tokens=args.batch_size, lr=args.lr, sae_options=options,
+        output_path=output, overwrite=args.overwrite, dataset_path=args.dataset, seed=args.seed,
+    )
+
+
+def _print_plan(request: TrainRequest) -> None:
+    cfg, preset = build_runner_config(request)
+    print(f"architecture {cfg.sae.architecture()}  d_in {cfg.sae.d_in}  d_sae {cfg.sae.d_sae}")
+    print(f"model {cfg.model_name}  hook {cfg.hook_name}  preset {preset.name}")
+    print(f"tokens {cfg.training_tokens:,}  batch {cfg.train_batch_size_tokens}  "
+          f"context {cfg.context_size}  lr {cfg.lr}  warm-up {cfg.lr_warm_up_steps}")
+
+
+def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> None:
+    if not as_json:
+        _print_plan(request)
+    start = time.monotonic()
+    result = train_sae(request)
+    seconds = time.monotonic() - start
+    if not as_json:
+        print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
+    if evaluate:
+        report = evaluate_sae(result.output_path)
+        if as_json:
+            print(json.dumps({"path": report.path, "train_seconds": seconds, "metrics": report.metrics}, indent=2))
+        else:
+            print(format_table(report))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    request = _request(args, Path(args.output), _parse_options(args.set))
+    if args.dry_run:
+        _print_plan(request)
+        return
+    _train_and_report(request, evaluate=args.evaluate, as_json=args.json)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    options = DEMO_OPTIONS | _parse_options(args.set)
+    _train_and_report(_request(args, Path(args.output), options), evaluate=True, as_json=args.json)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    result = evaluate_sae(args.path, n_batches=args.batches)
+    if args.json:
+        print(json.dumps({"path": result.path, "architecture": result.architecture,
+                          "hook_name": result.hook_name, "model_name": result.model_name,
+                          "metrics": result.metrics, "run_evals": result.run_evals}, indent=2, default=float))
+    else:
+        print(format_table(result))
+
+
+def _cmd_architectures(_: argparse.Namespace) -> None:
+    ours = {v.name for v in registered_variants()}
+    for name in sorted(training_architectures()):
+        print(f"{name}{'  (sae_variants)' if name in ours else ''}")
+
+
+def _cmd_presets(_: argparse.Namespace) -> None:
+    for preset in TRAINING_PRESETS.values():
+        print(f"{preset.name:<10} {preset.description}")
+    print("gemma-2-2b hook presets: " + ", ".join(f"layer {layer} {site}" for layer, site in GEMMA2_2B_HOOK_PRESETS))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sae-variants", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an SAE with SAELens's runner")
+    _add_train_arguments(train)
+    train.add_argument("--output", default="sae_runs/latest", help="where the trained SAE is saved")
+    train.add_argument("--evaluate", action="store_true", help="evaluate on held-out text afterwards")
+    train.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
+    train.add_argument("--json", action="store_true", help="print the evaluation as JSON")
+    train.set_defaults(run=_cmd_train)
+
+    demo = commands.add_parser("demo", help="train the standard SAE on the embedded model and evaluate it")
+    _add_train_arguments(demo)
+    demo.add_argument("--output", default=str(DEMO_OUTPUT))
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(run=_cmd_demo)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved SAE on held-out text")
+    evaluate.add_argument("path", help="a folder written by `sae-variants train` or SAELens")
+    evaluate.add_argument("--batches", type=int, default=8, help="eval batches of 16 contexts")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    commands.add_parser("architectures", help="list trainable architectures").set_defaults(run=_cmd_architectures)
+    commands.add_parser("presets", help="list training and hook presets").set_defaults(run=_cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, HubAccessError) as err:
+        print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _entry() -> None:
+    sys.exit(main())

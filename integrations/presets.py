@@ -1,0 +1,66 @@
+"""Named training recipes: the settings a run fixes apart from the SAE's own hyperparameters.
+
+``paper`` is the seed papers' Gemma-2-2B recipe: 128-token contexts, Adam at lr 3e-4 with 1000
+warm-up steps, batches of 2048 tokens, 10 M training tokens (4882 steps). ``demo`` is sized for
+the embedded tiny Gemma-2 on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    """The training settings a named recipe fixes (the SAE's own hyperparameters are separate)."""
+
+    name: str
+    context_size: int
+    lr: float
+    lr_warm_up_steps: int
+    train_batch_size_tokens: int
+    training_tokens: int
+    description: str
+
+
+TRAINING_PRESETS: dict[str, TrainingPreset] = {
+    preset.name: preset
+    for preset in (
+        TrainingPreset(
+            name="paper",
+            context_size=128,
+            lr=3e-4,
+            lr_warm_up_steps=1000,
+            train_batch_size_tokens=2048,
+            training_tokens=10_000_000,
+            description="the seed papers' Gemma-2-2B recipe: ctx 128, lr 3e-4, 1000 warm-up steps, "
+            "2048-token batches, 10 M tokens (4882 steps)",
+        ),
+        TrainingPreset(
+            name="paper-16k",
+            context_size=128,
+            lr=3e-4,
+            lr_warm_up_steps=1000,
+            train_batch_size_tokens=2048,
+            training_tokens=5_000_000,
+            description="the later 16k-width templates: as 'paper' with 5 M tokens (2441 steps)",
+        ),
+        TrainingPreset(
+            name="demo",
+            context_size=128,
+            lr=4e-4,
+            lr_warm_up_steps=50,
+            train_batch_size_tokens=4096,
+            training_tokens=2_000_000,
+            description="the embedded tiny Gemma-2 demo: 2 M tokens in 4096-token batches, "
+            "a few minutes on 2 CPU cores",
+        ),
+    )
+}
+
+
+def training_preset(name: str) -> TrainingPreset:
+    """The preset called ``name``; a clear error lists the valid names otherwise."""
+    if name not in TRAINING_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; valid presets: {', '.join(TRAINING_PRESETS)}")
+    return TRAINING_PRESETS[name]

@@ -1,0 +1,22 @@
+"""sae-variants: sparse-autoencoder variants from five papers, as SAELens plugins.
+
+Importing this package registers every variant with SAELens's architecture registry, so
+``SAE.load_from_disk`` and ``LanguageModelSAERunnerConfig(sae=...)`` know them. The variants are
+registered below, in one block, the way SAELens lists its built-ins.
+"""
+
+from sae_variants.registry import (
+    Variant,
+    register_variant,
+    registered_variants,
+    training_architectures,
+)
+from sae_variants.validation import check_activations
+
+__all__ = [
+    "Variant",
+    "check_activations",
+    "register_variant",
+    "registered_variants",
+    "training_architectures",
+]
