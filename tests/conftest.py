@@ -10,15 +10,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from sae_lens import HookedSAETransformer  # noqa: E402
+import pytest
+import torch
+from sae_lens import HookedSAETransformer
 
-from sae_variants.integrations.tiny_gemma2 import load_tiny_gemma2, random_tiny_gemma2_config  # noqa: E402
-from sae_variants.integrations.tiny_gemma2.model import build_model  # noqa: E402
-from sae_variants.integrations.training import TrainRequest, TrainResult, train_sae  # noqa: E402
+from sae_variants.integrations.tiny_gemma2 import load_tiny_gemma2, random_tiny_gemma2_config
+from sae_variants.integrations.tiny_gemma2.model import build_model
+from sae_variants.integrations.training import TrainRequest, TrainResult, train_sae
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,125 @@
+"""`sae-variants train`: config building for any model, the offline pipeline, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_variants.integrations import cli
+from sae_variants.integrations.training import (
+    TrainRequest,
+    _CheckedActivationStream,
+    build_runner_config,
+    build_sae_config,
+)
+
+
+def test_gemma_2_2b_layer_12_builds_the_papers_config() -> None:
+    cfg, preset = build_runner_config(TrainRequest(model_name="gemma-2-2b", layer=12))
+    assert preset.name == "paper"
+    assert cfg.hook_name == "blocks.12.hook_resid_post"
+    assert (cfg.sae.d_in, cfg.sae.d_sae) == (2304, 8 * 2304)
+    assert (cfg.context_size, cfg.lr, cfg.lr_warm_up_steps) == (128, 3e-4, 1000)
+    assert cfg.train_batch_size_tokens == 2048
+    assert cfg.n_batches_in_buffer * cfg.context_size >= cfg.train_batch_size_tokens
+    assert cfg.dataset_path == "monology/pile-uncopyrighted"
+
+
+def test_gemma_attn_z_uses_the_flattened_head_width() -> None:
+    cfg, _ = build_runner_config(TrainRequest(model_name="gemma-2-2b", layer=5, site="attn_z"))
+    assert (cfg.hook_name, cfg.sae.d_in) == ("blocks.5.attn.hook_z", 2048)
+
+
+def test_gemma_training_fails_cleanly_without_the_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["train", "--model", "gemma-2-2b", "--layer", "12", "--output", str(tmp_path / "g")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not fetch the weights of 'gemma-2-2b' from the Hugging Face hub" in err
+    assert not (tmp_path / "g" / "cfg.json").exists()
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu", "matryoshka_batchtopk"])
+def test_every_architecture_gets_a_config(architecture: str) -> None:
+    cfg, _ = build_runner_config(TrainRequest(architecture=architecture))
+    assert cfg.sae.architecture() == architecture
+    assert cfg.hook_name == "blocks.1.hook_resid_post"
+    assert cfg.sae.d_sae == 8 * cfg.sae.d_in == 2048
+
+
+def test_unknown_architecture_lists_the_registered_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown architecture 'nonsense'.*standard"):
+        build_runner_config(TrainRequest(architecture="nonsense"))
+
+
+def test_unknown_option_lists_the_architectures_options() -> None:
+    with pytest.raises(ValueError, match=r"no option 'l2_coefficient'.*l1_coefficient"):
+        build_sae_config("standard", 8, 16, {"l2_coefficient": "1"}, "none")
+
+
+def test_cli_options_are_read_with_the_fields_types() -> None:
+    cfg = build_sae_config("topk", 8, 16, {"k": "12", "rescale_acts_by_decoder_norm": "true"}, "none")
+    assert cfg.k == 12
+    assert cfg.rescale_acts_by_decoder_norm is True
+    with pytest.raises(ValueError, match=r"cannot be read"):
+        build_sae_config("topk", 8, 16, {"k": "twelve"}, "none")
+
+
+def test_managed_fields_cannot_be_overridden() -> None:
+    with pytest.raises(ValueError, match=r"set by the training pipeline"):
+        build_sae_config("standard", 8, 16, {"d_in": "9"}, "none")
+
+
+def test_unknown_hook_site_and_layer_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match=r"valid layers: 0..3"):
+        build_runner_config(TrainRequest(layer=4))
+    with pytest.raises(ValueError, match=r"cannot infer the width of hook"):
+        build_runner_config(TrainRequest(hook_name="blocks.1.hook_nonsense"))
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown model 'not-a-model'"):
+        build_runner_config(TrainRequest(model_name="not-a-model"))
+
+
+def test_nan_activations_stop_training_at_the_first_batch() -> None:
+    batches = iter([torch.tensor([[1.0, float("nan")]])])
+    stream = _CheckedActivationStream(batches, d_in=2, hook="blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match=r"training activations at blocks.0.hook_resid_post.*NaN"):
+        next(stream)
+
+
+def test_wrong_width_activations_stop_training() -> None:
+    stream = _CheckedActivationStream(iter([torch.zeros(4, 3)]), d_in=2, hook="h")
+    with pytest.raises(ValueError, match=r"d_in=2.*\(4, 3\)"):
+        next(stream)
+
+
+def test_trained_sae_is_saved_with_metadata(trained_standard_sae) -> None:
+    path = trained_standard_sae.output_path
+    cfg = json.loads((path / "cfg.json").read_text())
+    assert cfg["architecture"] == "standard"
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    assert cfg["metadata"]["model_name"] == "tiny-gemma2-austen"
+    assert cfg["metadata"]["context_size"] == 128
+    # The activation-norm scaling was folded into the weights at the end of training.
+    assert cfg["normalize_activations"] == "none"
+    assert (path / "sae_weights.safetensors").is_file()
+
+
+def test_an_existing_sae_is_never_overwritten_silently(trained_standard_sae, capsys) -> None:
+    path = trained_standard_sae.output_path
+    before = (path / "sae_weights.safetensors").read_bytes()
+    code = cli.main(["train", "--output", str(path), "--training-tokens", "4096"])
+    assert code == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (path / "sae_weights.safetensors").read_bytes() == before
+
+
+def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--architecture", "topk", "--set", "k=16", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "architecture topk" in out
+    assert "hook blocks.1.hook_resid_post" in out
