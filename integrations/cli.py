@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from sae_variants.integrations.benchmark import format_timings, time_training_step
 from sae_variants.integrations.evaluation import evaluate_sae, format_table
 from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
 from sae_variants.integrations.hooks import HOOK_SITES
@@ -120,6 +121,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(format_table(result))
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> None:
+    timings = [
+        time_training_step(args.architecture, d_in=args.d_in, d_sae=d_sae, batch_size=args.batch_size,
+                           options=_parse_options(args.set), target_l0=args.target_l0,
+                           steps=args.steps, repeats=args.repeats)
+        for d_sae in args.d_sae
+    ]
+    print(format_timings(timings))
+
+
 def _cmd_architectures(_: argparse.Namespace) -> None:
     ours = {v.name for v in registered_variants()}
     for name in sorted(training_architectures()):
@@ -155,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batches", type=int, default=8, help="eval batches of 16 contexts")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.set_defaults(run=_cmd_evaluate)
+
+    bench = commands.add_parser("benchmark", help="training-step time against SAELens standard, side by side")
+    bench.add_argument("--architecture", required=True)
+    bench.add_argument("--d-in", type=int, default=256)
+    bench.add_argument("--d-sae", type=int, nargs="+", default=[4096, 16384])
+    bench.add_argument("--batch-size", type=int, default=4096)
+    bench.add_argument("--target-l0", type=int, default=64, help="features firing per row in both SAEs")
+    bench.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
+    bench.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median ratio is reported")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.set_defaults(run=_cmd_benchmark)
 
     commands.add_parser("architectures", help="list trainable architectures").set_defaults(run=_cmd_architectures)
     commands.add_parser("presets", help="list training and hook presets").set_defaults(run=_cmd_presets)

@@ -152,6 +152,26 @@ def build_sae_config(
     return cfg_class(d_in=d_in, d_sae=d_sae, **kwargs)
 
 
+LR_ALIGNED_WARM_UPS = "lr_aligned_warm_ups"
+"""A training config may list, in a class attribute of this name, ``*_warm_up_steps`` fields whose
+schedule the paper ties to the learning-rate warm-up; the pipeline sets them to the run's LR
+warm-up unless the user set them explicitly."""
+
+
+def _align_and_check_warm_ups(
+    sae_cfg: TrainingSAEConfig, options: Mapping[str, Any], lr_warm_up_steps: int, total_steps: int
+) -> None:
+    for name in getattr(type(sae_cfg), LR_ALIGNED_WARM_UPS, ()):
+        if name not in options:
+            setattr(sae_cfg, name, lr_warm_up_steps)
+    for f in dataclasses.fields(sae_cfg):
+        if f.name.endswith("_warm_up_steps") and getattr(sae_cfg, f.name) > total_steps:
+            raise ValueError(
+                f"{f.name}={getattr(sae_cfg, f.name)} is longer than the whole run "
+                f"({total_steps} steps); shorten the warm-up or train for more tokens"
+            )
+
+
 def _buffer_batches(batch_tokens: int, context_size: int) -> int:
     # SAELens's mixing buffer holds n_batches_in_buffer * context_size tokens and refuses a batch
     # larger than that (saelens-host pitfall 1); twice the batch keeps shuffling meaningful.
@@ -176,6 +196,15 @@ def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerCo
         raise ValueError(
             f"training_tokens={training_tokens} is smaller than one batch ({batch_tokens} tokens)"
         )
+    lr_warm_up_steps = preset.lr_warm_up_steps
+    total_steps = training_tokens // batch_tokens
+    if lr_warm_up_steps > total_steps:
+        raise ValueError(
+            f"the {preset.name!r} preset warms the learning rate up over {lr_warm_up_steps} steps, "
+            f"longer than the whole run ({total_steps} steps); train for more tokens or pick "
+            "another preset"
+        )
+    _align_and_check_warm_ups(sae_cfg, request.sae_options, lr_warm_up_steps, total_steps)
     output = Path(request.output_path)
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg,
@@ -191,7 +220,7 @@ def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerCo
         store_batch_size_prompts=max(1, min(32, batch_tokens // preset.context_size)),
         n_batches_in_buffer=_buffer_batches(batch_tokens, preset.context_size),
         lr=request.lr or preset.lr,
-        lr_warm_up_steps=preset.lr_warm_up_steps,
+        lr_warm_up_steps=lr_warm_up_steps,
         # BOS activations are extreme outliers that dominate a squared loss (seed spec §1.3).
         exclude_special_tokens=True,
         n_checkpoints=request.n_checkpoints,

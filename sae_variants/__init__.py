@@ -5,6 +5,12 @@ Importing this package registers every variant with SAELens's architecture regis
 registered below, in one block, the way SAELens lists its built-ins.
 """
 
+from sae_variants.architectures.cubic_ortho import (
+    CubicOrthoSAE,
+    CubicOrthoSAEConfig,
+    CubicOrthoTrainingSAE,
+    CubicOrthoTrainingSAEConfig,
+)
 from sae_variants.registry import (
     Variant,
     register_variant,
@@ -13,7 +19,14 @@ from sae_variants.registry import (
 )
 from sae_variants.validation import check_activations
 
+# CubicOrthoSAE (seed 002) trains as "cubic_ortho" and saves as SAELens "standard".
+register_variant("cubic_ortho", CubicOrthoTrainingSAE, CubicOrthoTrainingSAEConfig)
+
 __all__ = [
+    "CubicOrthoSAE",
+    "CubicOrthoSAEConfig",
+    "CubicOrthoTrainingSAE",
+    "CubicOrthoTrainingSAEConfig",
     "Variant",
     "check_activations",
     "register_variant",

@@ -123,3 +123,10 @@ def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "architecture topk" in out
     assert "hook blocks.1.hook_resid_post" in out
+
+
+def test_a_warm_up_longer_than_the_run_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"l1_warm_up_steps=1000 is longer than the whole run \(48 steps\)"):
+        build_runner_config(TrainRequest(training_tokens=48 * 4096, sae_options={"l1_warm_up_steps": "1000"}))
+    with pytest.raises(ValueError, match=r"warms the learning rate up over 1000 steps"):
+        build_runner_config(TrainRequest(preset="paper", training_tokens=100_000))

@@ -1,0 +1,119 @@
+"""Training-step time of an architecture against SAELens's ``standard``, measured side by side.
+
+A step is what SAELens's trainer does: ``training_forward_pass``, backward, gradient clipping at
+1.0, an Adam step. Both SAEs see the same batches, and their encoder biases are shifted so that
+each fires about ``target_l0`` features per row: a freshly initialized SAE fires half its
+dictionary, which is not what training costs look like (and would flatter nothing but the dense
+baseline). Repeats are interleaved (standard, variant, standard, ...) so machine noise hits both;
+the reported ratio is the median of the per-repeat ratios.
+
+    sae-variants benchmark --architecture cubic_ortho --d-sae 4096 16384
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput
+from tqdm.auto import tqdm
+
+from sae_variants.integrations.training import build_sae_config
+
+
+@dataclass
+class StepTiming:
+    architecture: str
+    d_in: int
+    d_sae: int
+    batch_size: int
+    baseline_seconds: float
+    variant_seconds: float
+    ratio: float
+    baseline_l0: float
+    variant_l0: float
+
+
+def _coefficients(sae: TrainingSAE[Any]) -> dict[str, float]:
+    return {k: (v if isinstance(v, float) else v.value) for k, v in sae.get_coefficients().items()}
+
+
+@torch.no_grad()
+def _set_sparsity(sae: TrainingSAE[Any], x: torch.Tensor, target_l0: int) -> None:
+    _, hidden_pre = sae.encode_with_hidden_pre(x)
+    quantile = 1.0 - target_l0 / sae.cfg.d_sae
+    threshold = torch.quantile(hidden_pre[: min(1024, len(x))].float(), quantile, dim=0)
+    sae.b_enc.sub_(threshold.to(sae.b_enc.dtype))
+
+
+def _build(architecture: str, d_in: int, d_sae: int, options: dict[str, Any], x: torch.Tensor,
+           target_l0: int) -> tuple[TrainingSAE[Any], torch.optim.Optimizer]:
+    cfg = build_sae_config(architecture, d_in, d_sae, options, "none")
+    sae = SAE_TRAINING_CLASS_REGISTRY[architecture][0](cfg)
+    _set_sparsity(sae, x, target_l0)
+    sae.train()
+    return sae, torch.optim.Adam(sae.parameters(), lr=1e-5)
+
+
+def _step(sae: TrainingSAE[Any], optimizer: torch.optim.Optimizer, x: torch.Tensor, step: int) -> float:
+    out = sae.training_forward_pass(
+        TrainStepInput(sae_in=x, coefficients=_coefficients(sae), dead_neuron_mask=None,
+                       n_training_steps=step, is_logging_step=False)
+    )
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float((out.feature_acts > 0).sum(-1).float().mean())
+
+
+def time_training_step(
+    architecture: str,
+    *,
+    d_in: int = 256,
+    d_sae: int = 4096,
+    batch_size: int = 4096,
+    options: dict[str, Any] | None = None,
+    target_l0: int = 64,
+    steps: int = 3,
+    repeats: int = 5,
+    seed: int = 0,
+) -> StepTiming:
+    """Median over ``repeats`` of (variant seconds per step) / (standard seconds per step)."""
+    torch.manual_seed(seed)
+    batches = [torch.randn(batch_size, d_in) for _ in range(steps)]
+    baseline = _build("standard", d_in, d_sae, {}, batches[0], target_l0)
+    variant = _build(architecture, d_in, d_sae, options or {}, batches[0], target_l0)
+    for sae, optimizer in (baseline, variant):  # warm-up: allocator, kernels, lazy Adam state
+        _step(sae, optimizer, batches[0], 0)
+    ratios, base_times, var_times, l0s = [], [], [], {"b": [], "v": []}
+    for _ in tqdm(range(repeats), desc=f"{architecture} d_sae={d_sae}", unit="repeat"):
+        timings = []
+        for key, (sae, optimizer) in (("b", baseline), ("v", variant)):
+            start = time.perf_counter()
+            for i, x in enumerate(batches):
+                l0s[key].append(_step(sae, optimizer, x, i + 1))
+            timings.append((time.perf_counter() - start) / steps)
+        base_times.append(timings[0])
+        var_times.append(timings[1])
+        ratios.append(timings[1] / timings[0])
+    return StepTiming(
+        architecture, d_in, d_sae, batch_size,
+        baseline_seconds=statistics.median(base_times), variant_seconds=statistics.median(var_times),
+        ratio=statistics.median(ratios),
+        baseline_l0=statistics.mean(l0s["b"]), variant_l0=statistics.mean(l0s["v"]),
+    )
+
+
+def format_timings(timings: list[StepTiming]) -> str:
+    header = f"{'architecture':<16}{'d_in':>6}{'d_sae':>8}{'batch':>7}{'standard s':>12}{'variant s':>11}{'ratio':>8}{'L0 std/var':>14}"
+    rows = [
+        f"{t.architecture:<16}{t.d_in:>6}{t.d_sae:>8}{t.batch_size:>7}{t.baseline_seconds:>12.3f}"
+        f"{t.variant_seconds:>11.3f}{t.ratio:>8.2f}{t.baseline_l0:>8.0f}/{t.variant_l0:<5.0f}"
+        for t in timings
+    ]
+    return "\n".join([header, *rows])

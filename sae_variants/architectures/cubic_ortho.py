@@ -1,0 +1,257 @@
+"""CubicOrtho SAE: progressive feature separation by cubic-scaling orthogonality (seed 002).
+
+Paper: ``shared/seeds/002_8529204e40fd9fb8.txt``; spec with resolutions: ``seed-algorithms.md`` §4.
+
+    f = ReLU((x - b_dec) W_enc + b_enc),   x^ = f W_dec + b_dec,   ||w_i|| = 1
+    L = ||x - x^||^2 + lambda * sum_i f_i + gamma(t) * alpha * Omega / N
+    Omega = sum_{i != j} |c_ij|^3 * |<w_i, w_j>|                                     (eq. 2)
+
+``c_ij`` is the uncentered cosine of the activation columns of features i and j over the batch,
+``gamma(t) = min(1, t / T_warm)`` follows the learning-rate warm-up (eq. 4), and ``N = d_sae``
+("per_feature", the default, width-portable) or 1 ("sum", the paper's literal form; both agree at
+the paper's d_sae = 2304 with alpha' = 2304 * 0.001). The spec's resolutions apply: decoder *rows*
+(the paper's code used columns), the diagonal excluded, Omega computed over co-active pairs so its
+cost grows with the batch's co-firing, not with d_sae^2.
+
+Eq. 3's activation-aware tolerance and the code's later weightings are options (``act_mode``),
+off by default. At inference this is exactly SAELens's ``standard`` SAE, so it is saved as one:
+tools that never import ``sae_variants`` load it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from torch import Tensor, nn
+from typing_extensions import override
+
+from sae_variants.architectures.cubic_ortho_penalty import (
+    cubic_ortho_penalty_coactive,
+    cubic_ortho_penalty_dense,
+)
+from sae_variants.functional import remove_parallel_component, unit_norm_rows
+
+ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm"]
+PenaltyMode = Literal["auto", "dense", "coactive"]
+
+
+@dataclass
+class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
+    """Training configuration of the cubic-scaling orthogonality SAE."""
+
+    l1_coefficient: float = 0.04
+    """lambda, the L1 sparsity weight (paper: 0.04; calibrate it for a target L0, >= 0)."""
+    l1_warm_up_steps: int = 0
+    """Linear warm-up of lambda from 0, in steps (>= 0)."""
+    ortho_coefficient: float = 2.304
+    """alpha, the weight of Omega (>= 0). With ``ortho_normalization="per_feature"`` this is
+    alpha' = 0.001 * 2304, the paper's alpha at its width; with "sum" use the paper's 0.001."""
+    ortho_normalization: Literal["per_feature", "sum"] = "per_feature"
+    """Divide Omega by d_sae ("per_feature", width-portable) or not ("sum", paper-literal)."""
+    ortho_warm_up_steps: int = 1000
+    """gamma(t) = min(1, t / this), in steps; the paper aligns it with the LR warm-up (1000).
+    ``sae-variants train`` sets it to the run's LR warm-up unless you set it (>= 0)."""
+    exponent: float = 3.0
+    """p in |c_ij|^p: 3 is the paper's cubic scaling (run 7), 2 its quadratic ablation (> 0)."""
+    act_mode: ActMode = "none"
+    """Activation-aware pair weighting (off by default): "eps_hinge" is eq. 3 as a hinge margin
+    max(0, |<w_i,w_j>| - eps_ij) with eps_ij = eps0 (1 + a_i a_j)^-beta; "sigmoid" (run 9) and
+    "log1p_norm" (run 10) multiply the pair term by sigmoid(a_i a_j) or log1p(a_i a_j) / max."""
+    eps0: float = 0.1
+    """eps_0 of eq. 3 (unspecified by the paper; >= 0)."""
+    beta: float = 1.0
+    """beta of eq. 3 (unspecified by the paper; >= 0)."""
+    activation_ema_decay: float = 0.99
+    """Decay of the EMA of each feature's mean activation a_i used by ``act_mode`` (in [0, 1))."""
+    penalty_mode: PenaltyMode = "auto"
+    """How Omega is computed: "dense" (d_sae x d_sae matrices), "coactive" (only pairs that fire
+    together, never a d_sae x d_sae dense tensor), or "auto" (dense up to ``dense_max_d_sae``)."""
+    dense_max_d_sae: int = 1024
+    """Largest width at which "auto" uses the dense form (>= 1)."""
+
+    lr_aligned_warm_ups: ClassVar[tuple[str, ...]] = ("ortho_warm_up_steps",)
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "cubic_ortho"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        # The inference maths is exactly SAELens's standard SAE (ReLU encoder, linear decoder).
+        return StandardSAEConfig
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("l1_coefficient", "ortho_coefficient", "eps0", "beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("l1_warm_up_steps", "ortho_warm_up_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 steps, got {getattr(self, name)}")
+        if self.exponent <= 0:
+            raise ValueError(f"exponent must be > 0, got {self.exponent}")
+        if not 0.0 <= self.activation_ema_decay < 1.0:
+            raise ValueError(f"activation_ema_decay must be in [0, 1), got {self.activation_ema_decay}")
+        if self.dense_max_d_sae < 1:
+            raise ValueError(f"dense_max_d_sae must be >= 1, got {self.dense_max_d_sae}")
+        if self.act_mode not in ("none", "eps_hinge", "sigmoid", "log1p_norm"):
+            raise ValueError(
+                f"act_mode must be one of none, eps_hinge, sigmoid, log1p_norm; got {self.act_mode!r}"
+            )
+        if self.penalty_mode not in ("auto", "dense", "coactive"):
+            raise ValueError(f"penalty_mode must be auto, dense or coactive; got {self.penalty_mode!r}")
+        if self.ortho_normalization not in ("per_feature", "sum"):
+            raise ValueError(
+                f"ortho_normalization must be per_feature or sum; got {self.ortho_normalization!r}"
+            )
+
+
+def pair_terms(
+    mean_acts: Float[Tensor, " d_sae"], act_mode: str, eps0: float, beta: float
+) -> Any:
+    """``(i, j) -> (weight_ij, margin_ij)`` for ``act_mode`` from the features' mean activations."""
+    if act_mode == "none":
+        return None
+    # The largest product over distinct pairs, for log1p_norm's normalization.
+    top = mean_acts.topk(min(2, mean_acts.shape[0])).values
+    max_product = (top[0] * top[-1]).clamp_min(1e-12)
+
+    def terms(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+        product = mean_acts[i] * mean_acts[j]
+        ones, zeros = torch.ones_like(product), torch.zeros_like(product)
+        if act_mode == "eps_hinge":
+            return ones, eps0 * (1.0 + product).pow(-beta)
+        if act_mode == "sigmoid":
+            return torch.sigmoid(product), zeros
+        return torch.log1p(product) / torch.log1p(max_product), zeros
+
+    return terms
+
+
+def cubic_ortho_penalty(
+    acts: Float[Tensor, "batch d_sae"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    mean_acts: Float[Tensor, " d_sae"],
+    cfg: CubicOrthoTrainingSAEConfig,
+) -> Float[Tensor, ""]:
+    """Omega for ``cfg`` (normalized as configured), choosing the dense or co-active form."""
+    d_sae = W_dec.shape[0]
+    dense = cfg.penalty_mode == "dense" or (
+        cfg.penalty_mode == "auto" and d_sae <= cfg.dense_max_d_sae
+    )
+    terms = pair_terms(mean_acts, cfg.act_mode, cfg.eps0, cfg.beta)
+    if dense:
+        weight = margin = None
+        if terms is not None:
+            index = torch.arange(d_sae, device=W_dec.device)
+            i, j = torch.meshgrid(index, index, indexing="ij")
+            weight, margin = terms(i, j)
+        omega = cubic_ortho_penalty_dense(acts, W_dec, cfg.exponent, weight, margin)
+    else:
+        omega = cubic_ortho_penalty_coactive(acts, W_dec, cfg.exponent, terms)
+    return omega / d_sae if cfg.ortho_normalization == "per_feature" else omega
+
+
+class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
+    """ReLU SAE with unit-norm decoder rows trained with the cubic orthogonality penalty."""
+
+    b_enc: nn.Parameter
+    feature_mean_activation: Tensor
+
+    def __init__(self, cfg: CubicOrthoTrainingSAEConfig, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)
+        self.register_buffer(
+            "feature_mean_activation",
+            torch.zeros(cfg.d_sae, dtype=self.dtype, device=self.device),
+        )
+        # Tangent-space projection: a step may rotate a decoder row but not grow it, so the
+        # renormalization before the next forward pass does not undo the optimizer's work.
+        self.W_dec.register_hook(self._project_decoder_grad)
+
+    def _project_decoder_grad(self, grad: Tensor) -> Tensor:
+        return remove_parallel_component(grad, self.W_dec.detach())
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        with torch.no_grad():
+            self.W_dec.copy_(unit_norm_rows(self.W_dec))
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
+            # SAELens ramps a coefficient linearly from 0: exactly gamma(t) * alpha.
+            "ortho": TrainCoefficientConfig(self.cfg.ortho_coefficient, self.cfg.ortho_warm_up_steps),
+        }
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if self.training:
+            # SAELens has no post-step hook, so the unit-norm constraint is restored here, before
+            # the step's forward pass (the JumpReLU precedent).
+            with torch.no_grad():
+                self.W_dec.copy_(unit_norm_rows(self.W_dec))
+        output = super().training_forward_pass(step_input)
+        if self.training:
+            with torch.no_grad():
+                batch_mean = output.feature_acts.detach().mean(dim=0)
+                decay = self.cfg.activation_ema_decay
+                self.feature_mean_activation.mul_(decay).add_(batch_mean, alpha=1.0 - decay)
+        return output
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        l1 = (feature_acts * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
+        omega = cubic_ortho_penalty(
+            feature_acts.reshape(-1, self.cfg.d_sae), self.W_dec, self.feature_mean_activation, self.cfg
+        )
+        return {
+            "l1_loss": step_input.coefficients["l1"] * l1,
+            "ortho_loss": step_input.coefficients["ortho"] * omega,
+        }
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        state_dict.pop("feature_mean_activation", None)
+        # The last optimizer step leaves rows slightly off the unit sphere; fold their norms into
+        # the encoder so the saved standard SAE has exact unit rows and computes the same function.
+        norms = state_dict["W_dec"].norm(dim=-1).clamp_min(1e-8)
+        state_dict["W_dec"] = state_dict["W_dec"] / norms[:, None]
+        state_dict["W_enc"] = state_dict["W_enc"] * norms[None, :]
+        state_dict["b_enc"] = state_dict["b_enc"] * norms
+
+
+CubicOrthoSAE = StandardSAE
+"""At inference a CubicOrtho SAE *is* SAELens's ``StandardSAE``; it is saved and loaded as one."""
+CubicOrthoSAEConfig = StandardSAEConfig

@@ -1,0 +1,146 @@
+"""The cubic co-activation orthogonality penalty of seed 002 (eq. 2), dense and co-active forms.
+
+    Omega = sum_{i != j} w_ij * c_ij^p * max(0, g_ij - eps_ij)
+
+with ``c_ij = |f~_i . f~_j|`` the uncentered cosine of feature i's and j's activation columns over
+the batch (``f~_i = F[:, i] / (||F[:, i]|| + 1e-6)``), ``g_ij = |w_i . w_j|`` the overlap of the
+unit decoder rows, ``p = 3``, and per-pair weights ``w_ij`` / margins ``eps_ij`` that are 1 / 0
+unless an activation-aware mode is on (seed spec §4, O6).
+
+``c_ij`` is zero unless i and j fire together on some row of the batch, so the sum only has
+co-active pairs. :func:`cubic_ortho_penalty_dense` forms the ``d_sae x d_sae`` matrices (the
+reference, fine at small width); :func:`cubic_ortho_penalty_coactive` finds the co-active pairs
+with a sparse product and never materializes a ``d_sae x d_sae`` dense tensor, so its cost grows
+with ``batch * L0^2``, not ``d_sae^2``. Both give the same value and gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+PairTerms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``(i, j) -> (w_ij, eps_ij)`` for index tensors of pairs; constants (no gradient)."""
+
+COLUMN_EPS = 1e-6
+
+
+def normalize_columns(acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+    """Each feature's activation column over the batch scaled to (almost) unit norm."""
+    return acts / (acts.norm(dim=0, keepdim=True) + COLUMN_EPS)
+
+
+def _unit_rows(weight: Tensor) -> Tensor:
+    return weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def cubic_ortho_penalty_dense(
+    acts: Float[Tensor, "batch d_sae"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    exponent: float = 3.0,
+    pair_weight: Float[Tensor, "d_sae d_sae"] | None = None,
+    pair_margin: Float[Tensor, "d_sae d_sae"] | None = None,
+) -> Float[Tensor, ""]:
+    """Omega from dense ``d_sae x d_sae`` matrices (reference implementation)."""
+    normalized = normalize_columns(acts)
+    unit = _unit_rows(W_dec)
+    coactivation = (normalized.T @ normalized).abs()
+    overlap = (unit @ unit.T).abs()
+    if pair_margin is not None:
+        overlap = torch.relu(overlap - pair_margin)
+    terms = coactivation.pow(exponent) * overlap
+    if pair_weight is not None:
+        terms = terms * pair_weight
+    return terms.sum() - terms.diagonal().sum()
+
+
+def coactive_pairs(
+    normalized: Float[Tensor, "batch d_sae"],
+) -> tuple[Int[Tensor, " n_pairs"], Int[Tensor, " n_pairs"], Float[Tensor, " n_pairs"]]:
+    """Off-diagonal pairs (i, j) whose columns overlap, with ``c_ij`` (both orders are kept)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch routes COO x COO through its CSR kernels and warns that CSR is "beta" each time.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        sparse = normalized.detach().to_sparse_coo()
+        product = torch.sparse.mm(sparse.t().coalesce(), sparse).coalesce()
+        rows, cols = product.indices()
+        values = product.values()
+        off_diagonal = rows != cols
+    return rows[off_diagonal], cols[off_diagonal], values[off_diagonal].abs()
+
+
+def _row_dots(unit: Tensor, rows: Tensor, cols: Tensor, chunk: int = 1 << 16) -> Tensor:
+    # Chunked so that the gathered [chunk, d_in] rows stay small at millions of pairs.
+    out = torch.empty(rows.shape[0], dtype=unit.dtype, device=unit.device)
+    for start in range(0, rows.shape[0], chunk):
+        stop = start + chunk
+        out[start:stop] = (unit[rows[start:stop]] * unit[cols[start:stop]]).sum(-1)
+    return out
+
+
+def _symmetric_sparse(rows: Tensor, cols: Tensor, values: Tensor, size: int) -> Tensor:
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, (size, size), check_invariants=False
+    ).coalesce()
+
+
+class _CoactivePenalty(torch.autograd.Function):
+    """Omega over co-active pairs with a hand-written backward (sparse products only).
+
+    With ``A_ij = dOmega/dc_ij`` and ``S_ij = dOmega/dg_ij * sign(w_i . w_j)`` (both symmetric),
+    ``dOmega/dF~ = 2 F~ A`` and ``dOmega/dW^ = 2 S W^``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        normalized: Tensor,
+        unit: Tensor,
+        exponent: float,
+        pair_terms: PairTerms | None,
+    ) -> Tensor:
+        rows, cols, coactivation = coactive_pairs(normalized)
+        dots = _row_dots(unit, rows, cols)
+        overlap = dots.abs()
+        if pair_terms is None:
+            weight = torch.ones_like(overlap)
+            margin = torch.zeros_like(overlap)
+        else:
+            weight, margin = pair_terms(rows, cols)
+        excess = torch.relu(overlap - margin)
+        powered = coactivation.pow(exponent)
+        ctx.save_for_backward(normalized, unit, rows, cols)
+        ctx.exponent = exponent
+        ctx.d_coactivation = exponent * coactivation.pow(exponent - 1) * excess * weight
+        ctx.d_overlap = powered * weight * (overlap > margin).to(powered.dtype) * torch.sign(dots)
+        return (powered * excess * weight).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        normalized, unit, rows, cols = ctx.saved_tensors
+        d_sae = unit.shape[0]
+        grad_normalized = grad_unit = None
+        if ctx.needs_input_grad[0]:
+            a = _symmetric_sparse(rows, cols, ctx.d_coactivation * grad_output, d_sae)
+            grad_normalized = 2.0 * torch.sparse.mm(normalized.to_sparse_coo(), a).to_dense()
+        if ctx.needs_input_grad[1]:
+            s = _symmetric_sparse(rows, cols, ctx.d_overlap * grad_output, d_sae)
+            grad_unit = 2.0 * torch.sparse.mm(s, unit)
+        return grad_normalized, grad_unit, None, None
+
+
+def cubic_ortho_penalty_coactive(
+    acts: Float[Tensor, "batch d_sae"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    exponent: float = 3.0,
+    pair_terms: PairTerms | None = None,
+) -> Float[Tensor, ""]:
+    """Omega over the pairs that fire together in the batch; no ``d_sae x d_sae`` dense tensor."""
+    result = _CoactivePenalty.apply(normalize_columns(acts), _unit_rows(W_dec), exponent, pair_terms)
+    assert isinstance(result, Tensor)
+    return result
