@@ -21,13 +21,10 @@ from sae_variants.integrations.evaluation import evaluate_sae, format_table
 from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
 from sae_variants.integrations.hooks import HOOK_SITES
 from sae_variants.integrations.models import HubAccessError
-from sae_variants.integrations.presets import TRAINING_PRESETS
+from sae_variants.integrations.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
 from sae_variants.registry import registered_variants, training_architectures
-
-DEMO_OPTIONS = {"l1_coefficient": "4.0", "l1_warm_up_steps": "100"}
-"""The standard SAE's sparsity for the demo, calibrated to L0 <= 64 on the embedded model."""
 
 DEMO_OUTPUT = Path("sae_runs/demo")
 
@@ -107,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    options = DEMO_OPTIONS | _parse_options(args.set)
+    options = {k: str(v) for k, v in DEMO_SAE_OPTIONS.items()} | _parse_options(args.set)
     _train_and_report(_request(args, Path(args.output), options), evaluate=True, as_json=args.json)
 
 

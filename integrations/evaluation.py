@@ -21,6 +21,7 @@ from sae_lens.registry import SAE_CLASS_REGISTRY
 from sae_lens.training.activation_scaler import ActivationScaler
 
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
+from sae_variants.functional import mean_max_decoder_cosine
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
 from sae_variants.integrations.tiny_gemma2.corpus import (
@@ -138,6 +139,7 @@ def evaluate_sae(
         "ce_loss_zero_ablated": flat["ce_loss_with_ablation"],
         "mse": flat["mse"],
         "cossim": flat["cossim"],
+        "mean_max_decoder_cosine": float(mean_max_decoder_cosine(sae.W_dec)),
     }
     nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
     if nonfinite:

@@ -64,3 +64,8 @@ def training_preset(name: str) -> TrainingPreset:
     if name not in TRAINING_PRESETS:
         raise ValueError(f"unknown training preset {name!r}; valid presets: {', '.join(TRAINING_PRESETS)}")
     return TRAINING_PRESETS[name]
+
+
+DEMO_SAE_OPTIONS: dict[str, float | int] = {"l1_coefficient": 4.0, "l1_warm_up_steps": 100}
+"""The standard SAE's sparsity in ``sae-variants demo``, calibrated to L0 <= 64 on the embedded
+model (the README gives the figures it produced)."""

@@ -33,3 +33,22 @@ def fraction_of_variance_unexplained(
     residual = (x - x_hat).pow(2).sum()
     total = (x - x.mean(dim=0, keepdim=True)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
     return residual / total
+
+
+def mean_max_decoder_cosine(
+    W_dec: Float[Tensor, "d_sae d_in"], chunk: int = 4096
+) -> Float[Tensor, ""]:
+    """Mean over features of the largest |cosine| between its decoder row and any other row.
+
+    Low values mean a dictionary of well-separated directions (seed 002's claim). Computed in
+    row blocks so that no ``d_sae x d_sae`` matrix is held at once.
+    """
+    unit = unit_norm_rows(W_dec.detach().float())
+    d_sae = unit.shape[0]
+    maxima = torch.empty(d_sae, dtype=unit.dtype, device=unit.device)
+    for start in range(0, d_sae, chunk):
+        block = (unit[start : start + chunk] @ unit.T).abs()
+        rows = torch.arange(block.shape[0], device=unit.device)
+        block[rows, rows + start] = -1.0  # a row is not its own neighbour
+        maxima[start : start + chunk] = block.max(dim=1).values
+    return maxima.mean()

@@ -38,13 +38,14 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_variants.architectures.cubic_ortho_penalty import (
+    cubic_ortho_penalty_blocks,
     cubic_ortho_penalty_coactive,
     cubic_ortho_penalty_dense,
 )
 from sae_variants.functional import remove_parallel_component, unit_norm_rows
 
 ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm"]
-PenaltyMode = Literal["auto", "dense", "coactive"]
+PenaltyMode = Literal["auto", "dense", "coactive", "blocks"]
 
 
 @dataclass
@@ -76,10 +77,14 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
     activation_ema_decay: float = 0.99
     """Decay of the EMA of each feature's mean activation a_i used by ``act_mode`` (in [0, 1))."""
     penalty_mode: PenaltyMode = "auto"
-    """How Omega is computed: "dense" (d_sae x d_sae matrices), "coactive" (only pairs that fire
-    together, never a d_sae x d_sae dense tensor), or "auto" (dense up to ``dense_max_d_sae``)."""
+    """How Omega is computed: "dense" (d_sae x d_sae matrices, exact), "coactive" (exact over the
+    pairs that fire together, sparse, never a d_sae x d_sae dense tensor), "blocks" (unbiased
+    estimate from random blocks of the active features, exact when one block holds them all), or
+    "auto": dense up to ``dense_max_d_sae``, blocks above (see the README for the benchmark)."""
     dense_max_d_sae: int = 1024
     """Largest width at which "auto" uses the dense form (>= 1)."""
+    block_size: int = 128
+    """Features per random block in the "blocks" form (>= 2); cost grows linearly with it."""
 
     lr_aligned_warm_ups: ClassVar[tuple[str, ...]] = ("ortho_warm_up_steps",)
 
@@ -106,14 +111,18 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(f"exponent must be > 0, got {self.exponent}")
         if not 0.0 <= self.activation_ema_decay < 1.0:
             raise ValueError(f"activation_ema_decay must be in [0, 1), got {self.activation_ema_decay}")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         if self.dense_max_d_sae < 1:
             raise ValueError(f"dense_max_d_sae must be >= 1, got {self.dense_max_d_sae}")
         if self.act_mode not in ("none", "eps_hinge", "sigmoid", "log1p_norm"):
             raise ValueError(
                 f"act_mode must be one of none, eps_hinge, sigmoid, log1p_norm; got {self.act_mode!r}"
             )
-        if self.penalty_mode not in ("auto", "dense", "coactive"):
-            raise ValueError(f"penalty_mode must be auto, dense or coactive; got {self.penalty_mode!r}")
+        if self.penalty_mode not in ("auto", "dense", "coactive", "blocks"):
+            raise ValueError(
+                f"penalty_mode must be auto, dense, coactive or blocks; got {self.penalty_mode!r}"
+            )
         if self.ortho_normalization not in ("per_feature", "sum"):
             raise ValueError(
                 f"ortho_normalization must be per_feature or sum; got {self.ortho_normalization!r}"
@@ -148,21 +157,23 @@ def cubic_ortho_penalty(
     mean_acts: Float[Tensor, " d_sae"],
     cfg: CubicOrthoTrainingSAEConfig,
 ) -> Float[Tensor, ""]:
-    """Omega for ``cfg`` (normalized as configured), choosing the dense or co-active form."""
+    """Omega for ``cfg`` (normalized as configured), in the form ``cfg.penalty_mode`` selects."""
     d_sae = W_dec.shape[0]
-    dense = cfg.penalty_mode == "dense" or (
-        cfg.penalty_mode == "auto" and d_sae <= cfg.dense_max_d_sae
-    )
+    mode = cfg.penalty_mode
+    if mode == "auto":
+        mode = "dense" if d_sae <= cfg.dense_max_d_sae else "blocks"
     terms = pair_terms(mean_acts, cfg.act_mode, cfg.eps0, cfg.beta)
-    if dense:
+    if mode == "dense":
         weight = margin = None
         if terms is not None:
             index = torch.arange(d_sae, device=W_dec.device)
             i, j = torch.meshgrid(index, index, indexing="ij")
             weight, margin = terms(i, j)
         omega = cubic_ortho_penalty_dense(acts, W_dec, cfg.exponent, weight, margin)
-    else:
+    elif mode == "coactive":
         omega = cubic_ortho_penalty_coactive(acts, W_dec, cfg.exponent, terms)
+    else:
+        omega = cubic_ortho_penalty_blocks(acts, W_dec, cfg.exponent, cfg.block_size, terms)
     return omega / d_sae if cfg.ortho_normalization == "per_feature" else omega
 
 

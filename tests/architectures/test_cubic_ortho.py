@@ -18,6 +18,7 @@ from sae_variants.architectures.cubic_ortho import (
     pair_terms,
 )
 from sae_variants.architectures.cubic_ortho_penalty import (
+    cubic_ortho_penalty_blocks,
     cubic_ortho_penalty_coactive,
     cubic_ortho_penalty_dense,
 )
@@ -48,15 +49,18 @@ def test_penalty_vanishes_for_orthonormal_rows_and_for_features_that_never_cofir
     assert cubic_ortho_penalty_coactive(disjoint, W).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("scalable", ["coactive", "blocks"])
 @pytest.mark.parametrize("act_mode", ["none", "eps_hinge", "sigmoid", "log1p_norm"])
-def test_coactive_form_equals_dense_form_in_value_and_gradient(act_mode: str) -> None:
-    d_sae = 48
+def test_scalable_forms_equal_dense_form_in_value_and_gradient(act_mode: str, scalable: str) -> None:
+    d_sae = 48  # one block of 64 holds every feature, so the block form is exact here
     acts = _sparse_acts(64, d_sae, 0.1).requires_grad_()
     W_dec = torch.randn(d_sae, 8, requires_grad=True)
     mean_acts = torch.rand(d_sae)
     results = []
-    for mode in ("dense", "coactive"):
-        cfg = CubicOrthoTrainingSAEConfig(d_in=8, d_sae=d_sae, act_mode=act_mode, penalty_mode=mode)
+    for mode in ("dense", scalable):
+        cfg = CubicOrthoTrainingSAEConfig(
+            d_in=8, d_sae=d_sae, act_mode=act_mode, penalty_mode=mode, block_size=64
+        )
         omega = cubic_ortho_penalty(acts, W_dec, mean_acts, cfg)
         results.append((omega, *torch.autograd.grad(omega, [acts, W_dec])))
     for dense, coactive in zip(*results, strict=True):
@@ -64,7 +68,21 @@ def test_coactive_form_equals_dense_form_in_value_and_gradient(act_mode: str) ->
     assert results[0][0] > 0
 
 
-def test_auto_mode_switches_to_the_coactive_form_by_width(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_block_form_is_unbiased_with_many_blocks() -> None:
+    acts = _sparse_acts(64, 48, 0.1)
+    W_dec = torch.randn(48, 8)
+    exact = cubic_ortho_penalty_dense(acts, W_dec).item()
+    generator = torch.Generator().manual_seed(0)
+    estimates = torch.tensor([
+        cubic_ortho_penalty_blocks(acts, W_dec, block_size=8, generator=generator).item()
+        for _ in range(2000)
+    ])
+    standard_error = estimates.std().item() / len(estimates) ** 0.5
+    assert abs(estimates.mean().item() - exact) < 4 * standard_error
+    assert estimates.std() > 0  # really an estimate: blocks differ between draws
+
+
+def test_auto_mode_switches_to_the_scalable_form_by_width(monkeypatch: pytest.MonkeyPatch) -> None:
     import sae_variants.architectures.cubic_ortho as module
 
     calls: list[str] = []
@@ -78,19 +96,22 @@ def test_auto_mode_switches_to_the_coactive_form_by_width(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(module, "cubic_ortho_penalty_dense", recorder("dense"))
     monkeypatch.setattr(module, "cubic_ortho_penalty_coactive", recorder("coactive"))
+    monkeypatch.setattr(module, "cubic_ortho_penalty_blocks", recorder("blocks"))
     for d_sae in (16, 32):
         cfg = CubicOrthoTrainingSAEConfig(d_in=4, d_sae=d_sae, dense_max_d_sae=16)
         cubic_ortho_penalty(torch.zeros(2, d_sae), torch.ones(d_sae, 4), torch.zeros(d_sae), cfg)
-    assert calls == ["dense", "coactive"]
+    assert calls == ["dense", "blocks"]
 
 
-def test_coactive_form_never_allocates_a_dense_square() -> None:
+@pytest.mark.parametrize("form", ["coactive", "blocks"])
+def test_scalable_forms_never_allocate_a_dense_square(form: str) -> None:
     d_sae = 4096
     # batch * d_sae tensors (the codes and their gradient) are unavoidable; d_sae^2 is 64x larger.
     acts = _sparse_acts(64, d_sae, 8 / d_sae).requires_grad_()
     W_dec = torch.randn(d_sae, 16, requires_grad=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        cubic_ortho_penalty_coactive(acts, W_dec).backward()
+        penalty = cubic_ortho_penalty_coactive if form == "coactive" else cubic_ortho_penalty_blocks
+        penalty(acts, W_dec).backward()
     largest = max(event.cpu_memory_usage for event in prof.events())
     square_bytes = d_sae * d_sae * 4
     assert largest < square_bytes / 16, f"an op allocated {largest} bytes (a d_sae^2 matrix is {square_bytes})"
@@ -118,6 +139,7 @@ def test_eps_hinge_tolerance_shrinks_for_coactive_pairs() -> None:
         ("activation_ema_decay", 1.0, r"activation_ema_decay must be in \[0, 1\)"),
         ("act_mode", "ratio", "act_mode must be one of"),
         ("penalty_mode", "fast", "penalty_mode must be"),
+        ("block_size", 1, "block_size must be >= 2"),
     ],
 )
 def test_bad_hyperparameters_are_refused(field: str, value: object, message: str) -> None:
