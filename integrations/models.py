@@ -45,7 +45,9 @@ def model_config(model_name: str) -> HookedTransformerConfig:
 def load_model(model_name: str, device: str = "cpu") -> HookedSAETransformer:
     """Load ``model_name`` as a HookedSAETransformer, ready for training, evaluation and splicing."""
     if model_name == EMBEDDED_MODEL_NAME:
-        return load_tiny_gemma2().to(device)
+        model = load_tiny_gemma2()
+        # TransformerLens prints "Moving model to device" by default, which would corrupt --json.
+        return model.to(device, print_details=False) if device != "cpu" else model
     model_config(model_name)  # fails fast and clearly on an unknown name
     try:
         with warnings.catch_warnings():

@@ -75,6 +75,9 @@ class TrainRequest:
     """Text or pretokenized dataset for non-embedded models (default: the papers' Pile)."""
     n_checkpoints: int = 0
     normalize_activations: str = "expected_average_only_in"
+    init_b_dec_to_mean: bool = True
+    """Start ``b_dec`` at the mean activation (seed spec §1.3) instead of SAELens's zeros: the
+    residual stream has a large mean, and an SAE that must first learn it wastes features on it."""
     seed: int = 42
     device: str = "cpu"
 
@@ -205,6 +208,7 @@ def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerCo
             "another preset"
         )
     _align_and_check_warm_ups(sae_cfg, request.sae_options, lr_warm_up_steps, total_steps)
+    lr = request.lr or preset.lr
     output = Path(request.output_path)
     runner_cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg,
@@ -219,8 +223,11 @@ def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerCo
         train_batch_size_tokens=batch_tokens,
         store_batch_size_prompts=max(1, min(32, batch_tokens // preset.context_size)),
         n_batches_in_buffer=_buffer_batches(batch_tokens, preset.context_size),
-        lr=request.lr or preset.lr,
+        lr=lr,
         lr_warm_up_steps=lr_warm_up_steps,
+        lr_decay_steps=int(preset.lr_decay_fraction * total_steps),
+        # SAELens's decay phase starts at lr_end (default lr / 10); start it at the full lr.
+        lr_end=lr,
         # BOS activations are extreme outliers that dominate a squared loss (seed spec §1.3).
         exclude_special_tokens=True,
         n_checkpoints=request.n_checkpoints,
@@ -262,6 +269,28 @@ class _CheckedActivationStream:
         return batch
 
 
+@torch.no_grad()
+def initialize_b_dec_to_mean(
+    sae: TrainingSAE[Any], store: Any, normalize_activations: str, n_batches: int = 4
+) -> None:
+    """Set ``b_dec`` to the mean of a few store batches, in the space the SAE trains in.
+
+    With ``expected_average_only_in`` the trainer scales inputs by sqrt(d_in) / E||x||, so the
+    mean is scaled the same way. The contexts are drawn from the store's own stream, so training
+    starts that many contexts later in the data (they come round again in later epochs).
+    """
+    tokens = store.get_batch_tokens(n_batches * store.store_batch_size_prompts)
+    acts = store.get_activations(tokens).reshape(-1, sae.cfg.d_in)
+    if store.exclude_special_tokens is not None:
+        keep = ~torch.isin(tokens.reshape(-1), store.exclude_special_tokens.to(tokens.device))
+        acts = acts[keep]
+    check_activations(acts, sae.cfg.d_in, where="activations for the b_dec initialization")
+    mean = acts.mean(dim=0)
+    if normalize_activations == "expected_average_only_in":
+        mean = mean * (sae.cfg.d_in**0.5 / acts.norm(dim=-1).mean())
+    sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
+
+
 def embedded_training_dataset(context_size: int) -> Dataset:
     """The Austen train split as pretokenized ``[BOS] + text`` contexts."""
     return contexts_dataset(token_contexts(corpus_split("train"), load_tokenizer(), context_size))
@@ -294,6 +323,8 @@ def train_sae(request: TrainRequest) -> TrainResult:
         else None
     )
     runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+    if request.init_b_dec_to_mean:
+        initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
     runner.activations_store = _CheckedActivationStream(  # type: ignore[assignment]
         runner.activations_store, runner_cfg.sae.d_in, runner_cfg.hook_name
     )

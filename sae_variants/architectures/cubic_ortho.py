@@ -21,6 +21,7 @@ tools that never import ``sae_variants`` load it unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -252,16 +253,17 @@ class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
         }
 
     @override
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        # The last optimizer step leaves rows slightly off the unit sphere. Fold their norms into
+        # the encoder, in place, so the saved standard SAE has exact unit rows, computes the same
+        # function, and is identical to this module.
+        self.fold_W_dec_norm()
+        return super().save_inference_model(path)
+
+    @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
         state_dict.pop("feature_mean_activation", None)
-        # The last optimizer step leaves rows slightly off the unit sphere; fold their norms into
-        # the encoder so the saved standard SAE has exact unit rows and computes the same function.
-        norms = state_dict["W_dec"].norm(dim=-1).clamp_min(1e-8)
-        state_dict["W_dec"] = state_dict["W_dec"] / norms[:, None]
-        state_dict["W_enc"] = state_dict["W_enc"] * norms[None, :]
-        state_dict["b_enc"] = state_dict["b_enc"] * norms
-
 
 CubicOrthoSAE = StandardSAE
 """At inference a CubicOrtho SAE *is* SAELens's ``StandardSAE``; it is saved and loaded as one."""

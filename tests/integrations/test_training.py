@@ -112,7 +112,7 @@ def test_trained_sae_is_saved_with_metadata(trained_standard_sae) -> None:
 def test_an_existing_sae_is_never_overwritten_silently(trained_standard_sae, capsys) -> None:
     path = trained_standard_sae.output_path
     before = (path / "sae_weights.safetensors").read_bytes()
-    code = cli.main(["train", "--output", str(path), "--training-tokens", "4096"])
+    code = cli.main(["train", "--output", str(path), "--training-tokens", "409600"])
     assert code == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (path / "sae_weights.safetensors").read_bytes() == before
@@ -126,7 +126,39 @@ def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_warm_up_longer_than_the_run_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"l1_warm_up_steps=1000 is longer than the whole run \(48 steps\)"):
-        build_runner_config(TrainRequest(training_tokens=48 * 4096, sae_options={"l1_warm_up_steps": "1000"}))
+    with pytest.raises(ValueError, match=r"l1_warm_up_steps=1000 is longer than the whole run \(60 steps\)"):
+        build_runner_config(TrainRequest(training_tokens=60 * 4096, sae_options={"l1_warm_up_steps": "1000"}))
     with pytest.raises(ValueError, match=r"warms the learning rate up over 1000 steps"):
         build_runner_config(TrainRequest(preset="paper", training_tokens=100_000))
+
+
+class _FakeStore:
+    """Just the surface initialize_b_dec_to_mean reads from SAELens's ActivationsStore."""
+
+    store_batch_size_prompts = 2
+    exclude_special_tokens = torch.tensor([0])
+
+    def __init__(self) -> None:
+        self.tokens = torch.tensor([[0, 5, 6], [0, 7, 8]] * 4)
+        self.acts = torch.arange(8 * 3 * 2, dtype=torch.float32).reshape(8, 3, 2)
+
+    def get_batch_tokens(self, n: int) -> torch.Tensor:
+        return self.tokens[:n]
+
+    def get_activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.acts[: tokens.shape[0]]
+
+
+def test_b_dec_starts_at_the_scaled_mean_of_non_special_tokens() -> None:
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    from sae_variants.integrations.training import initialize_b_dec_to_mean
+
+    store = _FakeStore()
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=2, d_sae=4))
+    initialize_b_dec_to_mean(sae, store, "none")
+    kept = store.acts[:, 1:].reshape(-1, 2)  # BOS (token 0) rows are excluded
+    torch.testing.assert_close(sae.b_dec.detach(), kept.mean(0))
+    initialize_b_dec_to_mean(sae, store, "expected_average_only_in")
+    scale = 2**0.5 / kept.norm(dim=-1).mean()
+    torch.testing.assert_close(sae.b_dec.detach(), kept.mean(0) * scale)

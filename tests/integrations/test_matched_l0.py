@@ -1,0 +1,28 @@
+"""The L0 calibration step of matched_l0 (the training loop itself runs in the examples)."""
+
+import pytest
+
+from sae_variants.integrations.matched_l0 import Attempt, _next_value, train_at_target_l0
+from sae_variants.integrations.training import TrainRequest
+
+
+def test_first_step_assumes_l0_inversely_proportional_to_the_knob() -> None:
+    assert _next_value([Attempt(2.0, 80.0, "")], target_l0=40.0) == pytest.approx(4.0)
+
+
+def test_later_steps_use_the_measured_power_law() -> None:
+    # L0 = 100 * knob^-0.5: from (1, 100) and (4, 50), reaching 25 needs knob 16.
+    attempts = [Attempt(1.0, 100.0, ""), Attempt(4.0, 50.0, "")]
+    assert _next_value(attempts, target_l0=25.0) == pytest.approx(16.0)
+
+
+def test_a_slope_with_the_wrong_sign_is_not_trusted() -> None:
+    attempts = [Attempt(1.0, 50.0, ""), Attempt(2.0, 60.0, "")]
+    assert _next_value(attempts, target_l0=30.0) == pytest.approx(4.0)
+
+
+def test_bad_targets_are_refused() -> None:
+    with pytest.raises(ValueError, match="target_l0 must be positive"):
+        train_at_target_l0(TrainRequest(), target_l0=0.0, initial_value=1.0)
+    with pytest.raises(ValueError, match="initial_value of l1_coefficient must be positive"):
+        train_at_target_l0(TrainRequest(), target_l0=10.0, initial_value=0.0)
