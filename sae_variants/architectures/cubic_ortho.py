@@ -66,7 +66,7 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
     """gamma(t) = min(1, t / this), in steps; the paper aligns it with the LR warm-up (1000).
     ``sae-variants train`` sets it to the run's LR warm-up unless you set it (>= 0)."""
     exponent: float = 3.0
-    """p in |c_ij|^p: 3 is the paper's cubic scaling (run 7), 2 its quadratic ablation (> 0)."""
+    """p in |c_ij|^p: 3 is the paper's cubic scaling (run 7), 2 its quadratic ablation (>= 1)."""
     act_mode: ActMode = "none"
     """Activation-aware pair weighting (off by default): "eps_hinge" is eq. 3 as a hinge margin
     max(0, |<w_i,w_j>| - eps_ij) with eps_ij = eps0 (1 + a_i a_j)^-beta; "sigmoid" (run 9) and
@@ -108,8 +108,9 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
         for name in ("l1_warm_up_steps", "ortho_warm_up_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 steps, got {getattr(self, name)}")
-        if self.exponent <= 0:
-            raise ValueError(f"exponent must be > 0, got {self.exponent}")
+        if self.exponent < 1:
+            # Below 1 the gradient of c^p is infinite at c = 0, i.e. at every pair that never co-fires.
+            raise ValueError(f"exponent must be >= 1, got {self.exponent}")
         if not 0.0 <= self.activation_ema_decay < 1.0:
             raise ValueError(f"activation_ema_decay must be in [0, 1), got {self.activation_ema_decay}")
         if self.block_size < 2:

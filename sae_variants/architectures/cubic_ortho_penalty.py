@@ -154,6 +154,20 @@ def cubic_ortho_penalty_coactive(
     return result
 
 
+def _pairs_within_groups(group: Int[Tensor, " n"]) -> tuple[Int[Tensor, " m"], Int[Tensor, " m"]]:
+    """Every ordered pair (a, b), self-pairs included, of entries that share a group id."""
+    order = torch.argsort(group, stable=True)
+    _, counts = torch.unique_consecutive(group[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    own_count = torch.repeat_interleave(counts, counts)
+    own_start = torch.repeat_interleave(starts, counts)
+    first = torch.repeat_interleave(torch.arange(group.shape[0], device=group.device), own_count)
+    offsets = torch.arange(first.shape[0], device=group.device) - torch.repeat_interleave(
+        torch.cumsum(own_count, 0) - own_count, own_count
+    )
+    return order[first], order[own_start[first] + offsets]
+
+
 def cubic_ortho_penalty_blocks(
     acts: Float[Tensor, "batch d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"],
@@ -162,27 +176,46 @@ def cubic_ortho_penalty_blocks(
     pair_terms: PairTerms | None = None,
     generator: torch.Generator | None = None,
 ) -> Float[Tensor, ""]:
-    """Unbiased Omega from random blocks of the active features (exact for a single block)."""
+    """Unbiased Omega from random blocks of the active features (exact for a single block).
+
+    Works on the nonzero activations only: ``c`` is accumulated from the pairs of nonzeros that
+    share a row and a block (about ``batch * L0^2 / n_blocks`` of them), so apart from reading the
+    codes once the cost does not grow with ``batch * d_sae``.
+    """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
-    active = (acts.detach() > 0).any(dim=0).nonzero().squeeze(-1)
+    d_sae, d_in = W_dec.shape
+    rows, feats = acts.detach().nonzero(as_tuple=True)
+    active = torch.unique(feats)
     n_active = active.shape[0]
     if n_active < 2:
-        return acts.new_zeros(())
+        return acts.sum() * 0.0
+    values = acts[rows, feats]
+    squares = torch.zeros(d_sae, dtype=acts.dtype, device=acts.device).index_add(0, feats, values * values)
+    normalized = values / (squares[feats].sqrt() + COLUMN_EPS)
+
     n_blocks = -(-n_active // block_size)
     size = min(block_size, n_active)
     n_slots = n_blocks * size
-    d_sae = W_dec.shape[0]
-    # Padding slots point at an extra all-zero feature (index d_sae), which adds nothing.
-    slots = torch.full((n_slots,), d_sae, dtype=torch.long, device=acts.device)
-    slots[torch.randperm(n_slots, generator=generator, device=acts.device)[:n_active]] = active
-    blocks = slots.view(n_blocks, size)
-    normalized = torch.cat([normalize_columns(acts), acts.new_zeros(acts.shape[0], 1)], dim=1)
-    unit = torch.cat([_unit_rows(W_dec), W_dec.new_zeros(1, W_dec.shape[1])], dim=0)
-    columns = normalized[:, blocks.reshape(-1)].view(acts.shape[0], n_blocks, size)
-    coactivation = torch.einsum("bki,bkj->kij", columns, columns).abs()
-    rows = unit[blocks]
-    overlap = torch.bmm(rows, rows.transpose(1, 2)).abs()
+    slot_of = torch.full((d_sae,), -1, dtype=torch.long, device=acts.device)
+    slot_of[active] = torch.randperm(n_slots, generator=generator, device=acts.device)[:n_active]
+    # Padding slots hold an extra all-zero decoder row (index d_sae), which adds nothing.
+    feature_in_slot = torch.full((n_slots,), d_sae, dtype=torch.long, device=acts.device)
+    feature_in_slot[slot_of[active]] = active
+    blocks = feature_in_slot.view(n_blocks, size)
+
+    entry_slot = slot_of[feats]
+    entry_block, entry_pos = entry_slot // size, entry_slot % size
+    a, b = _pairs_within_groups(rows * n_blocks + entry_block)
+    cell = (entry_block[a] * size + entry_pos[a]) * size + entry_pos[b]
+    coactivation = (
+        torch.zeros(n_blocks * size * size, dtype=acts.dtype, device=acts.device)
+        .index_add(0, cell, normalized[a] * normalized[b])
+        .view(n_blocks, size, size)
+        .abs()
+    )
+    unit = torch.cat([_unit_rows(W_dec), W_dec.new_zeros(1, d_in)], dim=0)[blocks]
+    overlap = torch.bmm(unit, unit.transpose(1, 2)).abs()
     if pair_terms is not None:
         i = blocks[:, :, None].expand(-1, -1, size).clamp_max(d_sae - 1)
         j = blocks[:, None, :].expand(-1, size, -1).clamp_max(d_sae - 1)
