@@ -65,21 +65,23 @@ def trained(request: pytest.FixtureRequest, random_gemma2: HookedSAETransformer,
     _, cache = random_gemma2.run_with_cache(tokens[:8], names_filter=HOOK)
     probe = cache[HOOK].reshape(-1, D_IN)
 
-    training_sae_class, training_cfg_class = SAE_TRAINING_CLASS_REGISTRY[architecture]
-    sae = training_sae_class(training_cfg_class(d_in=D_IN, d_sae=D_SAE))
-    loss_before = _loss(sae, probe)
+    training_cfg_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
     output = tmp_path_factory.mktemp(architecture)
     cfg = LanguageModelSAERunnerConfig(
-        sae=sae.cfg, model_name="random-tiny-gemma2", hook_name=HOOK, is_dataset_tokenized=True,
-        streaming=False, context_size=CONTEXT, training_tokens=40 * 256, train_batch_size_tokens=256,
-        store_batch_size_prompts=8, n_batches_in_buffer=16, lr=3e-3,
-        logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(output / "ckpt"),
-        output_path=str(output / "sae"), exclude_special_tokens=False, verbose=False, model_from_pretrained_kwargs={},
+        sae=training_cfg_class(d_in=D_IN, d_sae=D_SAE), model_name="random-tiny-gemma2",
+        hook_name=HOOK, is_dataset_tokenized=True, streaming=False, context_size=CONTEXT,
+        training_tokens=40 * 256, train_batch_size_tokens=256, store_batch_size_prompts=8,
+        n_batches_in_buffer=16, lr=3e-3, logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=str(output / "ckpt"), output_path=str(output / "sae"),
+        exclude_special_tokens=False, verbose=False, model_from_pretrained_kwargs={},
     )
+    # No override_sae: SAELens itself builds the SAE from the config through its registry.
     runner = LanguageModelSAETrainingRunner(
-        cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}),
-        override_model=random_gemma2, override_sae=sae,
+        cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}), override_model=random_gemma2,
     )
+    sae = runner.sae
+    assert type(sae) is SAE_TRAINING_CLASS_REGISTRY[architecture][0]
+    loss_before = _loss(sae, probe)
     runner.run()
     return {
         "architecture": architecture, "training_sae": sae, "probe": probe, "tokens": tokens[:4],

@@ -229,7 +229,8 @@ class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
             with torch.no_grad():
                 self.W_dec.copy_(unit_norm_rows(self.W_dec))
         output = super().training_forward_pass(step_input)
-        if self.training:
+        # The mean-activation EMA only feeds the activation-aware modes; skip the pass otherwise.
+        if self.training and self.cfg.act_mode != "none":
             with torch.no_grad():
                 batch_mean = output.feature_acts.detach().mean(dim=0)
                 decay = self.cfg.activation_ema_decay

@@ -168,6 +168,31 @@ def _pairs_within_groups(group: Int[Tensor, " n"]) -> tuple[Int[Tensor, " m"], I
     return order[first], order[own_start[first] + offsets]
 
 
+def _block_coactivation_from_pairs(
+    acts: Tensor, rows: Tensor, feats: Tensor, slot_of: Tensor, n_blocks: int, size: int
+) -> Tensor:
+    """c for every within-block pair, accumulated from pairs of nonzeros sharing a row and block."""
+    values = acts[rows, feats]
+    squares = torch.zeros(acts.shape[1], dtype=acts.dtype, device=acts.device).index_add(
+        0, feats, values * values
+    )
+    normalized = values / (squares[feats].sqrt() + COLUMN_EPS)
+    entry_slot = slot_of[feats]
+    entry_block, entry_pos = entry_slot // size, entry_slot % size
+    a, b = _pairs_within_groups(rows * n_blocks + entry_block)
+    cell = (entry_block[a] * size + entry_pos[a]) * size + entry_pos[b]
+    flat = torch.zeros(n_blocks * size * size, dtype=acts.dtype, device=acts.device)
+    return flat.index_add(0, cell, normalized[a] * normalized[b]).view(n_blocks, size, size)
+
+
+def _block_coactivation_dense(acts: Tensor, blocks: Tensor) -> Tensor:
+    """c for every within-block pair from the gathered dense columns (bounded cost, any L0)."""
+    padded = torch.cat([normalize_columns(acts), acts.new_zeros(acts.shape[0], 1)], dim=1)
+    n_blocks, size = blocks.shape
+    columns = padded[:, blocks.reshape(-1)].view(acts.shape[0], n_blocks, size)
+    return torch.einsum("bki,bkj->kij", columns, columns)
+
+
 def cubic_ortho_penalty_blocks(
     acts: Float[Tensor, "batch d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"],
@@ -178,9 +203,11 @@ def cubic_ortho_penalty_blocks(
 ) -> Float[Tensor, ""]:
     """Unbiased Omega from random blocks of the active features (exact for a single block).
 
-    Works on the nonzero activations only: ``c`` is accumulated from the pairs of nonzeros that
-    share a row and a block (about ``batch * L0^2 / n_blocks`` of them), so apart from reading the
-    codes once the cost does not grow with ``batch * d_sae``.
+    ``c`` is accumulated from the pairs of nonzeros that share a row and a block, about
+    ``batch * L0^2 / n_blocks`` of them, so at training sparsity the cost does not grow with
+    ``batch * d_sae``. While codes are still dense (early in training) that count would explode,
+    so above ``batch * n_active * block_size / 4`` pairs the block columns are gathered and
+    multiplied densely instead, which costs ``batch * n_active * block_size`` whatever the L0.
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
@@ -190,30 +217,22 @@ def cubic_ortho_penalty_blocks(
     n_active = active.shape[0]
     if n_active < 2:
         return acts.sum() * 0.0
-    values = acts[rows, feats]
-    squares = torch.zeros(d_sae, dtype=acts.dtype, device=acts.device).index_add(0, feats, values * values)
-    normalized = values / (squares[feats].sqrt() + COLUMN_EPS)
-
     n_blocks = -(-n_active // block_size)
     size = min(block_size, n_active)
     n_slots = n_blocks * size
     slot_of = torch.full((d_sae,), -1, dtype=torch.long, device=acts.device)
     slot_of[active] = torch.randperm(n_slots, generator=generator, device=acts.device)[:n_active]
-    # Padding slots hold an extra all-zero decoder row (index d_sae), which adds nothing.
+    # Padding slots hold an extra all-zero feature (index d_sae), which adds nothing.
     feature_in_slot = torch.full((n_slots,), d_sae, dtype=torch.long, device=acts.device)
     feature_in_slot[slot_of[active]] = active
     blocks = feature_in_slot.view(n_blocks, size)
 
-    entry_slot = slot_of[feats]
-    entry_block, entry_pos = entry_slot // size, entry_slot % size
-    a, b = _pairs_within_groups(rows * n_blocks + entry_block)
-    cell = (entry_block[a] * size + entry_pos[a]) * size + entry_pos[b]
-    coactivation = (
-        torch.zeros(n_blocks * size * size, dtype=acts.dtype, device=acts.device)
-        .index_add(0, cell, normalized[a] * normalized[b])
-        .view(n_blocks, size, size)
-        .abs()
-    )
+    group_sizes = torch.bincount(rows * n_blocks + slot_of[feats] // size)
+    n_pairs = int((group_sizes * group_sizes).sum())
+    if n_pairs <= acts.shape[0] * n_slots * size // 4:
+        coactivation = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks, size)
+    else:
+        coactivation = _block_coactivation_dense(acts, blocks)
     unit = torch.cat([_unit_rows(W_dec), W_dec.new_zeros(1, d_in)], dim=0)[blocks]
     overlap = torch.bmm(unit, unit.transpose(1, 2)).abs()
     if pair_terms is not None:
@@ -221,7 +240,7 @@ def cubic_ortho_penalty_blocks(
         j = blocks[:, None, :].expand(-1, size, -1).clamp_max(d_sae - 1)
         weight, margin = pair_terms(i, j)
         overlap = torch.relu(overlap - margin) * weight
-    terms = coactivation.pow(exponent) * overlap
+    terms = coactivation.abs().pow(exponent) * overlap
     within = terms.sum() - terms.diagonal(dim1=1, dim2=2).sum()
     # A given pair lands in the same block with probability (size - 1) / (n_slots - 1).
     return within * ((n_slots - 1) / (size - 1))

@@ -179,7 +179,9 @@ def test_decoder_rows_stay_unit_norm_through_training() -> None:
 
 
 def test_ema_buffer_updates_only_in_training() -> None:
-    sae = CubicOrthoTrainingSAE(CubicOrthoTrainingSAEConfig(d_in=8, d_sae=16, activation_ema_decay=0.5))
+    sae = CubicOrthoTrainingSAE(
+        CubicOrthoTrainingSAEConfig(d_in=8, d_sae=16, activation_ema_decay=0.5, act_mode="sigmoid")
+    )
     x = torch.randn(32, 8)
     sae.eval()
     sae.training_forward_pass(_step_input(sae, x))
@@ -217,3 +219,29 @@ def test_saved_as_standard_and_loadable_without_sae_variants(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_both_block_routes_give_the_same_coactivation() -> None:
+    from sae_variants.architectures.cubic_ortho_penalty import (
+        _block_coactivation_dense,
+        _block_coactivation_from_pairs,
+    )
+
+    acts = _sparse_acts(32, 24, 0.3)
+    rows, feats = acts.nonzero(as_tuple=True)
+    slot_of = torch.randperm(24)  # 3 blocks of 8, every feature active
+    blocks = torch.empty(24, dtype=torch.long)
+    blocks[slot_of] = torch.arange(24)
+    sparse_route = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks=3, size=8)
+    dense_route = _block_coactivation_dense(acts, blocks.view(3, 8))
+    torch.testing.assert_close(sparse_route, dense_route, atol=1e-6, rtol=1e-5)
+
+
+def test_dense_codes_take_the_bounded_route_without_blowing_up() -> None:
+    # Half the dictionary firing on every row (as at initialization): the pair route would need
+    # batch * L0^2 / n_blocks pairs; the gathered route keeps the cost at batch * d_sae * block.
+    acts = torch.rand(512, 1024)
+    W_dec = torch.randn(1024, 16)
+    omega = cubic_ortho_penalty_blocks(acts, W_dec, block_size=64)
+    assert torch.isfinite(omega)
+    assert omega > 0
