@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
     parser.add_argument("--ortho-coefficient", type=float, default=2.304, help="alpha' of the cubic SAE")
+    parser.add_argument("--cubic-initial-l1", type=float, default=None,
+                        help="first L1 coefficient tried for the cubic SAE (default: the standard's)")
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/cubic_vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -56,13 +59,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     cubic = train_at_target_l0(
         TrainRequest(architecture="cubic_ortho", output_path=args.work_dir / "cubic_ortho",
                      sae_options={"l1_warm_up_steps": warm_up, "ortho_coefficient": args.ortho_coefficient}, **base),
-        target_l0=target, initial_value=standard_l1, model=model,
+        target_l0=target, initial_value=args.cubic_initial_l1 or standard_l1, model=model,
     )
     rows = [summary_row(standard), summary_row(cubic)]
     s, c = rows
     report = {
         "date": date.today().isoformat(),
-        "command": "python examples/cubic_ortho_vs_standard.py " + " ".join(argv or []),
+        "command": " ".join(["python examples/cubic_ortho_vs_standard.py", *(sys.argv[1:] if argv is None else argv)]),
         "training_tokens": args.tokens,
         "rows": rows,
         "cubic_calibration": [vars(a) for a in cubic.attempts],

@@ -206,8 +206,9 @@ def cubic_ortho_penalty_blocks(
     ``c`` is accumulated from the pairs of nonzeros that share a row and a block, about
     ``batch * L0^2 / n_blocks`` of them, so at training sparsity the cost does not grow with
     ``batch * d_sae``. While codes are still dense (early in training) that count would explode,
-    so above ``batch * n_active * block_size / 4`` pairs the block columns are gathered and
-    multiplied densely instead, which costs ``batch * n_active * block_size`` whatever the L0.
+    so above ``batch * n_active / 2`` pairs the block columns are gathered and multiplied densely
+    instead, which costs ``batch * n_active`` memory and ``batch * n_active * block_size`` flops
+    whatever the L0.
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
@@ -229,7 +230,9 @@ def cubic_ortho_penalty_blocks(
 
     group_sizes = torch.bincount(rows * n_blocks + slot_of[feats] // size)
     n_pairs = int((group_sizes * group_sizes).sum())
-    if n_pairs <= acts.shape[0] * n_slots * size // 4:
+    # Each pair costs a few index entries; past about half the gathered matrix's size the dense
+    # route is both faster and smaller.
+    if n_pairs <= acts.shape[0] * n_slots // 2:
         coactivation = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks, size)
     else:
         coactivation = _block_coactivation_dense(acts, blocks)
