@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_variants.architectures.cubic_ortho_penalty import (
+    PairTerms,
     cubic_ortho_penalty_blocks,
     cubic_ortho_penalty_coactive,
     cubic_ortho_penalty_dense,
@@ -133,7 +134,7 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
 
 def pair_terms(
     mean_acts: Float[Tensor, " d_sae"], act_mode: str, eps0: float, beta: float
-) -> Any:
+) -> PairTerms | None:
     """``(i, j) -> (weight_ij, margin_ij)`` for ``act_mode`` from the features' mean activations."""
     if act_mode == "none":
         return None
