@@ -46,7 +46,7 @@ from sae_variants.architectures.cubic_ortho_penalty import (
 )
 from sae_variants.functional import remove_parallel_component, unit_norm_rows
 
-ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm"]
+ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"]
 PenaltyMode = Literal["auto", "dense", "coactive", "blocks"]
 
 
@@ -71,7 +71,11 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
     act_mode: ActMode = "none"
     """Activation-aware pair weighting (off by default): "eps_hinge" is eq. 3 as a hinge margin
     max(0, |<w_i,w_j>| - eps_ij) with eps_ij = eps0 (1 + a_i a_j)^-beta; "sigmoid" (run 9) and
-    "log1p_norm" (run 10) multiply the pair term by sigmoid(a_i a_j) or log1p(a_i a_j) / max."""
+    "log1p_norm" (run 10) multiply the pair term by sigmoid(a_i a_j) or log1p(a_i a_j) / max;
+    "ratio_rank" reproduces the paper's "ratio-based ranking" as its code ran it (runs 1-4): each
+    feature's ratio of mean activation in the first half of the batch to the second half is ranked,
+    and a pair is weighted by the product of the two normalized ranks. On shuffled batches those
+    ratios are noise (seed spec §4 d5); the mode exists to reproduce the paper, not to be used."""
     eps0: float = 0.1
     """eps_0 of eq. 3 (unspecified by the paper; >= 0)."""
     beta: float = 1.0
@@ -118,9 +122,10 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         if self.dense_max_d_sae < 1:
             raise ValueError(f"dense_max_d_sae must be >= 1, got {self.dense_max_d_sae}")
-        if self.act_mode not in ("none", "eps_hinge", "sigmoid", "log1p_norm"):
+        if self.act_mode not in ("none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"):
             raise ValueError(
-                f"act_mode must be one of none, eps_hinge, sigmoid, log1p_norm; got {self.act_mode!r}"
+                "act_mode must be one of none, eps_hinge, sigmoid, log1p_norm, ratio_rank; "
+                f"got {self.act_mode!r}"
             )
         if self.penalty_mode not in ("auto", "dense", "coactive", "blocks"):
             raise ValueError(
@@ -154,6 +159,15 @@ def pair_terms(
     return terms
 
 
+def half_batch_ratio_ranks(acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6) -> Float[Tensor, " d_sae"]:
+    """Rank of each feature's (first-half mean + eps) / (second-half mean + eps), scaled to (0, 1]."""
+    half = acts.shape[0] // 2
+    ratio = (acts[:half].mean(0) + eps) / (acts[half:].mean(0) + eps)
+    ranks = torch.empty_like(ratio)
+    ranks[ratio.argsort()] = torch.arange(1, ratio.shape[0] + 1, dtype=ratio.dtype, device=ratio.device)
+    return ranks / ratio.shape[0]
+
+
 def cubic_ortho_penalty(
     acts: Float[Tensor, "batch d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"],
@@ -165,7 +179,15 @@ def cubic_ortho_penalty(
     mode = cfg.penalty_mode
     if mode == "auto":
         mode = "dense" if d_sae <= cfg.dense_max_d_sae else "blocks"
-    terms = pair_terms(mean_acts, cfg.act_mode, cfg.eps0, cfg.beta)
+    if cfg.act_mode == "ratio_rank":
+        ranks = half_batch_ratio_ranks(acts.detach())
+
+        def terms(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+            weight = ranks[i] * ranks[j]
+            return weight, torch.zeros_like(weight)
+
+    else:
+        terms = pair_terms(mean_acts, cfg.act_mode, cfg.eps0, cfg.beta)
     if mode == "dense":
         weight = margin = None
         if terms is not None:

@@ -50,7 +50,7 @@ def test_penalty_vanishes_for_orthonormal_rows_and_for_features_that_never_cofir
 
 
 @pytest.mark.parametrize("scalable", ["coactive", "blocks"])
-@pytest.mark.parametrize("act_mode", ["none", "eps_hinge", "sigmoid", "log1p_norm"])
+@pytest.mark.parametrize("act_mode", ["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"])
 def test_scalable_forms_equal_dense_form_in_value_and_gradient(act_mode: str, scalable: str) -> None:
     d_sae = 48  # one block of 64 holds every feature, so the block form is exact here
     # Gradients are compared at the pre-activations: codes come out of a ReLU, so a form may skip
@@ -123,6 +123,14 @@ def test_scalable_forms_never_allocate_a_dense_square(form: str) -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         cubic_ortho_penalty_dense(acts, W_dec)
     assert max(event.cpu_memory_usage for event in prof.events()) >= square_bytes
+
+
+def test_half_batch_ratio_ranks_by_hand() -> None:
+    from sae_variants.architectures.cubic_ortho import half_batch_ratio_ranks
+
+    # Feature ratios (first half / second half): 4, 1, 0.25 -> ranks 3, 2, 1 of 3.
+    acts = torch.tensor([[4.0, 1.0, 1.0], [1.0, 1.0, 4.0]])
+    torch.testing.assert_close(half_batch_ratio_ranks(acts, eps=0.0), torch.tensor([1.0, 2 / 3, 1 / 3]))
 
 
 def test_eps_hinge_tolerance_shrinks_for_coactive_pairs() -> None:
