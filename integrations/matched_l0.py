@@ -37,11 +37,12 @@ class MatchedRun:
     knob: str
     target_l0: float
     result: EvalResult
+    tolerance: float
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def matched(self) -> bool:
-        return abs(self.result.metrics["l0"] / self.target_l0 - 1.0) <= 0.10
+        return abs(self.result.metrics["l0"] / self.target_l0 - 1.0) <= self.tolerance
 
 
 def _next_value(attempts: list[Attempt], target_l0: float) -> float:
@@ -96,7 +97,7 @@ def train_at_target_l0(
         value = _next_value(attempts, target_l0)
     assert result is not None
     assert target_l0 is not None
-    return MatchedRun(request.architecture, knob, target_l0, result, attempts)
+    return MatchedRun(request.architecture, knob, target_l0, result, tolerance, attempts)
 
 
 def summary_row(run: MatchedRun) -> dict[str, Any]:

@@ -10,8 +10,8 @@ Paper: ``shared/seeds/002_8529204e40fd9fb8.txt``; spec with resolutions: ``seed-
 ``gamma(t) = min(1, t / T_warm)`` follows the learning-rate warm-up (eq. 4), and ``N = d_sae``
 ("per_feature", the default, width-portable) or 1 ("sum", the paper's literal form; both agree at
 the paper's d_sae = 2304 with alpha' = 2304 * 0.001). The spec's resolutions apply: decoder *rows*
-(the paper's code used columns), the diagonal excluded, Omega computed over co-active pairs so its
-cost grows with the batch's co-firing, not with d_sae^2.
+(the paper's code used columns), the diagonal excluded, and above ``dense_max_d_sae`` Omega is
+estimated without ever forming a d_sae x d_sae matrix (``cubic_ortho_penalty.py``).
 
 Eq. 3's activation-aware tolerance and the code's later weightings are options (``act_mode``),
 off by default. At inference this is exactly SAELens's ``standard`` SAE, so it is saved as one:
@@ -137,12 +137,34 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
             )
 
 
+def half_batch_ratio_ranks(acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6) -> Float[Tensor, " d_sae"]:
+    """Rank of each feature's (first-half mean + eps) / (second-half mean + eps), scaled to (0, 1]."""
+    half = acts.shape[0] // 2
+    ratio = (acts[:half].mean(0) + eps) / (acts[half:].mean(0) + eps)
+    ranks = torch.empty_like(ratio)
+    ranks[ratio.argsort()] = torch.arange(1, ratio.shape[0] + 1, dtype=ratio.dtype, device=ratio.device)
+    return ranks / ratio.shape[0]
+
+
 def pair_terms(
-    mean_acts: Float[Tensor, " d_sae"], act_mode: str, eps0: float, beta: float
+    mean_acts: Float[Tensor, " d_sae"],
+    acts: Float[Tensor, "batch d_sae"],
+    act_mode: str,
+    eps0: float,
+    beta: float,
 ) -> PairTerms | None:
-    """``(i, j) -> (weight_ij, margin_ij)`` for ``act_mode`` from the features' mean activations."""
+    """``(i, j) -> (weight_ij, margin_ij)`` for ``act_mode``: from the features' mean activations,
+    or, for "ratio_rank", from this batch's half-batch ratio ranks."""
     if act_mode == "none":
         return None
+    if act_mode == "ratio_rank":
+        ranks = half_batch_ratio_ranks(acts.detach())
+
+        def rank_terms(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+            weight = ranks[i] * ranks[j]
+            return weight, torch.zeros_like(weight)
+
+        return rank_terms
     # The largest product over distinct pairs, for log1p_norm's normalization.
     top = mean_acts.topk(min(2, mean_acts.shape[0])).values
     max_product = (top[0] * top[-1]).clamp_min(1e-12)
@@ -159,15 +181,6 @@ def pair_terms(
     return terms
 
 
-def half_batch_ratio_ranks(acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6) -> Float[Tensor, " d_sae"]:
-    """Rank of each feature's (first-half mean + eps) / (second-half mean + eps), scaled to (0, 1]."""
-    half = acts.shape[0] // 2
-    ratio = (acts[:half].mean(0) + eps) / (acts[half:].mean(0) + eps)
-    ranks = torch.empty_like(ratio)
-    ranks[ratio.argsort()] = torch.arange(1, ratio.shape[0] + 1, dtype=ratio.dtype, device=ratio.device)
-    return ranks / ratio.shape[0]
-
-
 def cubic_ortho_penalty(
     acts: Float[Tensor, "batch d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"],
@@ -179,15 +192,7 @@ def cubic_ortho_penalty(
     mode = cfg.penalty_mode
     if mode == "auto":
         mode = "dense" if d_sae <= cfg.dense_max_d_sae else "blocks"
-    if cfg.act_mode == "ratio_rank":
-        ranks = half_batch_ratio_ranks(acts.detach())
-
-        def terms(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-            weight = ranks[i] * ranks[j]
-            return weight, torch.zeros_like(weight)
-
-    else:
-        terms = pair_terms(mean_acts, cfg.act_mode, cfg.eps0, cfg.beta)
+    terms = pair_terms(mean_acts, acts, cfg.act_mode, cfg.eps0, cfg.beta)
     if mode == "dense":
         weight = margin = None
         if terms is not None:

@@ -32,6 +32,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from sae_variants.functional import unit_norm_rows
+
 PairTerms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """``(i, j) -> (w_ij, eps_ij)`` for index tensors of pairs; constants (no gradient)."""
 
@@ -43,10 +45,6 @@ def normalize_columns(acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batc
     return acts / (acts.norm(dim=0, keepdim=True) + COLUMN_EPS)
 
 
-def _unit_rows(weight: Tensor) -> Tensor:
-    return weight / weight.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-
-
 def cubic_ortho_penalty_dense(
     acts: Float[Tensor, "batch d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"],
@@ -56,7 +54,7 @@ def cubic_ortho_penalty_dense(
 ) -> Float[Tensor, ""]:
     """Omega from dense ``d_sae x d_sae`` matrices (reference implementation)."""
     normalized = normalize_columns(acts)
-    unit = _unit_rows(W_dec)
+    unit = unit_norm_rows(W_dec)
     coactivation = (normalized.T @ normalized).abs()
     overlap = (unit @ unit.T).abs()
     if pair_margin is not None:
@@ -149,7 +147,7 @@ def cubic_ortho_penalty_coactive(
     pair_terms: PairTerms | None = None,
 ) -> Float[Tensor, ""]:
     """Omega over the pairs that fire together in the batch; no ``d_sae x d_sae`` dense tensor."""
-    result = _CoactivePenalty.apply(normalize_columns(acts), _unit_rows(W_dec), exponent, pair_terms)
+    result = _CoactivePenalty.apply(normalize_columns(acts), unit_norm_rows(W_dec), exponent, pair_terms)
     assert isinstance(result, Tensor)
     return result
 
@@ -236,7 +234,7 @@ def cubic_ortho_penalty_blocks(
         coactivation = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks, size)
     else:
         coactivation = _block_coactivation_dense(acts, blocks)
-    unit = torch.cat([_unit_rows(W_dec), W_dec.new_zeros(1, d_in)], dim=0)[blocks]
+    unit = torch.cat([unit_norm_rows(W_dec), W_dec.new_zeros(1, d_in)], dim=0)[blocks]
     overlap = torch.bmm(unit, unit.transpose(1, 2)).abs()
     if pair_terms is not None:
         i = blocks[:, :, None].expand(-1, -1, size).clamp_max(d_sae - 1)

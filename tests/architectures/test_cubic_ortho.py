@@ -134,7 +134,7 @@ def test_half_batch_ratio_ranks_by_hand() -> None:
 
 
 def test_eps_hinge_tolerance_shrinks_for_coactive_pairs() -> None:
-    terms = pair_terms(torch.tensor([0.0, 1.0, 3.0]), "eps_hinge", eps0=0.1, beta=1.0)
+    terms = pair_terms(torch.tensor([0.0, 1.0, 3.0]), torch.zeros(2, 3), "eps_hinge", eps0=0.1, beta=1.0)
     _, margin = terms(torch.tensor([0, 1]), torch.tensor([1, 2]))
     torch.testing.assert_close(margin, torch.tensor([0.1, 0.1 / 4]))
 
