@@ -11,6 +11,13 @@ from sae_variants.architectures.cubic_ortho import (
     CubicOrthoTrainingSAE,
     CubicOrthoTrainingSAEConfig,
 )
+from sae_variants.architectures.qucl import (
+    QuCLSAE,
+    QuCLSAEConfig,
+    QuCLTrainingSAE,
+    QuCLTrainingSAEConfig,
+    export_to_standard,
+)
 from sae_variants.registry import (
     Variant,
     register_variant,
@@ -21,14 +28,21 @@ from sae_variants.validation import check_activations
 
 # CubicOrthoSAE (seed 002) trains as "cubic_ortho" and saves as SAELens "standard".
 register_variant("cubic_ortho", CubicOrthoTrainingSAE, CubicOrthoTrainingSAEConfig)
+# QuCLSAE (seed 000) trains and saves as "qucl" (its encoder is a quantized projection).
+register_variant("qucl", QuCLTrainingSAE, QuCLTrainingSAEConfig, QuCLSAE, QuCLSAEConfig)
 
 __all__ = [
     "CubicOrthoSAE",
     "CubicOrthoSAEConfig",
     "CubicOrthoTrainingSAE",
     "CubicOrthoTrainingSAEConfig",
+    "QuCLSAE",
+    "QuCLSAEConfig",
+    "QuCLTrainingSAE",
+    "QuCLTrainingSAEConfig",
     "Variant",
     "check_activations",
+    "export_to_standard",
     "register_variant",
     "registered_variants",
     "training_architectures",

@@ -1,0 +1,556 @@
+"""QuCL-SAE: quantized Johnson-Lindenstrauss curriculum SAE (seed 000).
+
+Paper: ``shared/seeds/000_f68dd5b1233999a2.txt``; spec with resolutions: ``seed-algorithms.md`` §2.
+
+    u = (x - b_dec) P[:, :r]            P ~ N(0, 1/d_in), frozen; r = the curriculum's rank
+    q = Q4(u)                           per-token 4-bit min-max fake quantization, straight-through
+    f = ReLU(pyramid(q) W_r + b_enc)    dictionary block G_sigma reads q[:, :floor(sigma r)]
+    x^ = f W_dec + b_dec                unit-norm decoder rows
+    L = sum_j w_j (x_j - x^_j)^2 + lambda0 sigmoid(10 FVU) sum_i f_i + alpha InfoNCE(f)
+
+The rank moves between 10% and 90% of ``min(d_in, d_sae)``: every 100 steps it grows when the
+windowed fraction of variance unexplained (FVU) exceeds a threshold set from the activations'
+diversity over the first 50 batches, and shrinks when the FVU is below half of it. All of that
+state is in buffers, so it is checkpointed and resumed with the weights; in eval mode nothing
+moves and every token is encoded on its own.
+
+The trained SAE is saved as architecture ``"qucl"`` (load it with ``SAE.load_from_disk`` after
+``import sae_variants``), or exported to SAELens's ``standard`` with :func:`export_to_standard`,
+which measures what dropping the quantizer costs and refuses beyond a tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+from torch import Tensor, nn
+from typing_extensions import override
+
+from sae_variants.architectures.qucl_functional import (
+    RankSchedule,
+    batch_diversity,
+    code_uniformity_infonce,
+    effective_encoder,
+    fake_quantize,
+    feature_importance_weights,
+    jl_projection,
+    next_rank,
+    pyramid_blocks,
+    pyramid_pre_activations,
+    rank_schedule,
+    scale_ranks,
+)
+from sae_variants.architectures.saved_config import AcceptsSavedMetadata
+from sae_variants.functional import (
+    fraction_of_variance_unexplained,
+    tangent_projected,
+    unit_norm_rows,
+)
+
+
+@dataclass(kw_only=True)
+class QuCLArchitectureFields:
+    """Fields the inference SAE needs (shared by the inference and training configs)."""
+
+    quantization_bits: int = 4
+    """Bits of the fake quantizer on the projected activations (paper: 4, i.e. 16 levels)."""
+    max_rank_fraction: float = 0.9
+    """Largest rank, as a fraction of ``min(d_in, d_sae)``; sizes ``W_r`` (paper: 0.9)."""
+    multiscale: bool = True
+    """Split the dictionary into three blocks reading rank prefixes of 100%, 50% and 25% (B2).
+    False: every feature reads the full current rank (the paper's run 7 ablation)."""
+    projection_seed: int = 0
+    """Seed of the frozen JL projection (it is also saved with the weights)."""
+
+    def _validate_architecture(self) -> None:
+        if not 1 <= self.quantization_bits <= 16:
+            raise ValueError(f"quantization_bits must be in [1, 16], got {self.quantization_bits}")
+        if not 0.0 < self.max_rank_fraction <= 1.0:
+            raise ValueError(f"max_rank_fraction must be in (0, 1], got {self.max_rank_fraction}")
+
+
+@dataclass
+class QuCLSAEConfig(AcceptsSavedMetadata, SAEConfig, QuCLArchitectureFields):
+    """Inference configuration of a trained QuCL SAE."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "qucl"
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+
+
+@dataclass
+class QuCLTrainingSAEConfig(TrainingSAEConfig, QuCLArchitectureFields):
+    """Training configuration of QuCL-SAE; every default is the spec's resolution of the paper."""
+
+    l1_coefficient: float = 0.04
+    """lambda0 of eq. 6, the base L1 weight (paper: 0.04; calibrate it for a target L0, >= 0)."""
+    l1_warm_up_steps: int = 0
+    """Linear warm-up of lambda0 from 0, in steps (>= 0)."""
+    adaptive_sparsity: bool = True
+    """lambda_t = lambda0 * sigmoid(slope * windowed FVU) (eq. 6, on FVU: spec d8); False: lambda0."""
+    sparsity_slope: float = 10.0
+    """The slope of that sigmoid (paper: 10, > 0)."""
+    min_rank_fraction: float = 0.1
+    """Smallest rank, as a fraction of ``min(d_in, d_sae)`` (paper: 0.1)."""
+    initial_rank_fraction: float = 0.25
+    """Starting rank (the paper's code: 0.25); the fixed rank when ``dynamic_rank`` is off."""
+    rank_grow_fraction: float = 0.05
+    """Rank added when reconstruction is worse than the threshold (code: +5% of d_ref)."""
+    rank_shrink_fraction: float = 0.02
+    """Rank removed when reconstruction is better than ``shrink_ratio`` x threshold (code: 2%)."""
+    shrink_ratio: float = 0.5
+    """The curriculum shrinks the rank when the windowed FVU is below this times the threshold."""
+    dynamic_rank: bool = True
+    """Run the rank curriculum (B5); False keeps the initial rank (the paper's "+ Curriculum" row)."""
+    curriculum_window: int = 100
+    """Steps of FVU averaged for each curriculum decision (code: 100)."""
+    curriculum_interval: int = 100
+    """Steps between curriculum decisions (spec d15: 100, so the encoder adapts in between)."""
+    diversity_init: bool = True
+    """Set the threshold from activation diversity over the first ``diversity_batches`` (eq. 4);
+    False: use ``default_threshold`` from the start."""
+    diversity_batches: int = 50
+    """Batches averaged for the diversity threshold (paper: 50)."""
+    threshold_min: float = 0.05
+    """Lower clip of the diversity threshold (paper: 0.05)."""
+    threshold_max: float = 0.2
+    """Upper clip of the diversity threshold (the paper's code: 0.2). The threshold is an FVU
+    target: the curriculum holds the windowed FVU between ``shrink_ratio`` x threshold and the
+    threshold, so this cap bounds how much reconstruction the curriculum trades for rank."""
+    default_threshold: float = 0.1
+    """Threshold when ``diversity_init`` is off (the code's default)."""
+    feature_weight: bool = True
+    """Weight the reconstruction over input dims by eq. 5 (numerically ~1: spec d11)."""
+    contrastive: bool = True
+    """Add the code-uniformity InfoNCE term (eq. 7, B8)."""
+    contrastive_coefficient: float = 0.1
+    """alpha, the InfoNCE weight (the code's 0.1, >= 0)."""
+    contrastive_warm_up_steps: int = 0
+    """Linear warm-up of alpha from 0, in steps (>= 0)."""
+    contrastive_temperature: float = 0.1
+    """InfoNCE temperature (the code's 0.1, > 0)."""
+    contrastive_anchors: int = 512
+    """Anchor rows per step; keys are the whole batch, so the cost is anchors x batch (>= 1)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "qucl"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return QuCLSAEConfig
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+        for name in ("l1_coefficient", "contrastive_coefficient"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("l1_warm_up_steps", "contrastive_warm_up_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 steps, got {getattr(self, name)}")
+        for name in ("curriculum_window", "curriculum_interval", "diversity_batches",
+                     "contrastive_anchors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sparsity_slope", "contrastive_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.min_rank_fraction <= self.initial_rank_fraction <= self.max_rank_fraction:
+            raise ValueError(
+                "rank fractions must satisfy 0 < min_rank_fraction <= initial_rank_fraction <= "
+                f"max_rank_fraction; got {self.min_rank_fraction}, {self.initial_rank_fraction}, "
+                f"{self.max_rank_fraction}"
+            )
+        for name in ("rank_grow_fraction", "rank_shrink_fraction"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.shrink_ratio < 1.0:
+            raise ValueError(f"shrink_ratio must be in [0, 1), got {self.shrink_ratio}")
+        if not 0.0 < self.threshold_min <= self.threshold_max < 1.0:
+            raise ValueError(
+                "thresholds must satisfy 0 < threshold_min <= threshold_max < 1; got "
+                f"{self.threshold_min}, {self.threshold_max}"
+            )
+        if not 0.0 < self.default_threshold < 1.0:
+            raise ValueError(f"default_threshold must be in (0, 1), got {self.default_threshold}")
+
+    def schedule(self) -> RankSchedule:
+        return rank_schedule(
+            self.d_in, self.d_sae, self.min_rank_fraction, self.initial_rank_fraction,
+            self.max_rank_fraction, self.rank_grow_fraction, self.rank_shrink_fraction,
+        )
+
+
+def max_rank(cfg: QuCLArchitectureFields | Any) -> int:
+    """Rows of ``W_r``: ``max(1, floor(max_rank_fraction * min(d_in, d_sae)))``."""
+    return max(1, math.floor(cfg.max_rank_fraction * min(cfg.d_in, cfg.d_sae)))
+
+
+class QuCLEncoder:
+    """The quantized-projection encoder, shared by the inference and the training SAE.
+
+    Mixed in before SAELens's ``SAE``/``TrainingSAE`` so its ``initialize_weights`` and folds
+    replace the linear-encoder ones (there is no trainable ``W_enc``; see :attr:`W_enc`).
+    """
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    W_r: nn.Parameter
+    b_enc: nn.Parameter
+    projection: Tensor
+    rank: Tensor
+
+    def initialize_weights(self) -> None:
+        assert isinstance(self, nn.Module)
+        d_in, d_sae, width = self.cfg.d_in, self.cfg.d_sae, max_rank(self.cfg)
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
+        decoder = torch.empty(d_sae, d_in, dtype=self.dtype, device=self.device)
+        nn.init.kaiming_uniform_(decoder)
+        self.W_dec = nn.Parameter(decoder)
+        projection = jl_projection(d_in, width, self.cfg.projection_seed, self.dtype).to(self.device)
+        self.register_buffer("projection", projection)
+        self.register_buffer("rank", torch.tensor(width, dtype=torch.long, device=self.device))
+        # Start the encoder as the decoder's transpose seen through the projection:
+        # P P^T ~ (r / d_in) I, so (d_in / r) P^T W_dec^T maps u back to about x W_dec^T.
+        self.W_r = nn.Parameter(projection.T @ decoder.detach().T * (d_in / width))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=self.dtype, device=self.device))
+
+    @property
+    def current_rank(self) -> int:
+        return int(self.rank)
+
+    def quantized_projection(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch rank"]:
+        """``Q4((x - b_dec) P[:, :r])``; ``sae_in`` has already had ``b_dec`` removed."""
+        return fake_quantize(sae_in @ self.projection[:, : self.current_rank], self.cfg.quantization_bits)
+
+    def pre_activations(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        return pyramid_pre_activations(
+            self.quantized_projection(sae_in), self.W_r, self.b_enc, self.cfg.multiscale
+        )
+
+    @property
+    def W_enc(self) -> Float[Tensor, "d_in d_sae"]:  # noqa: N802 (SAELens's name)
+        """The linear encoder the pyramid amounts to without quantization (derived, read-only).
+
+        For weight-based analyses (encoder/decoder cosines, SAEBench's ``W_enc``); ``encode`` always
+        takes the quantized path.
+        """
+        return effective_encoder(self.projection, self.W_r, self.current_rank, self.cfg.multiscale)
+
+    @torch.no_grad()
+    def fold_and_get_W_dec_norm(self) -> Tensor:  # noqa: N802
+        # ReLU is positively homogeneous, so scaling a feature's encoder column and bias by its
+        # decoder norm (and the row by the inverse) leaves the SAE's function unchanged.
+        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
+        self.W_dec.data.div_(norms.unsqueeze(1))
+        self.W_r.data.mul_(norms)
+        self.b_enc.data.mul_(norms)
+        return norms
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        # Min-max quantization is scale-equivariant, Q(u / s) = Q(u) / s, so the input scale folds
+        # into W_r exactly as it folds into a linear encoder.
+        self.W_r.data.mul_(scaling_factor)
+        self.W_dec.data.div_(scaling_factor)
+        self.b_dec.data.div_(scaling_factor)
+        self.cfg.normalize_activations = "none"
+
+
+class QuCLSAE(QuCLEncoder, SAE[QuCLSAEConfig]):
+    """A trained QuCL SAE: quantized-projection encoder at the rank training ended with."""
+
+    @override
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))
+        return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
+
+
+@dataclass
+class RankEvent:
+    """One curriculum decision, kept in ``QuCLTrainingSAE.rank_trajectory`` for reports."""
+
+    step: int
+    rank_before: int
+    rank_after: int
+    windowed_fvu: float
+    threshold: float
+
+
+_TRAINING_BUFFERS = (
+    "curriculum_threshold", "diversity_sum", "diversity_count", "fvu_window", "fvu_count",
+    "curriculum_step",
+)
+
+
+class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
+    """QuCL-SAE with its rank curriculum, adaptive sparsity and InfoNCE term."""
+
+    curriculum_threshold: Tensor
+    diversity_sum: Tensor
+    diversity_count: Tensor
+    fvu_window: Tensor
+    fvu_count: Tensor
+    curriculum_step: Tensor
+
+    def __init__(self, cfg: QuCLTrainingSAEConfig, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)
+        self.rank.fill_(cfg.schedule().initial)
+
+        def buffer(value: float | int, dtype: torch.dtype, size: int | None = None) -> Tensor:
+            shape = () if size is None else (size,)
+            return torch.full(shape, value, dtype=dtype, device=self.device)
+
+        # 0 means "not measured yet": valid thresholds are >= threshold_min > 0.
+        self.register_buffer(
+            "curriculum_threshold",
+            buffer(0.0 if cfg.diversity_init else cfg.default_threshold, torch.float32),
+        )
+        self.register_buffer("diversity_sum", buffer(0.0, torch.float64))
+        self.register_buffer("diversity_count", buffer(0, torch.long))
+        self.register_buffer("fvu_window", buffer(0.0, torch.float32, cfg.curriculum_window))
+        self.register_buffer("fvu_count", buffer(0, torch.long))
+        self.register_buffer("curriculum_step", buffer(0, torch.long))
+        self.rank_trajectory: list[RankEvent] = []
+        """Every curriculum decision of this process (a log for reports, not resumable state)."""
+
+    @override
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        with torch.no_grad():
+            # SAELens's heuristic start (decoder_init_norm): a small encoder, unit decoder rows.
+            if self.cfg.decoder_init_norm is not None:
+                self.W_r.mul_(self.cfg.decoder_init_norm / self.W_dec.norm(dim=-1))
+            self.W_dec.copy_(unit_norm_rows(self.W_dec))
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
+            "contrastive": TrainCoefficientConfig(
+                self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up_steps
+            ),
+        }
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))
+        return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        # While training, a step may rotate a decoder row but not grow it, so the renormalization
+        # before the next step does not undo the optimizer's work.
+        W_dec = tangent_projected(self.W_dec) if self.training else self.W_dec
+        sae_out = self.hook_sae_recons(feature_acts @ W_dec + self.b_dec)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
+
+    @property
+    def threshold_ready(self) -> bool:
+        return float(self.curriculum_threshold) > 0.0
+
+    def windowed_fvu(self) -> float | None:
+        """Mean FVU over the last ``curriculum_window`` steps, or None before the window fills."""
+        if int(self.fvu_count) < self.cfg.curriculum_window:
+            return None
+        return float(self.fvu_window.mean())
+
+    def sparsity_scale(self) -> float:
+        """sigmoid(slope * windowed FVU) (eq. 6); 1 before the window fills or when disabled."""
+        fvu = self.windowed_fvu()
+        if not self.cfg.adaptive_sparsity or fvu is None:
+            return 1.0
+        return 1.0 / (1.0 + math.exp(-self.cfg.sparsity_slope * fvu))
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if self.training:
+            # SAELens has no post-step hook; the unit-norm constraint is restored before each step.
+            with torch.no_grad():
+                self.W_dec.copy_(unit_norm_rows(self.W_dec))
+        x = step_input.sae_in
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
+        sae_out = self.decode(feature_acts)
+
+        squared_error = (sae_out - x).pow(2)
+        if self.cfg.feature_weight:
+            squared_error = squared_error * feature_importance_weights(x)
+        losses = {"mse_loss": squared_error.sum(dim=-1).mean()}
+        losses.update(self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
+
+        fvu = fraction_of_variance_unexplained(x.detach(), sae_out.detach())
+        if self.training:
+            self._advance_curriculum(x.detach(), fvu)
+        return TrainStepOutput(
+            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
+            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,
+            metrics={
+                "qucl/rank": self.current_rank,
+                "qucl/threshold": float(self.curriculum_threshold),
+                "qucl/fvu": float(fvu),
+                "qucl/sparsity_scale": self.sparsity_scale(),
+            },
+        )
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        """The adaptive L1 term (decoder rows are unit, so no norm weighting) and the InfoNCE term."""
+        losses = {
+            "l1_loss": step_input.coefficients["l1"] * self.sparsity_scale()
+            * feature_acts.sum(dim=-1).mean()
+        }
+        weight = step_input.coefficients.get("contrastive", 0.0)
+        n_rows = feature_acts.shape[0]
+        if self.cfg.contrastive and weight > 0 and n_rows > 1:
+            anchors = torch.randperm(n_rows, device=feature_acts.device)[: self.cfg.contrastive_anchors]
+            infonce = code_uniformity_infonce(feature_acts, anchors, self.cfg.contrastive_temperature)
+            losses["contrastive_loss"] = weight * infonce
+        return losses
+
+    @torch.no_grad()
+    def _advance_curriculum(self, x: Float[Tensor, "batch d_in"], fvu: Tensor) -> None:
+        cfg = self.cfg
+        self.curriculum_step.add_(1)
+        if not self.threshold_ready and x.shape[0] > 1:
+            self.diversity_sum.add_(batch_diversity(x).double())
+            self.diversity_count.add_(1)
+            if int(self.diversity_count) >= cfg.diversity_batches:
+                mean_diversity = float(self.diversity_sum) / int(self.diversity_count)
+                threshold = min(max(1.0 - mean_diversity, cfg.threshold_min), cfg.threshold_max)
+                self.curriculum_threshold.fill_(threshold)
+        self.fvu_window[int(self.fvu_count) % cfg.curriculum_window] = fvu
+        self.fvu_count.add_(1)
+        step = int(self.curriculum_step)
+        windowed = self.windowed_fvu()
+        if (not cfg.dynamic_rank or windowed is None or not self.threshold_ready
+                or step % cfg.curriculum_interval != 0):
+            return
+        threshold = float(self.curriculum_threshold)
+        before = self.current_rank
+        after = next_rank(before, windowed, threshold, cfg.shrink_ratio, cfg.schedule())
+        self.rank.fill_(after)
+        self.rank_trajectory.append(RankEvent(step, before, after, windowed, threshold))
+
+    @override
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        # Fold the last step's small decoder-norm drift into the encoder, in place, so the saved
+        # SAE has exact unit rows and computes the same function as this module.
+        self.fold_W_dec_norm()
+        return super().save_inference_model(path)
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        for name in _TRAINING_BUFFERS:
+            state_dict.pop(name, None)
+
+
+@dataclass
+class StandardExport:
+    """What exporting to SAELens ``standard`` did to reconstruction, on the given activations."""
+
+    sae: StandardSAE
+    explained_variance_qucl: float
+    explained_variance_standard: float
+    change: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.change = self.explained_variance_standard - self.explained_variance_qucl
+
+
+@torch.no_grad()
+def export_to_standard(
+    sae: QuCLSAE | QuCLTrainingSAE,
+    activations: Float[Tensor, "batch d_in"],
+    max_explained_variance_change: float = 0.01,
+) -> StandardExport:
+    """A SAELens ``standard`` SAE with the projection folded into ``W_enc`` and the quantizer
+    dropped, after measuring the explained-variance change on ``activations``.
+
+    Raises ``ValueError``, naming both figures, when ``|change|`` exceeds
+    ``max_explained_variance_change``. Fold decoder norms first if the rows are not unit: the
+    export keeps the encoder and decoder as they are.
+    """
+    if max_explained_variance_change < 0:
+        raise ValueError(f"max_explained_variance_change must be >= 0, got {max_explained_variance_change}")
+    if activations.ndim != 2 or activations.shape[0] < 2:
+        raise ValueError(
+            f"export_to_standard needs activations of shape [batch >= 2, d_in={sae.cfg.d_in}], "
+            f"got {tuple(activations.shape)}"
+        )
+    was_training = sae.training
+    sae.eval()
+    cfg = sae.cfg
+    standard_cfg = StandardSAEConfig(
+        d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=cfg.dtype, device=cfg.device,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input, normalize_activations=cfg.normalize_activations,
+        reshape_activations=cfg.reshape_activations, metadata=copy.deepcopy(cfg.metadata),
+    )
+    standard = StandardSAE(standard_cfg)
+    standard.load_state_dict(
+        {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    )
+    x = activations.to(sae.dtype)
+    ev_qucl = 1.0 - float(fraction_of_variance_unexplained(x, sae.decode(sae.encode(x))))
+    ev_standard = 1.0 - float(fraction_of_variance_unexplained(x, standard.decode(standard.encode(x))))
+    sae.train(was_training)
+    export = StandardExport(standard.eval(), ev_qucl, ev_standard)
+    if abs(export.change) > max_explained_variance_change:
+        raise ValueError(
+            f"exporting to 'standard' changes explained variance by {export.change:+.4f} "
+            f"({ev_qucl:.4f} with the quantizer -> {ev_standard:.4f} without), more than the "
+            f"tolerance {max_explained_variance_change}; keep the 'qucl' architecture or raise "
+            "max_explained_variance_change"
+        )
+    return export
+
+
+__all__ = [
+    "QuCLArchitectureFields", "QuCLSAE", "QuCLSAEConfig", "QuCLTrainingSAE", "QuCLTrainingSAEConfig",
+    "RankEvent", "StandardExport", "export_to_standard", "max_rank", "pyramid_blocks", "scale_ranks",
+]
