@@ -20,20 +20,13 @@ from pathlib import Path
 from sae_variants.integrations.matched_l0 import summary_row, train_at_target_l0
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
+from sae_variants.integrations.reporting import markdown_table
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training import TrainRequest
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_loss_score",
            "kl_div_score", "dead_fraction", "mean_max_decoder_cosine")
-
-
-def markdown_table(rows: list[dict[str, object]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -76,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "cubic_ortho.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(rows)
+    table = markdown_table(rows, COLUMNS)
     (args.results / "cubic_ortho.md").write_text(
         f"# CubicOrthoSAE vs standard ({report['date']})\n\n`{report['command'].strip()}`\n\n{table}\n\n"
         f"decoder-cosine reduction: {report['decoder_cosine_reduction']:.1%}; "

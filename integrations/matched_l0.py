@@ -4,12 +4,15 @@ Comparisons between SAEs only mean something at matched sparsity. :func:`train_a
 trains, measures L0 on held-out text, and re-trains with the knob (``l1_coefficient`` by default)
 moved by a power-law step, ``L0 ~ knob^-s`` with ``s`` estimated from the attempts so far, until
 L0 is within ``tolerance`` of the target. Every attempt is recorded, so the calibration is part of
-the report.
+the report. An attempt whose folder already holds an SAE trained from the identical request (the
+request is written next to it as ``train_request.json``) is evaluated, not retrained, so an
+interrupted comparison resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -57,6 +60,33 @@ def _next_value(attempts: list[Attempt], target_l0: float) -> float:
     return last.knob_value * (max(last.l0, 1e-3) / target_l0) ** (1.0 / slope)
 
 
+REQUEST_FILENAME = "train_request.json"
+
+
+def request_fingerprint(request: TrainRequest) -> str:
+    """The request as canonical JSON (paths as strings, ``overwrite`` left out)."""
+    fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "overwrite"}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def train_or_reuse(request: TrainRequest) -> bool:
+    """Train ``request`` unless its output folder holds an SAE from the same request.
+
+    Returns True when a finished run was reused. The request is recorded only after the SAE is
+    saved, so an interrupted run is never mistaken for a finished one.
+    """
+    output = Path(request.output_path)
+    recorded = output / REQUEST_FILENAME
+    fingerprint = request_fingerprint(request)
+    if recorded.exists() and (output / "cfg.json").exists() and recorded.read_text() == fingerprint:
+        logger.info("reusing the finished run in %s", output)
+        return True
+    recorded.unlink(missing_ok=True)
+    train_sae(dataclasses.replace(request, overwrite=True))
+    recorded.write_text(fingerprint)
+    return False
+
+
 def train_at_target_l0(
     request: TrainRequest,
     target_l0: float | None,
@@ -85,7 +115,7 @@ def train_at_target_l0(
         attempt_request = dataclasses.replace(
             request, sae_options={**request.sae_options, knob: value}, output_path=path, overwrite=True
         )
-        train_sae(attempt_request)
+        train_or_reuse(attempt_request)
         result = evaluate_sae(path, model=model, n_batches=eval_batches)
         attempts.append(Attempt(value, result.metrics["l0"], str(path)))
         if target_l0 is None:

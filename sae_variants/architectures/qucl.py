@@ -22,6 +22,8 @@ which measures what dropping the quantizer costs and refuses beyond a tolerance.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,7 @@ from sae_variants.functional import (
     tangent_projected,
     unit_norm_rows,
 )
+from sae_variants.validation import check_activations
 
 
 @dataclass(kw_only=True)
@@ -257,7 +260,7 @@ class QuCLEncoder:
         )
 
     @property
-    def W_enc(self) -> Float[Tensor, "d_in d_sae"]:  # noqa: N802 (SAELens's name)
+    def W_enc(self) -> Float[Tensor, "d_in d_sae"]:
         """The linear encoder the pyramid amounts to without quantization (derived, read-only).
 
         For weight-based analyses (encoder/decoder cosines, SAEBench's ``W_enc``); ``encode`` always
@@ -266,7 +269,7 @@ class QuCLEncoder:
         return effective_encoder(self.projection, self.W_r, self.current_rank, self.cfg.multiscale)
 
     @torch.no_grad()
-    def fold_and_get_W_dec_norm(self) -> Tensor:  # noqa: N802
+    def fold_and_get_W_dec_norm(self) -> Tensor:
         # ReLU is positively homogeneous, so scaling a feature's encoder column and bias by its
         # decoder norm (and the row by the inverse) leaves the SAE's function unchanged.
         norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
@@ -311,6 +314,9 @@ class RankEvent:
     windowed_fvu: float
     threshold: float
 
+
+CURRICULUM_LOG_FILENAME = "qucl_curriculum.json"
+"""Written next to the saved SAE: the rank trajectory of the run that trained it."""
 
 _TRAINING_BUFFERS = (
     "curriculum_threshold", "diversity_sum", "diversity_count", "fvu_window", "fvu_count",
@@ -481,7 +487,19 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
         # Fold the last step's small decoder-norm drift into the encoder, in place, so the saved
         # SAE has exact unit rows and computes the same function as this module.
         self.fold_W_dec_norm()
-        return super().save_inference_model(path)
+        saved = super().save_inference_model(path)
+        (Path(path) / CURRICULUM_LOG_FILENAME).write_text(json.dumps(self.curriculum_log(), indent=1))
+        return saved
+
+    def curriculum_log(self) -> dict[str, Any]:
+        """The curriculum's final state and every rank decision of this process, as plain data."""
+        return {
+            "final_rank": self.current_rank,
+            "rank_bounds": dataclasses.asdict(self.cfg.schedule()),
+            "threshold": float(self.curriculum_threshold),
+            "steps": int(self.curriculum_step),
+            "decisions": [dataclasses.asdict(event) for event in self.rank_trajectory],
+        }
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
@@ -506,11 +524,12 @@ class StandardExport:
 @torch.no_grad()
 def export_to_standard(
     sae: QuCLSAE | QuCLTrainingSAE,
-    activations: Float[Tensor, "batch d_in"],
+    activations: Tensor,
     max_explained_variance_change: float = 0.01,
 ) -> StandardExport:
     """A SAELens ``standard`` SAE with the projection folded into ``W_enc`` and the quantizer
-    dropped, after measuring the explained-variance change on ``activations``.
+    dropped, after measuring the explained-variance change on ``activations`` ``[batch, d_in]``
+    (checked here, with a clear error, rather than by the annotation).
 
     Raises ``ValueError``, naming both figures, when ``|change|`` exceeds
     ``max_explained_variance_change``. Fold decoder norms first if the rows are not unit: the
@@ -518,6 +537,7 @@ def export_to_standard(
     """
     if max_explained_variance_change < 0:
         raise ValueError(f"max_explained_variance_change must be >= 0, got {max_explained_variance_change}")
+    check_activations(activations, sae.cfg.d_in, where="export_to_standard")
     if activations.ndim != 2 or activations.shape[0] < 2:
         raise ValueError(
             f"export_to_standard needs activations of shape [batch >= 2, d_in={sae.cfg.d_in}], "

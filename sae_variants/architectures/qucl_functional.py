@@ -201,7 +201,8 @@ class _SparseAnchorGram(torch.autograd.Function):
             )
             values = key_side.values() + 2.0 * support.values() * grad_squared_norms[row_of_value]
             grad = torch.sparse_csr_tensor(
-                support.crow_indices(), support.col_indices(), values, codes.shape
+                support.crow_indices(), support.col_indices(), values, codes.shape,
+                check_invariants=False,  # the indices come from a valid CSR tensor
             ).to_dense()
             # Anchor side: d gram[a, k] / d codes[anchors[a], i] = codes[k, i], on the anchors' support.
             anchor_side = torch.sparse.sampled_addmm(

@@ -1,7 +1,11 @@
 """The L0 calibration step of matched_l0 (the training loop itself runs in the examples)."""
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
+from sae_variants.integrations import matched_l0
 from sae_variants.integrations.matched_l0 import Attempt, _next_value, train_at_target_l0
 from sae_variants.integrations.training import TrainRequest
 
@@ -26,3 +30,26 @@ def test_bad_targets_are_refused() -> None:
         train_at_target_l0(TrainRequest(), target_l0=0.0, initial_value=1.0)
     with pytest.raises(ValueError, match="initial_value of l1_coefficient must be positive"):
         train_at_target_l0(TrainRequest(), target_l0=10.0, initial_value=0.0)
+
+
+def test_finished_runs_are_reused_and_changed_or_interrupted_ones_retrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained: list[TrainRequest] = []
+
+    def fake_train(request: TrainRequest) -> None:
+        trained.append(request)
+        Path(request.output_path).mkdir(parents=True, exist_ok=True)
+        (Path(request.output_path) / "cfg.json").write_text("{}")
+
+    monkeypatch.setattr(matched_l0, "train_sae", fake_train)
+    request = TrainRequest(architecture="qucl", output_path=tmp_path / "run", sae_options={"l1_coefficient": 2.0})
+    assert matched_l0.train_or_reuse(request) is False
+    assert matched_l0.train_or_reuse(request) is True
+    assert len(trained) == 1
+    changed = dataclasses.replace(request, sae_options={"l1_coefficient": 3.0})
+    assert matched_l0.train_or_reuse(changed) is False
+    assert len(trained) == 2
+    (tmp_path / "run" / matched_l0.REQUEST_FILENAME).unlink()  # as if killed before finishing
+    assert matched_l0.train_or_reuse(changed) is False
+    assert len(trained) == 3
