@@ -7,12 +7,20 @@ dictionary, which is not what training costs look like (and would flatter nothin
 baseline). Repeats are interleaved (standard, variant, standard, ...) so machine noise hits both;
 the reported ratio is the median of the per-repeat ratios.
 
+Peak memory is measured in a fresh subprocess per architecture: the high-water mark of resident
+memory (Linux ``VmHWM``, reset just before) while the SAE and its Adam state are built and a few
+steps run, minus the resident memory before. That is the SAE's own training footprint (weights,
+gradients, optimizer state, activations); the input batch is allocated before the reset.
+
     sae-variants benchmark --architecture cubic_ortho --d-sae 4096 16384
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +44,14 @@ class StepTiming:
     ratio: float
     baseline_l0: float
     variant_l0: float
+    baseline_peak_mib: float | None = None
+    variant_peak_mib: float | None = None
+
+    @property
+    def memory_ratio(self) -> float | None:
+        if self.baseline_peak_mib is None or self.variant_peak_mib is None:
+            return None
+        return self.variant_peak_mib / self.baseline_peak_mib
 
 
 def _coefficients(sae: TrainingSAE[Any]) -> dict[str, float]:
@@ -109,11 +125,71 @@ def time_training_step(
     )
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _memory_probe(spec: dict[str, Any]) -> float:
+    """Runs inside the subprocess: MiB of peak resident memory the SAE's training adds."""
+    torch.manual_seed(spec["seed"])
+    x = torch.randn(spec["batch_size"], spec["d_in"])
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = _status_kib("VmRSS")
+    sae, optimizer = _build(spec["architecture"], spec["d_in"], spec["d_sae"], spec["options"], x,
+                            spec["target_l0"])
+    for step in range(spec["steps"]):
+        _step(sae, optimizer, x, step)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def peak_training_memory_mib(architecture: str, *, d_in: int, d_sae: int, batch_size: int,
+                             options: dict[str, Any], target_l0: int, steps: int = 3,
+                             seed: int = 0) -> float:
+    """Peak resident memory (MiB) that building and training the SAE adds, in a fresh process."""
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError("peak-memory measurement reads /proc and needs Linux")
+    spec = dict(architecture=architecture, d_in=d_in, d_sae=d_sae, batch_size=batch_size,
+                options=options, target_l0=target_l0, steps=steps, seed=seed)
+    completed = subprocess.run(
+        [sys.executable, "-m", "sae_variants.integrations.benchmark", json.dumps(spec)],
+        capture_output=True, text=True, check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"memory probe for {architecture} failed:\n{completed.stderr[-2000:]}")
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
+def with_peak_memory(timing: StepTiming, options: dict[str, Any], target_l0: int,
+                     steps: int = 3) -> StepTiming:
+    """``timing`` with both architectures' peak training memory measured at its shapes."""
+    shapes = dict(d_in=timing.d_in, d_sae=timing.d_sae, batch_size=timing.batch_size,
+                  target_l0=target_l0, steps=steps)
+    timing.baseline_peak_mib = peak_training_memory_mib("standard", options={}, **shapes)
+    timing.variant_peak_mib = peak_training_memory_mib(timing.architecture, options=options, **shapes)
+    return timing
+
+
 def format_timings(timings: list[StepTiming]) -> str:
-    header = f"{'architecture':<16}{'d_in':>6}{'d_sae':>8}{'batch':>7}{'standard s':>12}{'variant s':>11}{'ratio':>8}{'L0 std/var':>14}"
-    rows = [
-        f"{t.architecture:<16}{t.d_in:>6}{t.d_sae:>8}{t.batch_size:>7}{t.baseline_seconds:>12.3f}"
-        f"{t.variant_seconds:>11.3f}{t.ratio:>8.2f}{t.baseline_l0:>8.0f}/{t.variant_l0:<5.0f}"
-        for t in timings
-    ]
+    header = (f"{'architecture':<16}{'d_in':>6}{'d_sae':>8}{'batch':>7}{'standard s':>12}{'variant s':>11}"
+              f"{'ratio':>8}{'L0 std/var':>14}{'std MiB':>9}{'var MiB':>9}{'mem ratio':>10}")
+    rows = []
+    for t in timings:
+        memory = (f"{t.baseline_peak_mib:>9.0f}{t.variant_peak_mib:>9.0f}{t.memory_ratio:>10.2f}"
+                  if t.memory_ratio is not None else f"{'-':>9}{'-':>9}{'-':>10}")
+        rows.append(
+            f"{t.architecture:<16}{t.d_in:>6}{t.d_sae:>8}{t.batch_size:>7}{t.baseline_seconds:>12.3f}"
+            f"{t.variant_seconds:>11.3f}{t.ratio:>8.2f}{t.baseline_l0:>8.0f}/{t.variant_l0:<5.0f}{memory}"
+        )
     return "\n".join([header, *rows])
+
+
+if __name__ == "__main__":
+    import sae_variants  # noqa: F401  (registers the variants in the probe process)
+
+    sys.stdout.write(f"{_memory_probe(json.loads(sys.argv[1]))}\n")

@@ -4,6 +4,7 @@
     sae-variants train --architecture standard --set l1_coefficient=5 --output runs/std
     sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs the hub)
     sae-variants evaluate runs/std [--json]
+    sae-variants export-standard runs/qucl runs/qucl-as-standard [--tolerance 0.01]
     sae-variants architectures | presets
 """
 
@@ -16,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from sae_variants.integrations.benchmark import format_timings, time_training_step
+from sae_variants.integrations.benchmark import format_timings, time_training_step, with_peak_memory
 from sae_variants.integrations.evaluation import evaluate_sae, format_table
+from sae_variants.integrations.export import export_saved_qucl
 from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
 from sae_variants.integrations.hooks import HOOK_SITES
 from sae_variants.integrations.models import HubAccessError
@@ -119,13 +121,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> None:
-    timings = [
-        time_training_step(args.architecture, d_in=args.d_in, d_sae=d_sae, batch_size=args.batch_size,
-                           options=_parse_options(args.set), target_l0=args.target_l0,
-                           steps=args.steps, repeats=args.repeats)
-        for d_sae in args.d_sae
-    ]
+    options = _parse_options(args.set)
+    timings = []
+    for d_sae in args.d_sae:
+        timing = time_training_step(args.architecture, d_in=args.d_in, d_sae=d_sae,
+                                    batch_size=args.batch_size, options=options,
+                                    target_l0=args.target_l0, steps=args.steps, repeats=args.repeats)
+        if args.memory:
+            timing = with_peak_memory(timing, options, args.target_l0)
+        timings.append(timing)
     print(format_timings(timings))
+
+
+def _cmd_export_standard(args: argparse.Namespace) -> None:
+    export = export_saved_qucl(args.path, args.output, args.tolerance, args.contexts)
+    print(f"explained variance {export.explained_variance_qucl:.4f} (qucl) -> "
+          f"{export.explained_variance_standard:.4f} (standard), change {export.change:+.4f}; "
+          f"saved the standard SAE to {Path(args.output).resolve()}")
 
 
 def _cmd_architectures(_: argparse.Namespace) -> None:
@@ -173,7 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     bench.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median ratio is reported")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--no-memory", dest="memory", action="store_false",
+                       help="skip the peak-memory measurement (one subprocess per architecture)")
     bench.set_defaults(run=_cmd_benchmark)
+
+    export = commands.add_parser(
+        "export-standard", help="save a QuCL SAE as SAELens standard (projection folded, quantizer dropped)")
+    export.add_argument("path", help="a saved 'qucl' SAE")
+    export.add_argument("output", help="where the standard SAE is written")
+    export.add_argument("--tolerance", type=float, default=0.01,
+                        help="largest |explained-variance change| accepted (default 0.01)")
+    export.add_argument("--contexts", type=int, default=64, help="held-out contexts to measure on")
+    export.set_defaults(run=_cmd_export_standard)
 
     commands.add_parser("architectures", help="list trainable architectures").set_defaults(run=_cmd_architectures)
     commands.add_parser("presets", help="list training and hook presets").set_defaults(run=_cmd_presets)
