@@ -9,7 +9,9 @@ its held-out L0 is within 10% of the standard's. Two QuCL configurations run:
 - ``paper``: every default (the spec's resolution of the paper), so the curriculum's FVU threshold
   comes from activation diversity, clipped to [0.05, 0.2];
 - ``fvu-0.05``: the same with ``threshold_max=0.05``, i.e. the curriculum holds the FVU between
-  0.025 and 0.05 instead of between 0.1 and 0.2.
+  0.025 and 0.05 instead of between 0.1 and 0.2;
+- ``full-rank``: as ``fvu-0.05`` but starting at the largest rank (90% of d_in), which separates
+  what the quantized projection costs from what the short run's slow rank growth costs.
 
 The report shows explained variance, CE loss score and each run's rank trajectory (from the
 ``qucl_curriculum.json`` the SAE writes beside itself). Finished runs are reused on a re-run.
@@ -39,6 +41,7 @@ COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_los
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "paper": {},
     "fvu-0.05": {"threshold_max": 0.05},
+    "full-rank": {"threshold_max": 0.05, "initial_rank_fraction": 0.9},
 }
 
 
