@@ -17,7 +17,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from sae_variants.integrations.matched_l0 import summary_row, train_at_target_l0
+from sae_variants.integrations.matched_l0 import (
+    summary_row,
+    train_at_target_l0,
+    train_standard_reference,
+)
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.reporting import markdown_table
@@ -43,11 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     base = dict(training_tokens=args.tokens, expansion_factor=8)
     standard_l1 = float(DEMO_SAE_OPTIONS["l1_coefficient"])
     warm_up = int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])
-    standard = train_at_target_l0(
-        TrainRequest(architecture="standard", output_path=args.work_dir / "standard",
-                     sae_options={"l1_warm_up_steps": warm_up}, **base),
-        target_l0=None, initial_value=standard_l1, model=model,
-    )
+    standard = train_standard_reference(args.work_dir, args.tokens, model)
     target = standard.result.metrics["l0"]
     cubic = train_at_target_l0(
         TrainRequest(architecture="cubic_ortho", output_path=args.work_dir / "cubic_ortho",

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from sae_variants.architectures.qucl import CURRICULUM_LOG_FILENAME
-from sae_variants.integrations.matched_l0 import summary_row, train_at_target_l0
+from sae_variants.integrations.matched_l0 import (
+    summary_row,
+    train_at_target_l0,
+    train_standard_reference,
+)
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.reporting import markdown_table
@@ -68,11 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(EMBEDDED_MODEL_NAME)
     base = dict(training_tokens=args.tokens, expansion_factor=8)
     warm_up = int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])
-    standard = train_at_target_l0(
-        TrainRequest(architecture="standard", output_path=args.work_dir / "standard",
-                     sae_options={"l1_warm_up_steps": warm_up}, **base),
-        target_l0=None, initial_value=float(DEMO_SAE_OPTIONS["l1_coefficient"]), model=model,
-    )
+    standard = train_standard_reference(args.work_dir, args.tokens, model)
     target = standard.result.metrics["l0"]
     rows = [summary_row(standard) | {"final_rank": "-"}]
     runs: dict[str, Any] = {}

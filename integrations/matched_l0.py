@@ -22,6 +22,7 @@ from typing import Any
 from sae_lens import HookedSAETransformer
 
 from sae_variants.integrations.evaluation import EvalResult, evaluate_sae
+from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training import TrainRequest, train_sae
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,18 @@ def train_at_target_l0(
     assert result is not None
     assert target_l0 is not None
     return MatchedRun(request.architecture, knob, target_l0, result, tolerance, attempts)
+
+
+def train_standard_reference(work_dir: Path, training_tokens: int,
+                             model: HookedSAETransformer | None = None) -> MatchedRun:
+    """SAELens ``standard`` at the demo's L1 settings in ``work_dir / "standard"``: the reference
+    whose L0 a comparison matches every variant to (reused when already trained)."""
+    return train_at_target_l0(
+        TrainRequest(architecture="standard", output_path=Path(work_dir) / "standard",
+                     sae_options={"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])},
+                     training_tokens=training_tokens, expansion_factor=8),
+        target_l0=None, initial_value=float(DEMO_SAE_OPTIONS["l1_coefficient"]), model=model,
+    )
 
 
 def summary_row(run: MatchedRun) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -28,3 +31,12 @@ def check_activations(x: Tensor, d_in: int, *, where: str = "SAE input") -> None
             f"{where}: activations contain {n_bad} NaN/inf values out of {x.numel()}; "
             "the model produced non-finite activations or the data is corrupt"
         )
+
+
+def require_fields(cfg: object, names: tuple[str, ...], holds: Callable[[Any], bool], requirement: str) -> None:
+    """Raise ``ValueError("<name> must be <requirement>, got <value>")`` for the first field of
+    ``cfg`` named in ``names`` whose value fails ``holds`` (the configs' shared range check)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not holds(value):
+            raise ValueError(f"{name} must be {requirement}, got {value}")

@@ -45,6 +45,7 @@ from sae_variants.architectures.cubic_ortho_penalty import (
     cubic_ortho_penalty_dense,
 )
 from sae_variants.functional import remove_parallel_component, unit_norm_rows
+from sae_variants.validation import require_fields
 
 ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"]
 PenaltyMode = Literal["auto", "dense", "coactive", "blocks"]
@@ -107,12 +108,8 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
     @override
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("l1_coefficient", "ortho_coefficient", "eps0", "beta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("l1_warm_up_steps", "ortho_warm_up_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 steps, got {getattr(self, name)}")
+        require_fields(self, ("l1_coefficient", "ortho_coefficient", "eps0", "beta"), lambda v: v >= 0, ">= 0")
+        require_fields(self, ("l1_warm_up_steps", "ortho_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
         if self.exponent < 1:
             # Below 1 the gradient of c^p is infinite at c = 0, i.e. at every pair that never co-fires.
             raise ValueError(f"exponent must be >= 1, got {self.exponent}")

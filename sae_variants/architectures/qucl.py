@@ -64,7 +64,7 @@ from sae_variants.functional import (
     tangent_projected,
     unit_norm_rows,
 )
-from sae_variants.validation import check_activations
+from sae_variants.validation import check_activations, require_fields
 
 
 @dataclass(kw_only=True)
@@ -170,28 +170,18 @@ class QuCLTrainingSAEConfig(TrainingSAEConfig, QuCLArchitectureFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_architecture()
-        for name in ("l1_coefficient", "contrastive_coefficient"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("l1_warm_up_steps", "contrastive_warm_up_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 steps, got {getattr(self, name)}")
-        for name in ("curriculum_window", "curriculum_interval", "diversity_batches",
-                     "contrastive_anchors"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sparsity_slope", "contrastive_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
+        require_fields(self, ("l1_warm_up_steps", "contrastive_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("curriculum_window", "curriculum_interval", "diversity_batches",
+                              "contrastive_anchors"), lambda v: v >= 1, ">= 1")
+        require_fields(self, ("sparsity_slope", "contrastive_temperature"), lambda v: v > 0, "> 0")
         if not 0.0 < self.min_rank_fraction <= self.initial_rank_fraction <= self.max_rank_fraction:
             raise ValueError(
                 "rank fractions must satisfy 0 < min_rank_fraction <= initial_rank_fraction <= "
                 f"max_rank_fraction; got {self.min_rank_fraction}, {self.initial_rank_fraction}, "
                 f"{self.max_rank_fraction}"
             )
-        for name in ("rank_grow_fraction", "rank_shrink_fraction"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        require_fields(self, ("rank_grow_fraction", "rank_shrink_fraction"), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
         if not 0.0 <= self.shrink_ratio < 1.0:
             raise ValueError(f"shrink_ratio must be in [0, 1), got {self.shrink_ratio}")
         if not 0.0 < self.threshold_min <= self.threshold_max < 1.0:
@@ -268,6 +258,15 @@ class QuCLEncoder:
         """
         return effective_encoder(self.projection, self.W_r, self.current_rank, self.cfg.multiscale)
 
+    def decode_with(
+        self, feature_acts: Float[Tensor, "*batch d_sae"], W_dec: Float[Tensor, "d_sae d_in"]
+    ) -> Float[Tensor, "*batch d_in"]:
+        """SAELens's decode chain (recons hook, output normalization, hook_z reshape) with ``W_dec``."""
+        assert isinstance(self, SAE)
+        sae_out = self.hook_sae_recons(feature_acts @ W_dec + self.b_dec)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
+
     @torch.no_grad()
     def fold_and_get_W_dec_norm(self) -> Tensor:
         # ReLU is positively homogeneous, so scaling a feature's encoder column and bias by its
@@ -299,9 +298,7 @@ class QuCLSAE(QuCLEncoder, SAE[QuCLSAEConfig]):
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        sae_out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)
-        return self.reshape_fn_out(sae_out, self.d_head)
+        return self.decode_with(feature_acts, self.W_dec)
 
 
 @dataclass
@@ -386,9 +383,7 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
         # While training, a step may rotate a decoder row but not grow it, so the renormalization
         # before the next step does not undo the optimizer's work.
         W_dec = tangent_projected(self.W_dec) if self.training else self.W_dec
-        sae_out = self.hook_sae_recons(feature_acts @ W_dec + self.b_dec)
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)
-        return self.reshape_fn_out(sae_out, self.d_head)
+        return self.decode_with(feature_acts, W_dec)
 
     @property
     def threshold_ready(self) -> bool:
