@@ -11,6 +11,12 @@ from sae_variants.architectures.cubic_ortho import (
     CubicOrthoTrainingSAE,
     CubicOrthoTrainingSAEConfig,
 )
+from sae_variants.architectures.multiscale_norm import (
+    MultiScaleNormSAE,
+    MultiScaleNormSAEConfig,
+    MultiScaleNormTrainingSAE,
+    MultiScaleNormTrainingSAEConfig,
+)
 from sae_variants.architectures.qucl import (
     QuCLSAE,
     QuCLSAEConfig,
@@ -30,12 +36,21 @@ from sae_variants.validation import check_activations
 register_variant("cubic_ortho", CubicOrthoTrainingSAE, CubicOrthoTrainingSAEConfig)
 # QuCLSAE (seed 000) trains and saves as "qucl" (its encoder is a quantized projection).
 register_variant("qucl", QuCLTrainingSAE, QuCLTrainingSAEConfig, QuCLSAE, QuCLSAEConfig)
+# MultiScaleNormSAE (seed 001) trains and saves as "multiscale_norm" (normalizing, gated encoder).
+register_variant(
+    "multiscale_norm", MultiScaleNormTrainingSAE, MultiScaleNormTrainingSAEConfig,
+    MultiScaleNormSAE, MultiScaleNormSAEConfig,
+)
 
 __all__ = [
     "CubicOrthoSAE",
     "CubicOrthoSAEConfig",
     "CubicOrthoTrainingSAE",
     "CubicOrthoTrainingSAEConfig",
+    "MultiScaleNormSAE",
+    "MultiScaleNormSAEConfig",
+    "MultiScaleNormTrainingSAE",
+    "MultiScaleNormTrainingSAEConfig",
     "QuCLSAE",
     "QuCLSAEConfig",
     "QuCLTrainingSAE",

@@ -44,6 +44,7 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import Tensor, nn
 from typing_extensions import override
 
+from sae_variants.architectures.decoding import decode_through_hooks
 from sae_variants.architectures.qucl_functional import (
     RankSchedule,
     batch_diversity,
@@ -258,15 +259,6 @@ class QuCLEncoder:
         """
         return effective_encoder(self.projection, self.W_r, self.current_rank, self.cfg.multiscale)
 
-    def decode_with(
-        self, feature_acts: Float[Tensor, "*batch d_sae"], W_dec: Float[Tensor, "d_sae d_in"]
-    ) -> Float[Tensor, "*batch d_in"]:
-        """SAELens's decode chain (recons hook, output normalization, hook_z reshape) with ``W_dec``."""
-        assert isinstance(self, SAE)
-        sae_out = self.hook_sae_recons(feature_acts @ W_dec + self.b_dec)
-        sae_out = self.run_time_activation_norm_fn_out(sae_out)
-        return self.reshape_fn_out(sae_out, self.d_head)
-
     @torch.no_grad()
     def fold_and_get_W_dec_norm(self) -> Tensor:
         # ReLU is positively homogeneous, so scaling a feature's encoder column and bias by its
@@ -298,7 +290,7 @@ class QuCLSAE(QuCLEncoder, SAE[QuCLSAEConfig]):
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return self.decode_with(feature_acts, self.W_dec)
+        return decode_through_hooks(self, feature_acts, self.W_dec)
 
 
 @dataclass
@@ -383,7 +375,7 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
         # While training, a step may rotate a decoder row but not grow it, so the renormalization
         # before the next step does not undo the optimizer's work.
         W_dec = tangent_projected(self.W_dec) if self.training else self.W_dec
-        return self.decode_with(feature_acts, W_dec)
+        return decode_through_hooks(self, feature_acts, W_dec)
 
     @property
     def threshold_ready(self) -> bool:

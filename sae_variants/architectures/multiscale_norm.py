@@ -1,0 +1,658 @@
+"""MultiScaleNormSAE: multi-scale normalization, EMA z-gating, slot attention, SVD reactivation
+(seed 001).
+
+Paper: ``shared/seeds/001_38ffa7f8a542f4d0.txt``; spec with resolutions: ``seed-algorithms.md`` §3.
+
+    x_n = sigmoid(a) sum_s pi_s (gamma_s (x - mu) / sqrt(s v + eps) + beta_s)     C1, eqs. 2-3
+    x_a = x_n + softmax(x_n W_Q K^T / sqrt(d_k) * sigmoid(alpha)) V                C2, learned slots
+    pre = x_a W_enc + b_enc                                                        C3
+    f   = sigma_b * pre * 1[pre > max(EMA mean + 2 EMA std, 0)]                    C4, sigma_b = sqrt(v + eps)
+    x^  = f W_dec + b_dec                                                          C5, unit decoder rows
+    L   = ||x - x^||^2 + lambda1 sum_i u_i f_i + lambda2 ||W_dec W_dec^T - I||_F    C6-C8
+
+Training (C9, C10): each step is split into ``grad_accumulation`` micro-batches whose gradients
+add up to the step's (the gate statistics and importance weights move per micro-batch);
+per-feature gradients are scaled by the importance ``u``; the learning rate carries an adaptive
+factor driven by pre-clip gradient-norm spikes; AdamW-style weight decay applies to ``W_enc``
+and the attention matrices only; every 100 steps features that have not fired for a window are
+revived from a rank-32 randomized SVD of the residual, and their Adam moments are zeroed. The
+optimizer-side parts reach SAELens's own Adam through torch's optimizer step hooks
+(``optimizer_policy.py``). All running state is in buffers, so it is checkpointed and resumed.
+
+At inference the SAE is a per-token function (eval mode never moves a statistic) saved as
+architecture ``"multiscale_norm"``; load it with ``SAE.load_from_disk`` after
+``import sae_variants``.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.multiscale_norm_functional import (
+    batch_moments,
+    dead_features,
+    feature_importance,
+    frame_orthogonality,
+    gate_thresholds,
+    gated_codes,
+    multiscale_normalize,
+    next_lr_factor,
+    reactivation_directions,
+    slot_attention,
+    token_scale,
+)
+from sae_variants.architectures.optimizer_policy import (
+    attach_optimizer_policy,
+    optimizer_holds,
+    zero_adam_moments,
+)
+from sae_variants.architectures.saved_config import AcceptsSavedMetadata
+from sae_variants.functional import fraction_of_variance_unexplained, unit_norm_rows
+from sae_variants.validation import require_fields
+
+NORMALIZATIONS = ("multiscale", "layernorm", "none")
+
+_GATE_EPS = 1e-5
+
+
+@dataclass(kw_only=True)
+class MultiScaleNormArchitectureFields:
+    """Fields the inference SAE needs (shared by the inference and training configs)."""
+
+    normalization: str = "multiscale"
+    """``"multiscale"``: C1 over ``scales``; ``"layernorm"``: one scale {1} (the paper's run 6);
+    ``"none"``: the encoder reads the raw activations (the paper's base model)."""
+    scales: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0])
+    """Variance scales s of eq. 2 (paper: {0.1, 0.5, 1.0, 2.0}; each > 0)."""
+    adaptive_gate: bool = True
+    """Multiply the normalized input by sigmoid(a), a learnable scalar initialized to 1 (run 7)."""
+    restore_scale: bool = True
+    """Multiply the codes by the token scale sigma_b the normalization removed (spec d2), so the
+    linear decoder reconstructs raw activations; False is the paper-literal behaviour."""
+    norm_eps: float = 1e-5
+    """epsilon of the normalization (code: 1e-5; > 0). Folding an input scale c into the SAE divides
+    it by c^2, which keeps the function exact."""
+    attention: bool = True
+    """Per-token attention over learned slots before the encoder (C2; the paper's run 8)."""
+    attention_slots: int = 64
+    """m, the number of learned key/value slots (>= 1)."""
+    attention_key_dim: int | None = None
+    """d_k of the queries and keys; None means d_in / 4 (paper), at least 1."""
+    z_gating: bool = True
+    """Fire only where the pre-activation's running z-score exceeds ``z_threshold`` (C4);
+    False: a plain ReLU."""
+    z_threshold: float = 2.0
+    """z of the one-sided gate (the trainer's "mu + 2 sigma"; >= 0 is not required)."""
+
+    def normalization_scales(self) -> list[float]:
+        """The scales C1 uses under ``normalization`` (empty when it is off)."""
+        return {"multiscale": list(self.scales), "layernorm": [1.0], "none": []}[self.normalization]
+
+    def key_dim(self) -> int:
+        return self.attention_key_dim or max(1, self.d_in // 4)  # type: ignore[attr-defined]
+
+    def _validate_architecture(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}"
+            )
+        if not self.scales or any(not s > 0 for s in self.scales):
+            raise ValueError(f"scales must be a non-empty list of values > 0, got {self.scales}")
+        require_fields(self, ("norm_eps",), lambda v: v > 0, "> 0")
+        require_fields(self, ("attention_slots",), lambda v: v >= 1, ">= 1")
+        if self.attention_key_dim is not None and self.attention_key_dim < 1:
+            raise ValueError(f"attention_key_dim must be >= 1 or None, got {self.attention_key_dim}")
+        if self.apply_b_dec_to_input:  # type: ignore[attr-defined]
+            raise ValueError(
+                "apply_b_dec_to_input must be False for multiscale_norm: b_dec lives in the raw "
+                "activation space and the encoder reads normalized activations (spec §3 d3)"
+            )
+        if self.normalize_activations == "covariance_whitening":  # type: ignore[attr-defined]
+            raise ValueError(
+                "normalize_activations='covariance_whitening' cannot be folded into a "
+                "multiscale_norm SAE (its encoder normalizes each token); use "
+                "'expected_average_only_in' or 'none'"
+            )
+
+
+@dataclass
+class MultiScaleNormSAEConfig(AcceptsSavedMetadata, SAEConfig, MultiScaleNormArchitectureFields):
+    """Inference configuration of a trained multi-scale normalization SAE."""
+
+    apply_b_dec_to_input: bool = False
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "multiscale_norm"
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+
+
+@dataclass
+class MultiScaleNormTrainingSAEConfig(TrainingSAEConfig, MultiScaleNormArchitectureFields):
+    """Training configuration; every default is the spec's resolution of the paper (§3 c)."""
+
+    apply_b_dec_to_input: bool = False
+    l1_coefficient: float = 0.04
+    """lambda1, the importance-weighted L1 weight (template: 0.04; calibrate it for a target L0)."""
+    l1_warm_up_steps: int = 0
+    """Linear warm-up of lambda1 from 0, in steps (>= 0)."""
+    orthogonality_coefficient: float = 0.01
+    """lambda2 on ||W_dec W_dec^T - I||_F (code: 0.01; 0 switches C6 off)."""
+    gate_ema_decay: float = 0.99
+    """beta of the gate's running mean and variance (paper: 0.99; in [0, 1))."""
+    importance_weighting: bool = True
+    """Weight the L1 by u and scale per-feature gradients by u (C7); False: plain L1."""
+    grad_accumulation: int = 4
+    """Micro-batches per step (paper: 4). Gradients sum to the full batch's, so tokens per step
+    stay those of the baseline; the gate statistics and u move per micro-batch (spec d13)."""
+    adaptive_lr: bool = True
+    """Scale the learning rate by the spike-driven factor rho (C9, spec d11)."""
+    lr_floor: float = 1e-5
+    """The adaptive factor never takes the learning rate below this (paper: 1e-5)."""
+    lr_spike_ratio: float = 2.0
+    """A pre-clip gradient norm above this times its running average is a spike (> 1)."""
+    lr_decay: float = 0.9
+    """rho is multiplied by this on a spike (in (0, 1))."""
+    lr_recovery: float = 1.1
+    """rho is multiplied by this every ``lr_recovery_interval`` steps without a spike (>= 1)."""
+    lr_recovery_interval: int = 100
+    """Steps between recoveries of rho (>= 1)."""
+    grad_norm_ema_decay: float = 0.99
+    """Decay of the running average of the pre-clip gradient norm (in [0, 1))."""
+    weight_decay: float = 0.01
+    """Decoupled (AdamW) weight decay on W_enc, W_Q, K and V only (paper: unspecified; >= 0)."""
+    reactivation: bool = True
+    """Revive dead features from the residual's rank-``reactivation_rank`` subspace (C10)."""
+    reactivation_interval: int = 100
+    """Steps between reactivation passes (paper: 100; >= 1)."""
+    dead_window_steps: int = 1000
+    """A feature is dead when it has not fired for this many steps (spec: 1000; >= 1). Keep it
+    below the run length or reactivation never triggers."""
+    reactivation_rank: int = 32
+    """Rank of the randomized SVD of the residual (paper: 32; >= 1)."""
+    reactivation_encoder_scale: float = 0.2
+    """A revived encoder column is this times the mean norm of the live columns (> 0)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "multiscale_norm"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return MultiScaleNormSAEConfig
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+        require_fields(self, ("l1_coefficient", "orthogonality_coefficient", "weight_decay"),
+                       lambda v: v >= 0, ">= 0")
+        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("grad_accumulation", "lr_recovery_interval", "reactivation_interval",
+                              "dead_window_steps", "reactivation_rank"), lambda v: v >= 1, ">= 1")
+        require_fields(self, ("gate_ema_decay", "grad_norm_ema_decay"), lambda v: 0 <= v < 1, "in [0, 1)")
+        require_fields(self, ("lr_floor", "reactivation_encoder_scale"), lambda v: v > 0, "> 0")
+        require_fields(self, ("lr_spike_ratio",), lambda v: v > 1, "> 1")
+        require_fields(self, ("lr_decay",), lambda v: 0 < v < 1, "in (0, 1)")
+        require_fields(self, ("lr_recovery",), lambda v: v >= 1, ">= 1")
+
+
+class MultiScaleNormEncoder:
+    """Parameters and encoder path shared by the inference and the training SAE.
+
+    Mixed in before SAELens's ``SAE``/``TrainingSAE`` so its ``initialize_weights`` and folds
+    replace the linear-encoder ones.
+    """
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    gate_mean: Tensor
+    gate_var: Tensor
+
+    def initialize_weights(self) -> None:
+        assert isinstance(self, nn.Module)
+        cfg, d_in, d_sae = self.cfg, self.cfg.d_in, self.cfg.d_sae
+
+        def tensor(*shape: int, std: float | None = None, fill: float = 0.0) -> Tensor:
+            if std is None:
+                return torch.full(shape, fill, dtype=self.dtype, device=self.device)
+            return torch.randn(*shape, dtype=self.dtype, device=self.device) * std
+
+        # C11: W_enc ~ N(0, 1/d_in); W_dec ~ N(0, 1/d_sae) with unit rows; zero biases.
+        self.W_enc = nn.Parameter(tensor(d_in, d_sae, std=d_in**-0.5))
+        self.b_enc = nn.Parameter(tensor(d_sae))
+        self.W_dec = nn.Parameter(unit_norm_rows(tensor(d_sae, d_in, std=d_sae**-0.5)))
+        self.b_dec = nn.Parameter(tensor(d_in))
+        scales = cfg.normalization_scales()
+        if scales:
+            self.scale_gains = nn.Parameter(tensor(len(scales), d_in, fill=1.0))
+            self.scale_biases = nn.Parameter(tensor(len(scales), d_in))
+            self.scale_logits = nn.Parameter(tensor(len(scales)))  # equal mixture at init
+            if cfg.adaptive_gate:
+                self.gate_logit = nn.Parameter(tensor(fill=1.0))  # the code's a = 1
+        if cfg.attention:
+            d_k = cfg.key_dim()
+            self.attention_query = nn.Parameter(tensor(d_in, d_k, std=d_in**-0.5))
+            self.attention_keys = nn.Parameter(tensor(cfg.attention_slots, d_k, std=1.0))
+            # V = 0: the attention starts as the identity and learns what to add.
+            self.attention_values = nn.Parameter(tensor(cfg.attention_slots, d_in))
+            self.attention_temperature_logit = nn.Parameter(tensor())
+        # The gate's running statistics are part of the inference function (a JumpReLU whose
+        # thresholds are these), so they are saved with the weights.
+        self.register_buffer("gate_mean", tensor(d_sae))
+        self.register_buffer("gate_var", tensor(d_sae, fill=1.0))
+
+    def encoder_input(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_in"], Float[Tensor, "*batch 1"] | None]:
+        """What ``W_enc`` reads (C1, C2) and the token scale the codes restore (None: keep raw)."""
+        cfg = self.cfg
+        x, scale = sae_in, None
+        if cfg.normalization != "none":
+            # The scales are configuration, not state (a buffer would be left on the meta device by
+            # SAE.load_from_disk, which only materializes what the weights file holds).
+            scales = torch.tensor(cfg.normalization_scales(), dtype=sae_in.dtype, device=sae_in.device)
+            x = multiscale_normalize(
+                sae_in, self.scale_gains, self.scale_biases, self.scale_logits, scales, cfg.norm_eps
+            )
+            if cfg.adaptive_gate:
+                x = torch.sigmoid(self.gate_logit) * x
+            if cfg.restore_scale:
+                scale = token_scale(sae_in, cfg.norm_eps)
+        if cfg.attention:
+            x = slot_attention(
+                x, self.attention_query, self.attention_keys, self.attention_values,
+                self.attention_temperature_logit,
+            )
+        return x, scale
+
+    def firing_thresholds(self) -> Float[Tensor, " d_sae"]:
+        if not self.cfg.z_gating:
+            return torch.zeros_like(self.gate_mean)
+        return gate_thresholds(self.gate_mean, self.gate_var, self.cfg.z_threshold, _GATE_EPS)
+
+    def codes(
+        self, pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        return gated_codes(pre, self.firing_thresholds(), scale)
+
+    @torch.no_grad()
+    def fold_and_get_W_dec_norm(self) -> Tensor:
+        # Codes are positively homogeneous in (W_enc[:, i], b_enc[i]); the gate's statistics of
+        # pre_i scale with it (mean by n, variance by n^2), so thresholds follow.
+        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
+        self.W_dec.data.div_(norms.unsqueeze(1))
+        self.W_enc.data.mul_(norms)
+        self.b_enc.data.mul_(norms)
+        self.gate_mean.mul_(norms)
+        self.gate_var.mul_(norms.pow(2))
+        return norms
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
+        cfg, c = self.cfg, scaling_factor
+        if cfg.normalization != "none":
+            # The normalization is scale-invariant once eps scales with the variance.
+            cfg.norm_eps = cfg.norm_eps / (c * c)
+        else:
+            self.W_enc.data.mul_(c)
+            if cfg.attention:
+                self.attention_query.data.mul_(c)
+                self.attention_values.data.div_(c)
+        if not (cfg.normalization != "none" and cfg.restore_scale):
+            # Restored codes already shrink by c with the token scale; other codes do not.
+            self.W_dec.data.div_(c)
+        self.b_dec.data.div_(c)
+        cfg.normalize_activations = "none"
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "a multiscale_norm SAE normalizes each token before its encoder, so an input "
+            "whitening cannot be folded into its weights; train with "
+            "normalize_activations='expected_average_only_in' or 'none'"
+        )
+
+
+class MultiScaleNormSAE(MultiScaleNormEncoder, SAE[MultiScaleNormSAEConfig]):
+    """A trained multi-scale normalization SAE (inference; every token encoded on its own)."""
+
+    @override
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        encoder_input, scale = self.encoder_input(self.process_sae_in(x))
+        pre = self.hook_sae_acts_pre(encoder_input @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(self.codes(pre, scale))
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        return decode_through_hooks(self, feature_acts, self.W_dec)
+
+
+_TRAINING_BUFFERS = (
+    "gate_initialized", "steps_since_fired", "training_step", "lr_factor", "grad_norm_ema",
+    "pending_moment_reset", "features_revived",
+)
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch's forward pass and its two data terms (before averaging over the step)."""
+
+    feature_acts: Tensor
+    hidden_pre: Tensor
+    sae_out: Tensor
+    mse_loss: Tensor
+    l1_loss: Tensor
+
+
+class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNormTrainingSAEConfig]):
+    """The multi-scale normalization SAE with its training step and optimizer policy."""
+
+    gate_initialized: Tensor
+    steps_since_fired: Tensor
+    training_step: Tensor
+    lr_factor: Tensor
+    grad_norm_ema: Tensor
+    pending_moment_reset: Tensor
+    features_revived: Tensor
+
+    def __init__(self, cfg: MultiScaleNormTrainingSAEConfig, use_error_term: bool = False) -> None:
+        super().__init__(cfg, use_error_term)
+        device = self.device
+        self.register_buffer("gate_initialized", torch.tensor(False, device=device))
+        self.register_buffer("steps_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long, device=device))
+        self.register_buffer("training_step", torch.tensor(0, dtype=torch.long, device=device))
+        self.register_buffer("lr_factor", torch.tensor(1.0, dtype=torch.float64, device=device))
+        # A negative average means "no gradient norm seen yet".
+        self.register_buffer("grad_norm_ema", torch.tensor(-1.0, dtype=torch.float64, device=device))
+        self.register_buffer("pending_moment_reset", torch.zeros(cfg.d_sae, dtype=torch.bool, device=device))
+        self.register_buffer("features_revived", torch.tensor(0, dtype=torch.long, device=device))
+        self._grad_square_norms: dict[str, Tensor] = {}
+        self._lr_before_step: list[float] = []
+        self.lr_spikes = 0
+        """Steps whose gradient norm shrank the learning-rate factor, in this process (a log)."""
+
+    # ------------------------------------------------------------------ SAELens training hooks
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        encoder_input, scale = self.encoder_input(self.process_sae_in(x))
+        pre = self.hook_sae_acts_pre(encoder_input @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(self.codes(pre, scale)), pre
+
+    @override
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        sae_out: Tensor,
+    ) -> dict[str, Tensor]:
+        """lambda2 ||W_dec W_dec^T - I||_F, its decoder gradient scaled by the step's importance."""
+        if self.cfg.orthogonality_coefficient == 0:
+            return {}
+        W_dec = self.W_dec.view_as(self.W_dec)
+        if self.cfg.importance_weighting and W_dec.requires_grad:
+            importance = feature_importance(feature_acts, self.W_dec.detach().norm(dim=-1))
+            W_dec.register_hook(lambda grad: grad * importance.unsqueeze(1))
+        return {"orthogonality_loss": self.cfg.orthogonality_coefficient * frame_orthogonality(W_dec)}
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        x = step_input.sae_in
+        if x.ndim != 2:
+            raise ValueError(
+                f"multiscale_norm trains on [batch, d_in={self.cfg.d_in}] activations, got "
+                f"{tuple(x.shape)}"
+            )
+        if self.training:
+            attach_optimizer_policy(self)
+            self._watch_gradient_norms()
+            with torch.no_grad():
+                # No post-step hook in SAELens: restore unit decoder rows before each step.
+                self.W_dec.copy_(unit_norm_rows(self.W_dec))
+            if self._reactivation_due():
+                self.revive_dead_features(x)
+        n_micro = min(self.cfg.grad_accumulation if self.training else 1, x.shape[0])
+        parts = [self._micro_batch(chunk, step_input.coefficients["l1"]) for chunk in x.chunk(n_micro)]
+        # Chunks of equal size make the mean of the micro-batch means the batch mean; the last
+        # chunk may be shorter, so weight by rows.
+        weights = [part.feature_acts.shape[0] / x.shape[0] for part in parts]
+        losses = {
+            "mse_loss": sum(w * p.mse_loss for w, p in zip(weights, parts)),
+            "l1_loss": sum(w * p.l1_loss for w, p in zip(weights, parts)),
+        }
+        feature_acts = torch.cat([p.feature_acts for p in parts])
+        sae_out = torch.cat([p.sae_out for p in parts])
+        hidden_pre = torch.cat([p.hidden_pre for p in parts])
+        losses.update(self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
+        if self.training:
+            self._count_firing(feature_acts)
+        return TrainStepOutput(
+            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
+            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]
+            metrics={
+                "multiscale_norm/lr_factor": float(self.lr_factor),
+                "multiscale_norm/features_revived": int(self.features_revived),
+                "multiscale_norm/fvu": float(fraction_of_variance_unexplained(x.detach(), sae_out.detach())),
+            },
+        )
+
+    def _micro_batch(self, x: Float[Tensor, "rows d_in"], l1_coefficient: float) -> MicroBatch:
+        # Views of the per-feature parameters: their gradients get this micro-batch's importance
+        # scale once the codes (and so the importance) exist.
+        W_enc, b_enc, W_dec = (p.view_as(p) for p in (self.W_enc, self.b_enc, self.W_dec))
+        encoder_input, scale = self.encoder_input(self.process_sae_in(x))
+        pre = self.hook_sae_acts_pre(encoder_input @ W_enc + b_enc)
+        if self.training:
+            self._update_gate_statistics(pre.detach())
+        feature_acts = self.hook_sae_acts_post(self.codes(pre, scale))
+        sae_out = decode_through_hooks(self, feature_acts, W_dec)
+        mse_loss = (sae_out - x).pow(2).sum(dim=-1).mean()
+        if self.cfg.importance_weighting:
+            importance = feature_importance(feature_acts, self.W_dec.detach().norm(dim=-1))
+            l1 = (feature_acts * importance).sum(dim=-1).mean()
+            if W_enc.requires_grad:
+                W_enc.register_hook(lambda grad: grad * importance)
+                b_enc.register_hook(lambda grad: grad * importance)
+                W_dec.register_hook(lambda grad: grad * importance.unsqueeze(1))
+        else:
+            l1 = feature_acts.sum(dim=-1).mean()
+        return MicroBatch(feature_acts, pre, sae_out, mse_loss, l1_coefficient * l1)
+
+    # --------------------------------------------------------------------- running statistics
+
+    @torch.no_grad()
+    def _update_gate_statistics(self, pre: Float[Tensor, "rows d_sae"]) -> None:
+        mean, variance = batch_moments(pre)
+        if not bool(self.gate_initialized):
+            self.gate_mean.copy_(mean)
+            self.gate_var.copy_(variance)
+            self.gate_initialized.fill_(True)
+            return
+        weight = 1.0 - self.cfg.gate_ema_decay
+        self.gate_mean.lerp_(mean, weight)
+        self.gate_var.lerp_(variance, weight)
+
+    @torch.no_grad()
+    def _count_firing(self, feature_acts: Float[Tensor, "batch d_sae"]) -> None:
+        fired = (feature_acts > 0).any(dim=0)
+        self.steps_since_fired.add_(1).masked_fill_(fired, 0)
+        self.training_step.add_(1)
+
+    # --------------------------------------------------------------------------- reactivation
+
+    def _reactivation_due(self) -> bool:
+        step = int(self.training_step)
+        return self.cfg.reactivation and step > 0 and step % self.cfg.reactivation_interval == 0
+
+    @torch.no_grad()
+    def revive_dead_features(self, x: Float[Tensor, "batch d_in"]) -> int:
+        """C10: re-initialize features silent for ``dead_window_steps`` steps; returns how many.
+
+        Their decoder rows become residual directions from the rank-``reactivation_rank``
+        subspace of this batch's residual, their encoder columns the same directions at a fifth of
+        the live columns' mean norm, their gate statistics this batch's, and their Adam moments are
+        zeroed at the next optimizer step (``pending_moment_reset``).
+        """
+        dead = dead_features(self.steps_since_fired, self.cfg.dead_window_steps)
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        sae_in = self.process_sae_in(x)
+        encoder_input, scale = self.encoder_input(sae_in)
+        pre = encoder_input @ self.W_enc + self.b_enc
+        residual = sae_in - (self.codes(pre, scale) @ self.W_dec + self.b_dec)
+        directions = reactivation_directions(residual.float(), n_dead, self.cfg.reactivation_rank)
+        directions = directions.to(self.dtype)
+        index = dead.nonzero().squeeze(1)
+        column_norms = self.W_enc.norm(dim=0)
+        live_norm = column_norms[~dead].mean() if n_dead < self.cfg.d_sae else column_norms.mean()
+        self.W_dec[index] = directions
+        self.W_enc[:, index] = self.cfg.reactivation_encoder_scale * live_norm * directions.T
+        self.b_enc[index] = 0.0
+        mean, variance = batch_moments(encoder_input @ self.W_enc[:, index])
+        self.gate_mean[index] = mean
+        self.gate_var[index] = variance
+        self.steps_since_fired[index] = 0
+        self.pending_moment_reset[index] = True
+        self.features_revived.add_(n_dead)
+        return n_dead
+
+    # ----------------------------------------------------------- optimizer policy (C9, C10)
+
+    def _watch_gradient_norms(self) -> None:
+        """Record each parameter's squared gradient norm as backward finishes accumulating it,
+        before SAELens clips; hooks are re-added if parameters were replaced (e.g. on load)."""
+        this = weakref.ref(self)
+        for name, parameter in self.named_parameters():
+            if getattr(parameter, "_sae_variants_grad_norm_watch", None) is not None:
+                continue
+
+            def record(p: Tensor, name: str = name) -> None:
+                owner = this()
+                if owner is not None and p.grad is not None:
+                    owner._grad_square_norms[name] = p.grad.detach().pow(2).sum()
+
+            parameter._sae_variants_grad_norm_watch = parameter.register_post_accumulate_grad_hook(record)  # type: ignore[attr-defined]
+
+    def owns_parameters_of(self, optimizer: Optimizer) -> bool:
+        return optimizer_holds(optimizer, self.W_enc)
+
+    def decayed_parameters(self) -> list[nn.Parameter]:
+        """The matrices AdamW's weight decay applies to (C9): W_enc and the attention's W_Q, K, V."""
+        decayed = [self.W_enc]
+        if self.cfg.attention:
+            decayed += [self.attention_query, self.attention_keys, self.attention_values]
+        return decayed
+
+    @torch.no_grad()
+    def before_optimizer_step(self, optimizer: Optimizer) -> None:
+        cfg = self.cfg
+        grad_norm = self._consume_gradient_norm()
+        if cfg.adaptive_lr and grad_norm is not None:
+            self._update_lr_factor(optimizer, grad_norm)
+        factor = float(self.lr_factor) if cfg.adaptive_lr else 1.0
+        self._lr_before_step = [group["lr"] for group in optimizer.param_groups]
+        decayed = self.decayed_parameters()
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+            if cfg.weight_decay > 0:
+                for parameter in group["params"]:
+                    if any(parameter is d for d in decayed):
+                        parameter.mul_(1.0 - group["lr"] * cfg.weight_decay)  # AdamW's decoupled decay
+        if bool(self.pending_moment_reset.any()):
+            index = self.pending_moment_reset.nonzero().squeeze(1)
+            zero_adam_moments(optimizer, self.W_enc, index, dim=1)
+            zero_adam_moments(optimizer, self.b_enc, index, dim=0)
+            zero_adam_moments(optimizer, self.W_dec, index, dim=0)
+            self.pending_moment_reset.zero_()
+
+    @torch.no_grad()
+    def after_optimizer_step(self, optimizer: Optimizer) -> None:
+        # Give the scheduler back the learning rate it set: chainable schedulers (cosine) update
+        # group["lr"] recursively and must not compound the factor.
+        for group, lr in zip(optimizer.param_groups, self._lr_before_step):
+            group["lr"] = lr
+        self._lr_before_step = []
+
+    def _consume_gradient_norm(self) -> float | None:
+        if not self._grad_square_norms:
+            return None
+        total = math.sqrt(float(sum(self._grad_square_norms.values())))
+        self._grad_square_norms = {}
+        return total
+
+    def _update_lr_factor(self, optimizer: Optimizer, grad_norm: float) -> None:
+        cfg = self.cfg
+        group = optimizer.param_groups[0]
+        base_lr = float(group.get("initial_lr", group["lr"])) or cfg.lr_floor
+        average = float(self.grad_norm_ema)
+        before = float(self.lr_factor)
+        after = next_lr_factor(
+            before, grad_norm, average if average >= 0 else None, int(self.training_step),
+            spike_ratio=cfg.lr_spike_ratio, decay=cfg.lr_decay, recovery=cfg.lr_recovery,
+            recovery_interval=cfg.lr_recovery_interval, minimum=min(1.0, cfg.lr_floor / base_lr),
+        )
+        self.lr_spikes += int(after < before)
+        self.lr_factor.fill_(after)
+        decay = cfg.grad_norm_ema_decay
+        self.grad_norm_ema.fill_(grad_norm if average < 0 else decay * average + (1 - decay) * grad_norm)
+
+    # ------------------------------------------------------------------------------- saving
+
+    @override
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        # Fold the last step's decoder-norm drift into the encoder so the saved SAE has exact
+        # unit rows and computes the same function as this module.
+        self.fold_W_dec_norm()
+        return super().save_inference_model(path)
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        for name in _TRAINING_BUFFERS:
+            state_dict.pop(name, None)
+
+
+__all__ = [
+    "MultiScaleNormArchitectureFields", "MultiScaleNormSAE", "MultiScaleNormSAEConfig",
+    "MultiScaleNormTrainingSAE", "MultiScaleNormTrainingSAEConfig", "NORMALIZATIONS",
+]
