@@ -26,6 +26,7 @@ architecture ``"multiscale_norm"``; load it with ``SAE.load_from_disk`` after
 
 from __future__ import annotations
 
+import json
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -359,6 +360,9 @@ class MultiScaleNormSAE(MultiScaleNormEncoder, SAE[MultiScaleNormSAEConfig]):
         return decode_through_hooks(self, feature_acts, self.W_dec)
 
 
+TRAINING_LOG_FILENAME = "multiscale_norm_training.json"
+"""Written next to the saved SAE: reactivations and the learning-rate factor of its run."""
+
 _TRAINING_BUFFERS = (
     "gate_initialized", "steps_since_fired", "training_step", "lr_factor", "grad_norm_ema",
     "pending_moment_reset", "features_revived",
@@ -456,8 +460,8 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         # chunk may be shorter, so weight by rows.
         weights = [part.feature_acts.shape[0] / x.shape[0] for part in parts]
         losses = {
-            "mse_loss": sum(w * p.mse_loss for w, p in zip(weights, parts)),
-            "l1_loss": sum(w * p.l1_loss for w, p in zip(weights, parts)),
+            "mse_loss": sum(w * p.mse_loss for w, p in zip(weights, parts, strict=False)),
+            "l1_loss": sum(w * p.l1_loss for w, p in zip(weights, parts, strict=False)),
         }
         feature_acts = torch.cat([p.feature_acts for p in parts])
         sae_out = torch.cat([p.sae_out for p in parts])
@@ -609,7 +613,7 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
     def after_optimizer_step(self, optimizer: Optimizer) -> None:
         # Give the scheduler back the learning rate it set: chainable schedulers (cosine) update
         # group["lr"] recursively and must not compound the factor.
-        for group, lr in zip(optimizer.param_groups, self._lr_before_step):
+        for group, lr in zip(optimizer.param_groups, self._lr_before_step, strict=False):
             group["lr"] = lr
         self._lr_before_step = []
 
@@ -643,7 +647,22 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         # Fold the last step's decoder-norm drift into the encoder so the saved SAE has exact
         # unit rows and computes the same function as this module.
         self.fold_W_dec_norm()
-        return super().save_inference_model(path)
+        saved = super().save_inference_model(path)
+        (Path(path) / TRAINING_LOG_FILENAME).write_text(json.dumps(self.training_log(), indent=1))
+        return saved
+
+    def training_log(self) -> dict[str, Any]:
+        """The run's final optimizer-policy and reactivation state, as plain data for reports."""
+        return {
+            "steps": int(self.training_step),
+            "features_revived": int(self.features_revived),
+            "features_silent_for_dead_window": int(
+                dead_features(self.steps_since_fired, self.cfg.dead_window_steps).sum()
+            ),
+            "lr_factor": float(self.lr_factor),
+            "lr_spikes_this_process": self.lr_spikes,
+            "grad_norm_average": float(self.grad_norm_ema),
+        }
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
@@ -653,6 +672,11 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
 
 
 __all__ = [
-    "MultiScaleNormArchitectureFields", "MultiScaleNormSAE", "MultiScaleNormSAEConfig",
-    "MultiScaleNormTrainingSAE", "MultiScaleNormTrainingSAEConfig", "NORMALIZATIONS",
+    "NORMALIZATIONS",
+    "TRAINING_LOG_FILENAME",
+    "MultiScaleNormArchitectureFields",
+    "MultiScaleNormSAE",
+    "MultiScaleNormSAEConfig",
+    "MultiScaleNormTrainingSAE",
+    "MultiScaleNormTrainingSAEConfig",
 ]

@@ -17,7 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 
 @runtime_checkable
@@ -33,13 +36,13 @@ _POLICIES: weakref.WeakSet[Any] = weakref.WeakSet()
 _HOOK_HANDLES: list[Any] = []
 
 
-def _before(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+def _before(optimizer: Optimizer, *_: Any) -> None:
     for policy in list(_POLICIES):
         if policy.owns_parameters_of(optimizer):
             policy.before_optimizer_step(optimizer)
 
 
-def _after(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+def _after(optimizer: Optimizer, *_: Any) -> None:
     for policy in list(_POLICIES):
         if policy.owns_parameters_of(optimizer):
             policy.after_optimizer_step(optimizer)

@@ -3,6 +3,7 @@ SAELens's own Adam, and the running state across checkpoint and resume."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sae_variants import (
     MultiScaleNormTrainingSAE,
     MultiScaleNormTrainingSAEConfig,
 )
+from sae_variants.architectures.multiscale_norm import TRAINING_LOG_FILENAME
 from sae_variants.architectures.multiscale_norm_functional import (
     feature_importance,
     frame_orthogonality,
@@ -128,7 +130,8 @@ def test_gate_is_one_sided_uses_running_statistics_and_codes_restore_the_token_s
     codes, pre = sae.encode_with_hidden_pre(x)
     scale = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5)
     fires = pre > thresholds
-    assert fires.any() and (~fires).any()
+    assert fires.any()
+    assert (~fires).any()
     torch.testing.assert_close(codes, torch.where(fires, pre * scale, torch.zeros(())))
     # Scale restoration: the encoder's decisions are scale-invariant, the codes scale with x.
     with torch.no_grad():
@@ -208,7 +211,7 @@ def test_adaptive_lr_factor_shrinks_on_spikes_recovers_and_respects_the_floor() 
 def test_optimizer_policy_reads_the_preclip_norm_scales_and_restores_the_lr() -> None:
     sae = _sae()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 0.5)
     used: list[float] = []
     optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"]))
     x = _activations()
@@ -259,10 +262,13 @@ def test_reactivation_revives_dead_features_into_the_residual_subspace_and_reset
     )
     x = _activations(seed=9)
     revived = sae.revive_dead_features(x)
-    assert revived == 5 and int(sae.features_revived) == 5
-    assert bool(sae.pending_moment_reset[:5].all()) and not bool(sae.pending_moment_reset[5:].any())
+    assert revived == 5
+    assert int(sae.features_revived) == 5
+    assert bool(sae.pending_moment_reset[:5].all())
+    assert not bool(sae.pending_moment_reset[5:].any())
     torch.testing.assert_close(sae.W_dec[:5].norm(dim=-1), torch.ones(5))
-    assert bool((sae.b_enc[:5] == 0).all()) and bool((sae.steps_since_fired[:5] == 0).all())
+    assert bool((sae.b_enc[:5] == 0).all())
+    assert bool((sae.steps_since_fired[:5] == 0).all())
     # Each direction lies in the span of the residual rows.
     with torch.no_grad():
         sae.eval()
@@ -272,7 +278,8 @@ def test_reactivation_revives_dead_features_into_the_residual_subspace_and_reset
         torch.testing.assert_close(residual @ coefficients, sae.W_dec[:5].T, atol=1e-3, rtol=1e-3)
     _train(sae, 1, optimizer, x)
     reset = snapshots[-1]
-    assert bool((reset["W_enc"][:, :5] == 0).all()) and bool((reset["W_dec"][:5] == 0).all())
+    assert bool((reset["W_enc"][:, :5] == 0).all())
+    assert bool((reset["W_dec"][:5] == 0).all())
     torch.testing.assert_close(reset["W_enc"][:, 5:], before["W_enc"][:, 5:])
     torch.testing.assert_close(reset["W_dec"][5:], before["W_dec"][5:])
     assert not bool(sae.pending_moment_reset.any())
@@ -322,6 +329,9 @@ def test_saved_model_keeps_the_gate_and_drops_training_state(tmp_path: Path) -> 
         "pending_moment_reset", "features_revived",
     }
     torch.testing.assert_close(loaded.gate_mean, sae.gate_mean)
+    log = json.loads((tmp_path / TRAINING_LOG_FILENAME).read_text())
+    assert log["steps"] == 3
+    assert log["lr_factor"] == float(sae.lr_factor)
     sae.eval()
     x = _activations(seed=4)
     with torch.no_grad():
@@ -355,7 +365,8 @@ def test_running_state_survives_checkpoint_and_resume(random_gemma2: HookedSAETr
                         if not p.parent.name.startswith("final"))[0]
     saved = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(**sae_cfg))
     saved.load_weights_from_checkpoint(checkpoint)
-    assert bool(saved.gate_initialized) and 0 < int(saved.training_step) < 24
+    assert bool(saved.gate_initialized)
+    assert 0 < int(saved.training_step) < 24
     assert int(saved.features_revived) > 0, "reactivation should have run before the checkpoint"
 
     resumed = run(str(checkpoint), "resumed")
