@@ -60,6 +60,7 @@ from sae_variants.architectures.multiscale_norm_functional import (
     next_lr_factor,
     reactivation_directions,
     slot_attention,
+    token_moments,
     token_scale,
 )
 from sae_variants.architectures.optimizer_policy import (
@@ -284,13 +285,15 @@ class MultiScaleNormEncoder:
             # The scales are configuration, not state (a buffer would be left on the meta device by
             # SAE.load_from_disk, which only materializes what the weights file holds).
             scales = torch.tensor(cfg.normalization_scales(), dtype=sae_in.dtype, device=sae_in.device)
+            mean, variance = token_moments(sae_in)
             x = multiscale_normalize(
-                sae_in, self.scale_gains, self.scale_biases, self.scale_logits, scales, cfg.norm_eps
+                sae_in, mean, variance, self.scale_gains, self.scale_biases, self.scale_logits,
+                scales, cfg.norm_eps,
             )
             if cfg.adaptive_gate:
                 x = torch.sigmoid(self.gate_logit) * x
             if cfg.restore_scale:
-                scale = token_scale(sae_in, cfg.norm_eps)
+                scale = token_scale(variance, cfg.norm_eps)
         if cfg.attention:
             x = slot_attention(
                 x, self.attention_query, self.attention_keys, self.attention_values,

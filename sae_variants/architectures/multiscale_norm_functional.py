@@ -25,6 +25,8 @@ def token_moments(
 
 def multiscale_normalize(
     x: Float[Tensor, "*batch d_in"],
+    mean: Float[Tensor, "*batch 1"],
+    variance: Float[Tensor, "*batch 1"],
     gains: Float[Tensor, "scales d_in"],
     biases: Float[Tensor, "scales d_in"],
     scale_logits: Float[Tensor, " scales"],
@@ -35,18 +37,19 @@ def multiscale_normalize(
 
     Computed as one per-token gain instead of ``len(scales)`` normalized copies:
     ``(x - mu) * (c @ (pi gamma)) + pi beta`` with ``c_bs = 1 / sqrt(s v_b + eps)``. (Up to eps this
-    is a single affine LayerNorm; spec §3 d1: the scales only reparametrize it.)
+    is a single affine LayerNorm; spec §3 d1: the scales only reparametrize it.) ``mean`` and
+    ``variance`` are :func:`token_moments` of ``x``, passed in because the scale restoration
+    needs the same variance.
     """
-    mean, variance = token_moments(x)
     mix = torch.softmax(scale_logits, dim=0)
     inverse_std = torch.rsqrt(variance * scales + eps)  # [*batch, scales]
     gain = inverse_std @ (mix.unsqueeze(1) * gains)
     return (x - mean) * gain + mix @ biases
 
 
-def token_scale(x: Float[Tensor, "*batch d_in"], eps: float) -> Float[Tensor, "*batch 1"]:
-    """``sigma_b = sqrt(v_b + eps)``: the scale normalization removes and the codes restore (d2)."""
-    _, variance = token_moments(x)
+def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor, "*batch 1"]:
+    """``sigma_b = sqrt(v_b + eps)`` from the token variance: the scale normalization removes and
+    the codes restore (d2)."""
     return torch.sqrt(variance + eps)
 
 

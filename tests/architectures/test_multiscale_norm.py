@@ -93,7 +93,7 @@ def test_multiscale_normalization_is_the_softmax_mixture_of_per_scale_layernorms
     expected = sum(
         weights[s] * (gains[s] * (x - mean) / torch.sqrt(scales[s] * var + 1e-5) + biases[s]) for s in range(4)
     )
-    torch.testing.assert_close(multiscale_normalize(x, gains, biases, logits, scales, 1e-5), expected)
+    torch.testing.assert_close(multiscale_normalize(x, mean, var, gains, biases, logits, scales, 1e-5), expected)
 
 
 def test_slot_attention_is_per_token_and_starts_as_the_identity() -> None:
