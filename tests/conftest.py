@@ -11,10 +11,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from sae_lens import HookedSAETransformer
+from datasets import Dataset
+from sae_lens import (
+    HookedSAETransformer,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    LoggingConfig,
+)
+from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 
 from sae_variants.integrations.tiny_gemma2 import load_tiny_gemma2, random_tiny_gemma2_config
 from sae_variants.integrations.tiny_gemma2.model import build_model
@@ -54,3 +62,39 @@ def trained_standard_sae(tmp_path_factory: pytest.TempPathFactory) -> TrainResul
         output_path=Path(output),
     )
     return train_sae(request)
+
+
+
+class CheckpointedRuns:
+    """24 steps of 128 tokens through SAELens's own runner on the random model, writing one mid-run
+    checkpoint under ``tmp_path / "ckpt"``, optionally resuming from a checkpoint."""
+
+    def __init__(self, model: HookedSAETransformer, tmp_path: Path) -> None:
+        self.model, self.tmp_path = model, tmp_path
+        self.tokens = torch.randint(1, model.cfg.d_vocab, (256, 16), generator=torch.Generator().manual_seed(2))
+
+    def run(self, sae_cfg: TrainingSAEConfig, output: str, resume_from: str | None = None) -> TrainingSAE[Any]:
+        cfg = LanguageModelSAERunnerConfig(
+            sae=sae_cfg, model_name="random-tiny-gemma2",
+            hook_name="blocks.1.hook_resid_post", is_dataset_tokenized=True, streaming=False,
+            context_size=16, training_tokens=24 * 128, train_batch_size_tokens=128,
+            store_batch_size_prompts=8, n_batches_in_buffer=8, lr=1e-3, n_checkpoints=1,
+            logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(self.tmp_path / "ckpt"),
+            output_path=str(self.tmp_path / output), exclude_special_tokens=False, verbose=False,
+            model_from_pretrained_kwargs={}, resume_from_checkpoint=resume_from,
+        )
+        runner = LanguageModelSAETrainingRunner(
+            cfg, override_dataset=Dataset.from_dict({"tokens": self.tokens.tolist()}), override_model=self.model,
+        )
+        runner.run()
+        return runner.sae
+
+    def mid_run_checkpoints(self) -> list[Path]:
+        """The checkpoint folders written so far, oldest first (not the final one)."""
+        return sorted(p.parent for p in (self.tmp_path / "ckpt").rglob("sae_weights.safetensors")
+                      if not p.parent.name.startswith("final"))
+
+
+@pytest.fixture
+def checkpointed_runs(random_gemma2: HookedSAETransformer, tmp_path: Path) -> CheckpointedRuns:
+    return CheckpointedRuns(random_gemma2, tmp_path)

@@ -10,14 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from datasets import Dataset
-from sae_lens import (
-    SAE,
-    HookedSAETransformer,
-    LanguageModelSAERunnerConfig,
-    LanguageModelSAETrainingRunner,
-    LoggingConfig,
-)
+from sae_lens import SAE
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_variants import (
@@ -338,31 +331,17 @@ def test_saved_model_keeps_the_gate_and_drops_training_state(tmp_path: Path) -> 
         torch.testing.assert_close(loaded.encode(x), sae.encode(x))
 
 
-def test_running_state_survives_checkpoint_and_resume(random_gemma2: HookedSAETransformer, tmp_path: Path) -> None:
-    tokens = torch.randint(1, random_gemma2.cfg.d_vocab, (256, 16), generator=torch.Generator().manual_seed(2))
+def test_running_state_survives_checkpoint_and_resume(checkpointed_runs: Any) -> None:
     sae_cfg = dict(d_in=64, d_sae=128, reactivation_interval=4, dead_window_steps=2)
 
     def run(resume_from: str | None, output: str) -> MultiScaleNormTrainingSAE:
-        cfg = LanguageModelSAERunnerConfig(
-            sae=MultiScaleNormTrainingSAEConfig(**sae_cfg), model_name="random-tiny-gemma2",
-            hook_name="blocks.1.hook_resid_post", is_dataset_tokenized=True, streaming=False,
-            context_size=16, training_tokens=24 * 128, train_batch_size_tokens=128,
-            store_batch_size_prompts=8, n_batches_in_buffer=8, lr=1e-3, n_checkpoints=1,
-            logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(tmp_path / "ckpt"),
-            output_path=str(tmp_path / output), exclude_special_tokens=False, verbose=False,
-            model_from_pretrained_kwargs={}, resume_from_checkpoint=resume_from,
-        )
-        runner = LanguageModelSAETrainingRunner(
-            cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}), override_model=random_gemma2,
-        )
-        runner.run()
-        assert isinstance(runner.sae, MultiScaleNormTrainingSAE)
-        return runner.sae
+        sae = checkpointed_runs.run(MultiScaleNormTrainingSAEConfig(**sae_cfg), output, resume_from)
+        assert isinstance(sae, MultiScaleNormTrainingSAE)
+        return sae
 
     first = run(None, "first")
     assert int(first.training_step) == 24
-    checkpoint = sorted(p.parent for p in (tmp_path / "ckpt").rglob("sae_weights.safetensors")
-                        if not p.parent.name.startswith("final"))[0]
+    checkpoint = checkpointed_runs.mid_run_checkpoints()[0]
     saved = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(**sae_cfg))
     saved.load_weights_from_checkpoint(checkpoint)
     assert bool(saved.gate_initialized)

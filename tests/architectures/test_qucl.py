@@ -8,14 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from datasets import Dataset
-from sae_lens import (
-    SAE,
-    HookedSAETransformer,
-    LanguageModelSAERunnerConfig,
-    LanguageModelSAETrainingRunner,
-    LoggingConfig,
-)
+from sae_lens import SAE
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_variants import QuCLSAE, QuCLTrainingSAE, QuCLTrainingSAEConfig, export_to_standard
@@ -274,33 +267,16 @@ def test_saved_model_keeps_rank_drops_training_state_and_logs_the_curriculum(tmp
         torch.testing.assert_close(loaded.encode(x), sae.encode(x))
 
 
-def test_resumed_run_continues_with_the_rank_it_stopped_at(
-    random_gemma2: HookedSAETransformer, tmp_path: Path
-) -> None:
-    tokens = torch.randint(1, random_gemma2.cfg.d_vocab, (256, 16), generator=torch.Generator().manual_seed(2))
+def test_resumed_run_continues_with_the_rank_it_stopped_at(checkpointed_runs: Any) -> None:
     sae_cfg = dict(d_in=64, d_sae=128, diversity_batches=2, curriculum_window=2, curriculum_interval=2)
 
     def run(resume_from: str | None, output: str) -> QuCLTrainingSAE:
-        cfg = LanguageModelSAERunnerConfig(
-            sae=QuCLTrainingSAEConfig(**sae_cfg), model_name="random-tiny-gemma2",
-            hook_name="blocks.1.hook_resid_post", is_dataset_tokenized=True, streaming=False,
-            context_size=16, training_tokens=24 * 128, train_batch_size_tokens=128,
-            store_batch_size_prompts=8, n_batches_in_buffer=8, lr=1e-3, n_checkpoints=1,
-            logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(tmp_path / "ckpt"),
-            output_path=str(tmp_path / output), exclude_special_tokens=False, verbose=False,
-            model_from_pretrained_kwargs={}, resume_from_checkpoint=resume_from,
-        )
-        runner = LanguageModelSAETrainingRunner(
-            cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}),
-            override_model=random_gemma2,
-        )
-        runner.run()
-        assert isinstance(runner.sae, QuCLTrainingSAE)
-        return runner.sae
+        sae = checkpointed_runs.run(QuCLTrainingSAEConfig(**sae_cfg), output, resume_from)
+        assert isinstance(sae, QuCLTrainingSAE)
+        return sae
 
     first = run(None, "first")
-    checkpoints = sorted(p.parent for p in (tmp_path / "ckpt").rglob("sae_weights.safetensors")
-                         if not p.parent.name.startswith("final"))
+    checkpoints = checkpointed_runs.mid_run_checkpoints()
     assert checkpoints, "the run should have written a mid-run checkpoint"
     checkpoint = checkpoints[0]
     saved = QuCLTrainingSAE(QuCLTrainingSAEConfig(**sae_cfg))
