@@ -30,6 +30,10 @@ from sae_variants.integrations.hooks import hook_name as site_hook_name
 from sae_variants.integrations.hooks import hook_width
 from sae_variants.integrations.models import load_model, model_config
 from sae_variants.integrations.presets import TrainingPreset, training_preset
+from sae_variants.integrations.sequence_training import (
+    SequenceAwareTrainingRunner,
+    needs_sequence_pipeline,
+)
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
 from sae_variants.integrations.tiny_gemma2.corpus import (
     contexts_dataset,
@@ -322,12 +326,22 @@ def train_sae(request: TrainRequest) -> TrainResult:
         if request.model_name == EMBEDDED_MODEL_NAME
         else None
     )
-    runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
-    if request.init_b_dec_to_mean:
-        initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
-    runner.activations_store = _CheckedActivationStream(  # type: ignore[assignment]
-        runner.activations_store, runner_cfg.sae.d_in, runner_cfg.hook_name
-    )
+    if needs_sequence_pipeline(runner_cfg.sae):
+        # The variant reads each row's sequence and position: SAELens's runner with
+        # sequence-structured batches (its source checks every batch itself).
+        sequence_runner = SequenceAwareTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+        if request.init_b_dec_to_mean:
+            initialize_b_dec_to_mean(
+                sequence_runner.sae, sequence_runner.sequence_batches.store, request.normalize_activations
+            )
+        runner: LanguageModelSAETrainingRunner = sequence_runner
+    else:
+        runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+        if request.init_b_dec_to_mean:
+            initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
+        runner.activations_store = _CheckedActivationStream(  # type: ignore[assignment]
+            runner.activations_store, runner_cfg.sae.d_in, runner_cfg.hook_name
+        )
     sae = runner.run()
     logger.info("saved the trained SAE to %s", output)
     return TrainResult(output, sae, runner_cfg)

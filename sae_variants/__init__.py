@@ -24,11 +24,23 @@ from sae_variants.architectures.qucl import (
     QuCLTrainingSAEConfig,
     export_to_standard,
 )
+from sae_variants.architectures.seq_contrastive import (
+    SeqContrastiveSAE,
+    SeqContrastiveSAEConfig,
+    SeqContrastiveTrainingSAE,
+    SeqContrastiveTrainingSAEConfig,
+)
 from sae_variants.registry import (
     Variant,
     register_variant,
     registered_variants,
     training_architectures,
+)
+from sae_variants.token_context import (
+    MissingTokenContextError,
+    NeedsTokenContext,
+    SequenceLayout,
+    TokenContext,
 )
 from sae_variants.validation import check_activations
 
@@ -41,20 +53,34 @@ register_variant(
     "multiscale_norm", MultiScaleNormTrainingSAE, MultiScaleNormTrainingSAEConfig,
     MultiScaleNormSAE, MultiScaleNormSAEConfig,
 )
+# SeqContrastiveSAE (seed 003) trains through the sequence-aware pipeline (positives from the same
+# sequence) and saves as "seq_contrastive" (a layer-normalizing encoder).
+register_variant(
+    "seq_contrastive", SeqContrastiveTrainingSAE, SeqContrastiveTrainingSAEConfig,
+    SeqContrastiveSAE, SeqContrastiveSAEConfig,
+)
 
 __all__ = [
     "CubicOrthoSAE",
     "CubicOrthoSAEConfig",
     "CubicOrthoTrainingSAE",
     "CubicOrthoTrainingSAEConfig",
+    "MissingTokenContextError",
     "MultiScaleNormSAE",
     "MultiScaleNormSAEConfig",
     "MultiScaleNormTrainingSAE",
     "MultiScaleNormTrainingSAEConfig",
+    "NeedsTokenContext",
     "QuCLSAE",
     "QuCLSAEConfig",
     "QuCLTrainingSAE",
     "QuCLTrainingSAEConfig",
+    "SeqContrastiveSAE",
+    "SeqContrastiveSAEConfig",
+    "SeqContrastiveTrainingSAE",
+    "SeqContrastiveTrainingSAEConfig",
+    "SequenceLayout",
+    "TokenContext",
     "Variant",
     "check_activations",
     "export_to_standard",

@@ -28,6 +28,20 @@ def remove_parallel_component(
     return grad - (grad * direction).sum(dim=-1, keepdim=True) * direction
 
 
+def token_moments(
+    x: Float[Tensor, "*batch d_in"],
+) -> tuple[Float[Tensor, "*batch 1"], Float[Tensor, "*batch 1"]]:
+    """Per-token mean and (biased) variance over the feature axis, as LayerNorm computes them."""
+    variance, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+    return mean, variance
+
+
+def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor, "*batch 1"]:
+    """``sigma_b = sqrt(v_b + eps)`` from the token variance: the scale a per-token
+    normalization removes and scale-restored codes put back (seed spec 001-d2, 003-S1)."""
+    return torch.sqrt(variance + eps)
+
+
 def fraction_of_variance_unexplained(
     x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"]
 ) -> Float[Tensor, ""]:

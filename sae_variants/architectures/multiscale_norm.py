@@ -60,8 +60,6 @@ from sae_variants.architectures.multiscale_norm_functional import (
     next_lr_factor,
     reactivation_directions,
     slot_attention,
-    token_moments,
-    token_scale,
 )
 from sae_variants.architectures.optimizer_policy import (
     attach_optimizer_policy,
@@ -69,7 +67,12 @@ from sae_variants.architectures.optimizer_policy import (
     zero_adam_moments,
 )
 from sae_variants.architectures.saved_config import AcceptsSavedMetadata
-from sae_variants.functional import fraction_of_variance_unexplained, unit_norm_rows
+from sae_variants.functional import (
+    fraction_of_variance_unexplained,
+    token_moments,
+    token_scale,
+    unit_norm_rows,
+)
 from sae_variants.validation import require_fields
 
 NORMALIZATIONS = ("multiscale", "layernorm", "none")

@@ -15,14 +15,6 @@ from torch import Tensor
 from sae_variants.functional import unit_norm_rows
 
 
-def token_moments(
-    x: Float[Tensor, "*batch d_in"],
-) -> tuple[Float[Tensor, "*batch 1"], Float[Tensor, "*batch 1"]]:
-    """Per-token mean and (biased) variance over the feature axis, as LayerNorm computes them."""
-    variance, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-    return mean, variance
-
-
 def multiscale_normalize(
     x: Float[Tensor, "*batch d_in"],
     mean: Float[Tensor, "*batch 1"],
@@ -45,12 +37,6 @@ def multiscale_normalize(
     inverse_std = torch.rsqrt(variance * scales + eps)  # [*batch, scales]
     gain = inverse_std @ (mix.unsqueeze(1) * gains)
     return (x - mean) * gain + mix @ biases
-
-
-def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor, "*batch 1"]:
-    """``sigma_b = sqrt(v_b + eps)`` from the token variance: the scale normalization removes and
-    the codes restore (d2)."""
-    return torch.sqrt(variance + eps)
 
 
 def slot_attention(

@@ -1,0 +1,313 @@
+"""SeqContrastiveSAE: contrastive sparse coding with sequence-aware positive pairs (seed 003).
+
+Paper: ``shared/seeds/003_b6198863f6e9a6d6.txt``; spec with resolutions: ``seed-algorithms.md`` §5.
+
+    x_n = gamma * (x' - mu) / sigma + beta,  sigma = sqrt(var(x') + eps),  x' = x - b_dec    S1
+    f   = sigma * ReLU(x_n W_enc + b_enc)                       (scale-restored, so decoding is linear)
+    x^  = f W_dec + b_dec                                       S2, unit decoder rows
+    L   = mean ||x - x^||^2 + lambda mean sum_i f_i + gamma_t L_c                          S6
+    L_c = symmetric masked InfoNCE over codes: the positive of a row is another row of the same
+          sequence at most w positions away; negatives are all rows of other sequences.   S4, S5
+
+The contrastive weight ramps linearly from 0 (SAELens coefficient warm-up, aligned with the
+learning-rate warm-up by ``sae-variants train``, as the paper ties them). Decoder rows stay unit:
+their gradient is projected onto the sphere's tangent space and the rows are renormalized before
+every step. The contrastive cost is bounded by sampling ``contrastive_pairs`` pairs per step.
+
+Training needs each row's sequence and position, which SAELens's shuffling store loses, so the
+training config declares a :class:`~sae_variants.token_context.SequenceLayout` and the SAE reads
+a :class:`~sae_variants.token_context.TokenContext` per step; without the sequence-aware pipeline
+the step refuses to run. At inference the SAE is a per-token function saved as architecture
+``"seq_contrastive"`` (the layer normalization makes it more than SAELens's ``standard``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import Tensor, nn
+from typing_extensions import override
+
+from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.saved_config import AcceptsSavedMetadata
+from sae_variants.architectures.seq_contrastive_functional import (
+    layer_normalize,
+    masked_info_nce,
+    sample_anchor_pairs,
+    window_partners,
+)
+from sae_variants.functional import (
+    fraction_of_variance_unexplained,
+    tangent_projected,
+    unit_norm_rows,
+)
+from sae_variants.token_context import NeedsTokenContext, SequenceLayout, TokenContext
+from sae_variants.validation import require_fields
+
+
+@dataclass(kw_only=True)
+class SeqContrastiveArchitectureFields:
+    """Fields the inference SAE needs (shared by the inference and training configs)."""
+
+    layer_norm: bool = True
+    """Layer-normalize the encoder's input with a learnable gain and bias (S1); False: a plain
+    ReLU SAE (the paper's code, which never had the normalization its text describes)."""
+    restore_scale: bool = True
+    """Multiply the codes by the token scale sigma the normalization removed, so the linear
+    decoder reconstructs raw activations (spec d9); False is the paper-literal behaviour."""
+    ln_eps: float = 1e-5
+    """epsilon of the layer normalization (> 0). Folding an input scale c into the SAE divides it
+    by c^2, which keeps the function exact."""
+
+    def _validate_architecture(self) -> None:
+        require_fields(self, ("ln_eps",), lambda v: v > 0, "> 0")
+        if self.normalize_activations == "covariance_whitening":  # type: ignore[attr-defined]
+            raise ValueError(
+                "normalize_activations='covariance_whitening' cannot be folded into a "
+                "seq_contrastive SAE (its encoder layer-normalizes each token); use "
+                "'expected_average_only_in' or 'none'"
+            )
+
+
+@dataclass
+class SeqContrastiveSAEConfig(AcceptsSavedMetadata, SAEConfig, SeqContrastiveArchitectureFields):
+    """Inference configuration of a trained sequence-contrastive SAE."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "seq_contrastive"
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+
+
+@dataclass
+class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitectureFields):
+    """Training configuration; every default is the spec's resolution of the paper (§5 c)."""
+
+    lr_aligned_warm_ups: ClassVar[tuple[str, ...]] = ("contrastive_warm_up_steps",)
+
+    l1_coefficient: float = 0.04
+    """lambda (paper: beta = 0.04; calibrate it for a target L0)."""
+    l1_warm_up_steps: int = 0
+    """Linear warm-up of lambda from 0, in steps (>= 0)."""
+    contrastive_coefficient: float = 0.1
+    """gamma, the final weight of the InfoNCE term (paper: 0.1; 0 switches it off)."""
+    contrastive_warm_up_steps: int = 1000
+    """gamma ramps linearly from 0 over this many steps (paper: 1000, with the learning rate;
+    `sae-variants train` sets it to the run's LR warm-up unless you set it)."""
+    temperature: float = 1.0
+    """tau of the InfoNCE similarities (paper: 1.0; > 0)."""
+    positive_window: int = 8
+    """w: a row's positive is another row of its sequence at most this many positions away (>= 1)."""
+    contrastive_pairs: int = 128
+    """Pairs sampled per step, each used in both directions: the InfoNCE costs
+    2 x pairs x batch similarities whatever the batch size (>= 1)."""
+    positions_per_context: int | None = 8
+    """P: rows per context in a training batch (paper: 8, so batch/P contexts per batch); None
+    serves whole contexts."""
+    position_sampling: str = "pairs"
+    """How the pipeline picks a context's P positions: ``"pairs"`` (P/2 pairs at most
+    ``positive_window`` apart, spec S3), ``"span"`` or ``"uniform"``."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "seq_contrastive"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return SeqContrastiveSAEConfig
+
+    def sequence_layout(self) -> SequenceLayout:
+        """The sequence-structured batches this SAE trains on (read by the pipeline)."""
+        return SequenceLayout(self.positions_per_context, self.position_sampling, self.positive_window)
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+        require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
+        require_fields(self, ("l1_warm_up_steps", "contrastive_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("temperature",), lambda v: v > 0, "> 0")
+        require_fields(self, ("positive_window", "contrastive_pairs"), lambda v: v >= 1, ">= 1")
+        self.sequence_layout()  # validates positions_per_context and position_sampling
+
+
+class SeqContrastiveEncoder:
+    """The layer-normalizing encoder shared by the inference and the training SAE."""
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+
+    def initialize_weights(self) -> None:
+        assert isinstance(self, nn.Module)
+        d_in, d_sae = self.cfg.d_in, self.cfg.d_sae
+        # SAELens's standard initialization (W_enc = W_dec^T, unit decoder rows, zero biases), so
+        # the comparison with `standard` differs only in what the paper adds.
+        W_dec = unit_norm_rows(torch.empty(d_sae, d_in, dtype=self.dtype, device=self.device).uniform_(-1, 1))
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=self.dtype, device=self.device))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
+        if self.cfg.layer_norm:
+            self.ln_gain = nn.Parameter(torch.ones(d_in, dtype=self.dtype, device=self.device))
+            self.ln_bias = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
+
+    def encode_pre(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
+        """Pre-activations of ``x' = x - b_dec`` (already subtracted by ``process_sae_in``) and the
+        token scale the codes restore (None: raw codes)."""
+        x, scale = sae_in, None
+        if self.cfg.layer_norm:
+            x, token_scale = layer_normalize(sae_in, self.ln_gain, self.ln_bias, self.cfg.ln_eps)
+            if self.cfg.restore_scale:
+                scale = token_scale
+        return x @ self.W_enc + self.b_enc, scale
+
+    @staticmethod
+    def codes(
+        pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        codes = torch.relu(pre)
+        return codes if scale is None else codes * scale
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
+        cfg, c = self.cfg, scaling_factor
+        if cfg.layer_norm:
+            # Layer normalization is scale-invariant once eps scales with the variance.
+            cfg.ln_eps = cfg.ln_eps / (c * c)
+        else:
+            self.W_enc.data.mul_(c)
+        if not (cfg.layer_norm and cfg.restore_scale):
+            # Restored codes already shrink by c with the token scale; other codes do not.
+            self.W_dec.data.div_(c)
+        self.b_dec.data.div_(c)
+        cfg.normalize_activations = "none"
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "a seq_contrastive SAE layer-normalizes each token before its encoder, so an input "
+            "whitening cannot be folded into its weights; train with "
+            "normalize_activations='expected_average_only_in' or 'none'"
+        )
+
+
+class SeqContrastiveSAE(SeqContrastiveEncoder, SAE[SeqContrastiveSAEConfig]):
+    """A trained sequence-contrastive SAE (inference: every token encoded on its own)."""
+
+    @override
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        pre, scale = self.encode_pre(self.process_sae_in(x))
+        return self.hook_sae_acts_post(self.codes(self.hook_sae_acts_pre(pre), scale))
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        return decode_through_hooks(self, feature_acts, self.W_dec)
+
+
+class SeqContrastiveTrainingSAE(
+    NeedsTokenContext, SeqContrastiveEncoder, TrainingSAE[SeqContrastiveTrainingSAEConfig]
+):
+    """The sequence-contrastive SAE with its training step (needs a TokenContext per step)."""
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {
+            "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
+            "contrastive": TrainCoefficientConfig(
+                self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up_steps
+            ),
+        }
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        pre, scale = self.encode_pre(self.process_sae_in(x))
+        pre = self.hook_sae_acts_pre(pre)
+        return self.hook_sae_acts_post(self.codes(pre, scale)), pre
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        return decode_through_hooks(self, feature_acts, self.W_dec)
+
+    @override
+    def calculate_aux_loss(
+        self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
+    ) -> dict[str, Tensor]:
+        # The contrastive term needs the batch's token context, so training_forward_pass adds it.
+        return {}
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        x = step_input.sae_in
+        if x.ndim != 2:
+            raise ValueError(
+                f"seq_contrastive trains on [batch, d_in={self.cfg.d_in}] activations, got {tuple(x.shape)}"
+            )
+        context = self.take_token_context(x.shape[0], x.device)
+        if self.training:
+            with torch.no_grad():
+                # No post-step hook in SAELens: restore unit decoder rows before each step.
+                self.W_dec.copy_(unit_norm_rows(self.W_dec))
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
+        sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
+        losses = {
+            "mse_loss": (sae_out - x).pow(2).sum(dim=-1).mean(),
+            "l1_loss": step_input.coefficients["l1"] * feature_acts.sum(dim=-1).mean(),
+        }
+        accuracy = torch.zeros(())
+        weight = step_input.coefficients["contrastive"]
+        if weight > 0:
+            contrastive, accuracy = self.contrastive_loss(feature_acts, context)
+            losses["contrastive_loss"] = weight * contrastive
+        return TrainStepOutput(
+            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
+            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]
+            metrics={
+                "seq_contrastive/positive_retrieval": float(accuracy),
+                "seq_contrastive/fvu": float(fraction_of_variance_unexplained(x.detach(), sae_out.detach())),
+            },
+        )
+
+    def contrastive_loss(
+        self, feature_acts: Float[Tensor, "rows d_sae"], context: TokenContext
+    ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
+        """S4-S5 on this batch: sampled window pairs, symmetric masked InfoNCE, and the top-1
+        retrieval accuracy of the positives."""
+        partners = window_partners(context.positions, context.sequence_ids, self.cfg.positive_window)
+        has_code = (feature_acts.detach() > 0).any(dim=-1)
+        anchors, mates = sample_anchor_pairs(partners, has_code, self.cfg.contrastive_pairs)
+        return masked_info_nce(feature_acts, anchors, mates, context.sequence_ids, self.cfg.temperature)
+
+
+__all__ = [
+    "SeqContrastiveSAE",
+    "SeqContrastiveSAEConfig",
+    "SeqContrastiveTrainingSAE",
+    "SeqContrastiveTrainingSAEConfig",
+]

@@ -1,0 +1,132 @@
+"""Where each training row came from: its sequence, its position and its token.
+
+SAELens's ``TrainStepInput`` carries only the activations, and its store shuffles single tokens,
+so a variant whose training step needs sequence structure (seeds 003 and 004) cannot get it from
+SAELens alone. Such a variant's training config declares the batches it needs with a
+``sequence_layout()`` method returning a :class:`SequenceLayout`; the sequence-aware pipeline
+(``sae_variants.integrations.sequence_training``) builds batches that way and hands the SAE one
+:class:`TokenContext` per step, through :meth:`NeedsTokenContext.attach_token_context`.
+
+A training step that finds no context raises :class:`MissingTokenContextError`, which names the
+entry points that can provide one: training on shuffled tokens with invented positions would
+be silently wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+SAMPLINGS = ("uniform", "span", "pairs")
+
+SEQUENCE_ENTRY_POINTS = (
+    "`sae-variants train --architecture {arch}`, "
+    "sae_variants.integrations.training.train_sae(TrainRequest(architecture={arch!r}, ...)), or "
+    "sae_variants.integrations.sequence_training.SequenceAwareTrainingRunner(runner_cfg, ...).run()"
+)
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """How a sequence-aware batch is made: S contexts x P positions, shuffled by sequence.
+
+    The batch has ``train_batch_size_tokens = S * P`` rows, ``P`` consecutive rows per context.
+    Every position of a context is served once (in some batch) before the context leaves the pool.
+    """
+
+    positions_per_context: int | None = None
+    """P. ``None``: every usable position of a context at once (whole contexts; BOS and other
+    special tokens are never served)."""
+    sampling: str = "uniform"
+    """How a context's positions are grouped into its batches of P: ``"uniform"`` (a random
+    subset each time), ``"span"`` (P consecutive positions) or ``"pairs"`` (P/2 pairs of positions
+    at most ``pair_window`` apart, the seed-003 anchor/positive layout)."""
+    pair_window: int = 8
+    """w: the largest distance between the two positions of a pair (``"pairs"`` only)."""
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}")
+        if self.positions_per_context is not None and self.positions_per_context < 1:
+            raise ValueError(f"positions_per_context must be >= 1 or None, got {self.positions_per_context}")
+        if self.sampling == "pairs":
+            if self.positions_per_context is None or self.positions_per_context % 2:
+                raise ValueError(
+                    "sampling='pairs' needs an even positions_per_context (P/2 pairs per context), "
+                    f"got {self.positions_per_context}"
+                )
+            if self.pair_window < 1:
+                raise ValueError(f"pair_window must be >= 1, got {self.pair_window}")
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """Per-row provenance of one training batch (row ``i`` describes ``sae_in[i]``)."""
+
+    positions: Int[Tensor, " rows"]
+    """Index of the token in its context (0 is the context's first token)."""
+    sequence_ids: Int[Tensor, " rows"]
+    """Which context the row came from; unique per context within a run."""
+    token_ids: Int[Tensor, " rows"]
+    """The token at that position."""
+
+    def __post_init__(self) -> None:
+        sizes = {t.shape for t in (self.positions, self.sequence_ids, self.token_ids)}
+        if len(sizes) != 1 or self.positions.ndim != 1:
+            raise ValueError(
+                "positions, sequence_ids and token_ids must be 1-D and of one length, got shapes "
+                f"{[tuple(t.shape) for t in (self.positions, self.sequence_ids, self.token_ids)]}"
+            )
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.positions.shape[0])
+
+    def to(self, device: torch.device | str) -> TokenContext:
+        return TokenContext(
+            self.positions.to(device), self.sequence_ids.to(device), self.token_ids.to(device)
+        )
+
+    def __getitem__(self, index: Any) -> TokenContext:
+        return TokenContext(self.positions[index], self.sequence_ids[index], self.token_ids[index])
+
+
+class MissingTokenContextError(RuntimeError):
+    """A sequence-aware training step ran without the pipeline that knows where its rows are from."""
+
+
+class NeedsTokenContext:
+    """Mixin for a training SAE whose step reads a :class:`TokenContext` (one per step).
+
+    The pipeline attaches the context right before SAELens's trainer runs the step on the batch
+    it belongs to; :meth:`take_token_context` consumes it, so a step can never reuse a stale one.
+    """
+
+    _pending_token_context: TokenContext | None = None
+
+    def attach_token_context(self, context: TokenContext) -> None:
+        self._pending_token_context = context
+
+    def take_token_context(self, n_rows: int, device: torch.device) -> TokenContext:
+        """The context of the batch of ``n_rows`` rows now being trained on, or a clear error."""
+        context, self._pending_token_context = self._pending_token_context, None
+        architecture = self.cfg.architecture()  # type: ignore[attr-defined]
+        if context is None:
+            raise MissingTokenContextError(
+                f"the {architecture!r} SAE trains on sequence-structured batches and needs each "
+                "row's sequence id and position, which SAELens's LanguageModelSAETrainingRunner "
+                "cannot provide (its store shuffles single tokens). Train it with "
+                + SEQUENCE_ENTRY_POINTS.format(arch=architecture)
+                + "; in your own loop, call sae.attach_token_context(TokenContext(...)) before "
+                "each training_forward_pass."
+            )
+        if context.n_rows != n_rows:
+            raise ValueError(
+                f"the token context describes {context.n_rows} rows but the training batch has "
+                f"{n_rows}; the context belongs to another batch"
+            )
+        return context.to(device)
