@@ -30,7 +30,10 @@ from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 from tqdm.auto import tqdm
 
+from sae_variants.integrations.sequence_batches import plan_groups
+from sae_variants.integrations.sequence_training import sequence_layout_of
 from sae_variants.integrations.training import build_sae_config
+from sae_variants.token_context import NeedsTokenContext, SequenceLayout, TokenContext
 
 
 @dataclass
@@ -75,7 +78,27 @@ def _build(architecture: str, d_in: int, d_sae: int, options: dict[str, Any], x:
     return sae, torch.optim.Adam(sae.parameters(), lr=1e-5)
 
 
+def synthetic_token_context(sae: TrainingSAE[Any], batch_size: int, context_size: int = 128,
+                            seed: int = 0) -> TokenContext:
+    """A token context shaped like the sequence-aware pipeline's batches for this SAE's layout
+    (S contexts x P positions grouped as the layout samples them), for timing its training step."""
+    layout = sequence_layout_of(sae.cfg) or SequenceLayout()
+    per_group = layout.positions_per_context or context_size - 1
+    n_contexts = batch_size // per_group
+    if n_contexts * per_group != batch_size:
+        raise ValueError(f"batch size {batch_size} is not a multiple of {per_group} positions per context")
+    generator = torch.Generator().manual_seed(seed)
+    usable = torch.ones(n_contexts, context_size, dtype=torch.bool)
+    usable[:, 0] = False  # BOS
+    groups, _ = plan_groups(usable, layout, per_group, generator)
+    positions = groups[:, 0].reshape(-1)
+    return TokenContext(positions, torch.arange(n_contexts).repeat_interleave(per_group),
+                        torch.randint(0, 4096, (batch_size,), generator=generator))
+
+
 def _step(sae: TrainingSAE[Any], optimizer: torch.optim.Optimizer, x: torch.Tensor, step: int) -> float:
+    if isinstance(sae, NeedsTokenContext):
+        sae.attach_token_context(synthetic_token_context(sae, x.shape[0], seed=step))
     out = sae.training_forward_pass(
         TrainStepInput(sae_in=x, coefficients=_coefficients(sae), dead_neuron_mask=None,
                        n_training_steps=step, is_logging_step=False)

@@ -23,9 +23,19 @@ from sae_variants.integrations.export import export_saved_qucl
 from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
 from sae_variants.integrations.hooks import HOOK_SITES
 from sae_variants.integrations.models import HubAccessError
+from sae_variants.integrations.pipeline_benchmark import (
+    format_throughput,
+    time_activation_pipelines,
+)
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
+from sae_variants.integrations.sequence_training import needs_sequence_pipeline
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
-from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
+from sae_variants.integrations.training import (
+    TrainRequest,
+    build_runner_config,
+    build_sae_config,
+    train_sae,
+)
 from sae_variants.registry import registered_variants, training_architectures
 
 DEMO_OUTPUT = Path("sae_runs/demo")
@@ -131,6 +141,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
             timing = with_peak_memory(timing, options, args.target_l0)
         timings.append(timing)
     print(format_timings(timings))
+    if args.pipeline is None:
+        args.pipeline = needs_sequence_pipeline(build_sae_config(args.architecture, 8, 8, options, "none"))
+    if args.pipeline:
+        print(format_throughput(time_activation_pipelines(args.architecture)))
 
 
 def _cmd_export_standard(args: argparse.Namespace) -> None:
@@ -185,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     bench.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median ratio is reported")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--pipeline", dest="pipeline", action="store_true", default=None,
+                       help="also time the sequence-aware activation pipeline against SAELens's store "
+                       "(default: when the architecture trains on sequence-structured batches)")
+    bench.add_argument("--no-pipeline", dest="pipeline", action="store_false")
     bench.add_argument("--no-memory", dest="memory", action="store_false",
                        help="skip the peak-memory measurement (one subprocess per architecture)")
     bench.set_defaults(run=_cmd_benchmark)

@@ -22,6 +22,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
 from sae_variants.functional import mean_max_decoder_cosine
+from sae_variants.integrations.consistency import measure_contextual_consistency
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
 from sae_variants.integrations.tiny_gemma2.corpus import (
@@ -29,6 +30,9 @@ from sae_variants.integrations.tiny_gemma2.corpus import (
     corpus_split,
     token_contexts,
 )
+
+CONSISTENCY_CONTEXTS = 64
+"""Held-out contexts the contextual-consistency measure uses (``consistency.py``)."""
 
 DENSE_THRESHOLD = 0.1
 """A feature is *dense* when it fires on more than this fraction of held-out tokens."""
@@ -53,6 +57,15 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE[Any]:
     sae = SAE.load_from_disk(str(path), device=device)
     sae.eval()
     return sae
+
+
+def special_token_ids(model: HookedSAETransformer) -> list[int]:
+    """BOS, EOS and padding ids of the model's tokenizer (none without a tokenizer)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        return []
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return sorted(i for i in ids if i is not None)
 
 
 def heldout_dataset(context_size: int) -> Dataset:
@@ -141,6 +154,14 @@ def evaluate_sae(
         "cossim": flat["cossim"],
         "mean_max_decoder_cosine": float(mean_max_decoder_cosine(sae.W_dec)),
     }
+    if isinstance(dataset, Dataset) and "tokens" in dataset.column_names:
+        tokens = torch.tensor(dataset[:CONSISTENCY_CONTEXTS]["tokens"])[:, :context_size]
+        consistency = measure_contextual_consistency(sae, model, tokens, special_token_ids(model))
+        metrics.update({
+            "contextual_consistency": consistency.ratio,
+            "window_jaccard": consistency.within,
+            "cross_sequence_jaccard": consistency.across,
+        })
     nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
     if nonfinite:
         raise RuntimeError(f"evaluation of {path} produced non-finite metrics: {nonfinite}")

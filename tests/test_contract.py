@@ -30,6 +30,11 @@ from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 
 import sae_variants
+from sae_variants import NeedsTokenContext, TokenContext
+from sae_variants.integrations.sequence_training import (
+    SequenceAwareTrainingRunner,
+    needs_sequence_pipeline,
+)
 
 HOOK = "blocks.1.hook_resid_post"
 D_IN = 64
@@ -40,6 +45,10 @@ CONTRACT_ARCHITECTURES = ["standard", *(v.name for v in sae_variants.registered_
 
 
 def _step_input(sae: TrainingSAE[Any], x: torch.Tensor) -> TrainStepInput:
+    if isinstance(sae, NeedsTokenContext):
+        # The probe is 8 whole contexts, row-major, so these are its rows' true provenance.
+        rows = torch.arange(x.shape[0])
+        sae.attach_token_context(TokenContext(rows % CONTEXT, rows // CONTEXT, torch.zeros_like(rows)))
     coefficients = {
         name: (c if isinstance(c, float) else c.value) for name, c in sae.get_coefficients().items()
     }
@@ -75,8 +84,10 @@ def trained(request: pytest.FixtureRequest, random_gemma2: HookedSAETransformer,
         checkpoint_path=str(output / "ckpt"), output_path=str(output / "sae"),
         exclude_special_tokens=False, verbose=False, model_from_pretrained_kwargs={},
     )
-    # No override_sae: SAELens itself builds the SAE from the config through its registry.
-    runner = LanguageModelSAETrainingRunner(
+    # No override_sae: SAELens itself builds the SAE from the config through its registry. Variants
+    # that declare a sequence layout train through SAELens's runner with sequence-aware batches.
+    runner_class = SequenceAwareTrainingRunner if needs_sequence_pipeline(cfg.sae) else LanguageModelSAETrainingRunner
+    runner = runner_class(
         cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}), override_model=random_gemma2,
     )
     sae = runner.sae

@@ -1,0 +1,226 @@
+"""SeqContrastiveSAE (seed 003): the encoder, the pairs and the masked InfoNCE against their
+equations, the unit-norm decoder, the folds, and how the pipeline configures it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from sae_lens.saes.sae import TrainStepInput
+
+from sae_variants import (
+    SeqContrastiveTrainingSAE,
+    SeqContrastiveTrainingSAEConfig,
+    TokenContext,
+)
+from sae_variants.architectures.seq_contrastive_functional import (
+    masked_info_nce,
+    sample_anchor_pairs,
+    window_partners,
+)
+from sae_variants.integrations.training import TrainRequest, build_runner_config
+
+D_IN, D_SAE = 32, 128
+SEQUENCES, POSITIONS = 16, 8
+
+
+def _sae(**options: Any) -> SeqContrastiveTrainingSAE:
+    torch.manual_seed(0)
+    options.setdefault("contrastive_warm_up_steps", 0)
+    return SeqContrastiveTrainingSAE(SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options))
+
+
+def _batch(seed: int = 0, shared: float = 2.0) -> tuple[torch.Tensor, TokenContext]:
+    """SEQUENCES x POSITIONS rows; rows of a sequence share a direction (of norm ``shared`` x the
+    noise's), so positives are findable."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(SEQUENCES, 1, D_IN, generator=generator) * shared
+    x = (base + torch.randn(SEQUENCES, POSITIONS, D_IN, generator=generator)).reshape(-1, D_IN)
+    positions = torch.randint(0, 4, (SEQUENCES, 1), generator=generator) + torch.arange(POSITIONS)
+    context = TokenContext(positions.reshape(-1), torch.arange(SEQUENCES).repeat_interleave(POSITIONS) + 100,
+                           torch.randint(0, 50, (SEQUENCES * POSITIONS,), generator=generator))
+    return x, context
+
+
+def _step(sae: SeqContrastiveTrainingSAE, x: torch.Tensor, context: TokenContext | None,
+          contrastive: float = 0.1, l1: float = 0.04) -> Any:
+    if context is not None:
+        sae.attach_token_context(context)
+    return sae.training_forward_pass(TrainStepInput(
+        sae_in=x, coefficients={"l1": l1, "contrastive": contrastive}, dead_neuron_mask=None,
+        n_training_steps=0, is_logging_step=False))
+
+
+def test_config_rejects_bad_values() -> None:
+    for field, value in [("ln_eps", 0.0), ("l1_coefficient", -1.0), ("contrastive_coefficient", -0.1),
+                         ("temperature", 0.0), ("positive_window", 0), ("contrastive_pairs", 0),
+                         ("contrastive_warm_up_steps", -1), ("normalize_activations", "covariance_whitening")]:
+        cfg = SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=field):
+            cfg.__post_init__()
+    cfg = SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
+    cfg.positions_per_context = 7
+    with pytest.raises(ValueError, match="even positions_per_context"):
+        cfg.__post_init__()
+
+
+def test_encoder_is_the_scale_restored_layer_norm_relu() -> None:
+    sae = _sae()
+    with torch.no_grad():
+        sae.ln_gain.copy_(torch.rand(D_IN) + 0.5)
+        sae.ln_bias.copy_(torch.randn(D_IN) * 0.1)
+        sae.b_dec.copy_(torch.randn(D_IN))
+        sae.b_enc.copy_(torch.randn(D_SAE) * 0.1)
+    x, _ = _batch()
+    centred = x - sae.b_dec
+    sigma = torch.sqrt(centred.var(dim=-1, keepdim=True, unbiased=False) + 1e-5)
+    normalized = sae.ln_gain * (centred - centred.mean(-1, keepdim=True)) / sigma + sae.ln_bias
+    expected = sigma * torch.relu(normalized @ sae.W_enc + sae.b_enc)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), expected)
+        # Decoding stays linear: a token scaled by k gets codes and reconstruction-offset scaled by k.
+        sae.b_dec.zero_()
+        torch.testing.assert_close(sae.encode(3.0 * x), 3.0 * sae.encode(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), sae.encode(x) @ sae.W_dec + sae.b_dec)
+    paper_literal = _sae(restore_scale=False)
+    with torch.no_grad():
+        torch.testing.assert_close(paper_literal.encode(3.0 * x), paper_literal.encode(x), rtol=1e-4, atol=1e-4)
+
+
+def test_window_partners_are_same_sequence_in_window_never_self() -> None:
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, 40, (300,), generator=generator)
+    sequences = torch.randint(0, 12, (300,), generator=generator) * 7
+    for window in (1, 3, 8):
+        partners = window_partners(positions, sequences, window, generator)
+        for row in range(300):
+            distance = (positions - positions[row]).abs()
+            candidates = ((sequences == sequences[row]) & (distance >= 1) & (distance <= window)).nonzero().squeeze(1)
+            if candidates.numel() == 0:
+                assert partners[row] == -1
+            else:
+                assert partners[row] in candidates.tolist()
+
+
+def test_window_partners_choose_uniformly_among_candidates() -> None:
+    positions = torch.tensor([5, 3, 4, 6, 7, 30])
+    sequences = torch.zeros(6, dtype=torch.long)
+    counts = torch.zeros(6)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(4000):
+        counts[window_partners(positions, sequences, 2, generator)[0]] += 1
+    # Row 0 (position 5) has candidates at positions 3, 4, 6, 7: rows 1-4, a quarter each.
+    assert counts[0] == 0 and counts[5] == 0
+    assert ((counts[1:5] / 4000 - 0.25).abs() < 0.03).all()
+
+
+def test_anchor_sampling_is_bounded_and_symmetric() -> None:
+    partners = torch.tensor([1, 0, 3, 2, -1, 4] * 50)
+    eligible = torch.ones(300, dtype=torch.bool)
+    anchors, mates = sample_anchor_pairs(partners, eligible, n_pairs=16)
+    assert anchors.numel() == 32
+    assert torch.equal(partners[anchors[:16]], mates[:16])
+    assert torch.equal(anchors[16:], mates[:16]) and torch.equal(mates[16:], anchors[:16])
+    none_eligible = sample_anchor_pairs(partners, torch.zeros(300, dtype=torch.bool), 16)[0]
+    assert none_eligible.numel() == 0
+
+
+def test_info_nce_matches_a_loop_over_anchors_and_masks_self_and_same_sequence() -> None:
+    generator = torch.Generator().manual_seed(2)
+    codes = torch.relu(torch.randn(12, 20, generator=generator))
+    codes[7] = 0.0  # an all-zero code is dropped from the anchors
+    sequences = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    anchors = torch.tensor([0, 1, 3, 7, 9])
+    partners = torch.tensor([1, 0, 5, 6, 10])
+    temperature = 0.5
+    loss, accuracy = masked_info_nce(codes, anchors, partners, sequences, temperature)
+    unit = codes / codes.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    terms, hits = [], []
+    for a, p in zip(anchors.tolist(), partners.tolist(), strict=True):
+        if codes[a].norm() == 0:
+            continue
+        allowed = [k for k in range(12) if sequences[k] != sequences[a] or k == p]
+        logits = torch.stack([unit[a] @ unit[k] / temperature for k in allowed])
+        terms.append(torch.logsumexp(logits, 0) - unit[a] @ unit[p] / temperature)
+        hits.append(allowed[int(logits.argmax())] == p)
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+    assert math.isclose(float(accuracy), sum(hits) / len(hits))
+
+
+def test_contrastive_term_follows_its_coefficient_and_pulls_positives_together() -> None:
+    x, context = _batch(shared=0.4)
+    sae = _sae(contrastive_pairs=64)
+    out = _step(sae, x, context, contrastive=0.0)
+    assert "contrastive_loss" not in out.losses
+    torch.manual_seed(5)
+    out = _step(sae, x, context, contrastive=0.1)
+    assert out.losses["contrastive_loss"] > 0
+    # Training on the contrastive term alone raises positive retrieval.
+    before = out.metrics["seq_contrastive/positive_retrieval"]
+    optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for _ in range(60):
+        out = _step(sae, x, context, contrastive=1.0, l1=0.0)
+        out.losses["contrastive_loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    torch.manual_seed(5)  # the same sampled pairs as before training
+    after = _step(sae, x, context, contrastive=1.0).metrics["seq_contrastive/positive_retrieval"]
+    assert after > before + 0.2, (before, after)
+
+
+def test_decoder_rows_stay_unit_through_tangent_gradients_and_renormalization() -> None:
+    x, context = _batch()
+    sae = _sae()
+    out = _step(sae, x, context)
+    out.loss.backward()
+    radial = (sae.W_dec.grad * sae.W_dec).sum(dim=-1)
+    assert radial.abs().max() < 1e-5, "the decoder gradient has a component along its rows"
+    with torch.no_grad():
+        sae.W_dec.mul_(1.3)
+    _step(sae, x, context)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
+
+
+def test_training_step_needs_its_token_context_and_two_dimensional_rows() -> None:
+    x, context = _batch()
+    sae = _sae()
+    with pytest.raises(ValueError, match="describes 128 rows but the training batch has 64"):
+        _step(sae, x[:64], context)
+    _step(sae, x, context)
+    with pytest.raises(RuntimeError, match="sae-variants train --architecture seq_contrastive"):
+        _step(sae, x, None)  # a context is consumed by its step, never reused
+    with pytest.raises(ValueError, match=r"trains on \[batch, d_in=32\] activations, got \(2, 4, 32\)"):
+        _step(sae, torch.randn(2, 4, D_IN), context)
+
+
+@pytest.mark.parametrize("options", [{}, {"restore_scale": False}, {"layer_norm": False}])
+def test_folds_keep_the_function(options: dict[str, Any]) -> None:
+    sae = _sae(**options)
+    sae.eval()
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(D_IN))
+        sae.b_enc.copy_(torch.randn(D_SAE) * 0.1)
+    x, _ = _batch(seed=3)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1) + 0.5)
+        expected = sae.decode(sae.encode(x))
+        sae.fold_W_dec_norm()
+        torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
+        torch.testing.assert_close(sae.decode(sae.encode(x)), expected, rtol=1e-4, atol=1e-4)
+        c = 4.0  # trained on c * x; after the fold it must read x
+        scaled = sae.decode(sae.encode(c * x)) / c
+        sae.fold_activation_norm_scaling_factor(c)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), scaled, rtol=1e-4, atol=1e-4)
+    with pytest.raises(NotImplementedError, match="whitening"):
+        sae.fold_activation_whitening()
+
+
+def test_pipeline_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
+    runner_cfg, preset = build_runner_config(TrainRequest(architecture="seq_contrastive", d_sae=512))
+    assert runner_cfg.sae.contrastive_warm_up_steps == preset.lr_warm_up_steps
+    explicit, _ = build_runner_config(TrainRequest(
+        architecture="seq_contrastive", d_sae=512, sae_options={"contrastive_warm_up_steps": 7}))
+    assert explicit.sae.contrastive_warm_up_steps == 7

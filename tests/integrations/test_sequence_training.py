@@ -1,0 +1,248 @@
+"""The sequence-aware pipeline delivers each row's true position, sequence and token, and the
+SAELens seams it relies on still behave as it assumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from sae_lens import (
+    HookedSAETransformer,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    LoggingConfig,
+    StandardTrainingSAEConfig,
+)
+from sae_lens.saes.sae import TrainingSAEConfig
+
+from sae_variants import (
+    MissingTokenContextError,
+    SeqContrastiveTrainingSAEConfig,
+    SequenceLayout,
+    TokenContext,
+)
+from sae_variants.integrations.sequence_batches import plan_groups
+from sae_variants.integrations.sequence_training import SequenceAwareTrainingRunner
+from sae_variants.integrations.tiny_gemma2 import random_tiny_gemma2_config
+from sae_variants.integrations.tiny_gemma2.model import build_model
+
+HOOK = "blocks.1.hook_resid_post"
+CONTEXT = 32
+N_CONTEXTS = 400
+
+
+def marked_model() -> HookedSAETransformer:
+    """A random Gemma-2 whose hooked activation carries its own provenance: channel 0 is the
+    position, channel 1 the token id, channel 2 the context's tag (its token at position 1)."""
+    model = build_model(random_tiny_gemma2_config(seed=0))
+    seen: dict[str, torch.Tensor] = {}
+    model.register_forward_pre_hook(lambda _module, args: seen.__setitem__("tokens", args[0]))
+
+    def mark(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        tokens = seen["tokens"]
+        act = act.clone()
+        act[..., 0] = torch.arange(act.shape[1], dtype=act.dtype)
+        act[..., 1] = tokens.to(act.dtype)
+        act[..., 2] = tokens[:, 1:2].to(act.dtype)
+        return act
+
+    model.add_perma_hook(HOOK, mark)
+    return model
+
+
+def tagged_tokens() -> torch.Tensor:
+    """Contexts whose token at position 1 is a unique tag (1..N_CONTEXTS)."""
+    tokens = torch.randint(1, 500, (N_CONTEXTS, CONTEXT), generator=torch.Generator().manual_seed(3))
+    tokens[:, 1] = torch.arange(1, N_CONTEXTS + 1)
+    return tokens
+
+
+def runner_config(sae_cfg: TrainingSAEConfig, tmp_path: Path, steps: int = 6, **overrides: Any) -> LanguageModelSAERunnerConfig[Any]:
+    settings: dict[str, Any] = dict(
+        sae=sae_cfg, model_name="random-tiny-gemma2", hook_name=HOOK, is_dataset_tokenized=True,
+        streaming=False, context_size=CONTEXT, training_tokens=steps * 256, train_batch_size_tokens=256,
+        store_batch_size_prompts=8, n_batches_in_buffer=16, lr=1e-3,
+        logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(tmp_path / "ckpt"),
+        output_path=str(tmp_path / "sae"), exclude_special_tokens=False, verbose=False,
+        model_from_pretrained_kwargs={},
+    )
+    settings.update(overrides)
+    return LanguageModelSAERunnerConfig(**settings)
+
+
+def seq_config(**fields: Any) -> SeqContrastiveTrainingSAEConfig:
+    fields.setdefault("normalize_activations", "none")
+    fields.setdefault("contrastive_warm_up_steps", 0)
+    return SeqContrastiveTrainingSAEConfig(d_in=64, d_sae=128, **fields)
+
+
+def sequence_runner(sae_cfg: TrainingSAEConfig, tmp_path: Path, model: HookedSAETransformer | None = None,
+                    layout: SequenceLayout | None = None, **overrides: Any) -> SequenceAwareTrainingRunner:
+    return SequenceAwareTrainingRunner(
+        runner_config(sae_cfg, tmp_path, **overrides),
+        override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
+        override_model=model or marked_model(), layout=layout,
+    )
+
+
+def assert_true_provenance(batch: torch.Tensor, context: TokenContext) -> None:
+    assert torch.equal(batch[:, 0].round().long(), context.positions)
+    assert torch.equal(batch[:, 1].round().long(), context.token_ids)
+    tags = batch[:, 2].round().long()
+    for sequence in context.sequence_ids.unique():
+        rows = context.sequence_ids == sequence
+        assert tags[rows].unique().numel() == 1, "rows of one sequence id come from several contexts"
+    # ...and different sequence ids are different contexts.
+    first_rows = torch.unique(context.sequence_ids, return_inverse=True)[1]
+    assert tags.unique().numel() == first_rows.max() + 1
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [SequenceLayout(8, "pairs", 4), SequenceLayout(8, "uniform"), SequenceLayout(16, "span"), SequenceLayout(None)],
+    ids=["pairs", "uniform", "span", "whole"],
+)
+def test_every_row_carries_its_true_position_sequence_and_token(layout: SequenceLayout, tmp_path: Path) -> None:
+    runner = sequence_runner(seq_config(), tmp_path, layout=layout)
+    source = runner.sequence_batches
+    served: dict[int, list[int]] = {}
+    for _ in range(12):
+        batch = next(source)
+        context = source.context_of(batch)
+        assert batch.shape == (256, 64)
+        assert_true_provenance(batch, context)
+        # S distinct contexts x P rows, P consecutive rows per context.
+        per_context = context.sequence_ids.reshape(-1, source.per_group)
+        assert (per_context == per_context[:, :1]).all()
+        assert per_context[:, 0].unique().numel() == per_context.shape[0]
+        for sequence, position in zip(context.sequence_ids.tolist(), context.positions.tolist(), strict=True):
+            served.setdefault(sequence, []).append(position)
+    # A position is served at most once per context.
+    assert all(len(p) == len(set(p)) for p in served.values())
+    if layout.positions_per_context is None:
+        assert source.per_group == CONTEXT  # nothing is special here, so whole contexts
+    if layout.sampling == "pairs":
+        assert all(len(p) % 2 == 0 for p in served.values())
+
+
+def test_special_tokens_are_never_served(tmp_path: Path) -> None:
+    runner = sequence_runner(seq_config(), tmp_path, exclude_special_tokens=[0])
+    tokens = tagged_tokens()
+    tokens[:, 0] = 0  # a BOS at the start of every context
+    tokens[::3, 10] = 0  # and some mid-context separators
+    stream = iter(tokens)
+    runner.sequence_batches.store.get_batch_tokens = lambda n, **_: torch.stack([next(stream) for _ in range(n)])
+    for _ in range(8):
+        batch = next(runner.sequence_batches)
+        context = runner.sequence_batches.context_of(batch)
+        assert (context.token_ids != 0).all()
+        assert_true_provenance(batch, context)
+
+
+def test_group_plans_follow_their_sampling() -> None:
+    generator = torch.Generator().manual_seed(0)
+    usable = torch.rand(50, 64, generator=generator) > 0.1
+    usable[:, 0] = False
+    for layout, size in ((SequenceLayout(8, "pairs", 3), 8), (SequenceLayout(8, "uniform"), 8), (SequenceLayout(6, "span"), 6)):
+        groups, counts = plan_groups(usable, layout, size, generator)
+        for c in range(50):
+            served = groups[c, : counts[c]]
+            flat = served.flatten()
+            assert usable[c, flat].all(), "a group holds an unusable position"
+            assert flat.unique().numel() == flat.numel(), "a position is in two groups"
+            if layout.sampling == "span":
+                order = usable[c].nonzero().squeeze(1).tolist()
+                for group in served.tolist():
+                    start = order.index(group[0])
+                    assert group == order[start : start + size], "a span skips usable positions"
+        if layout.sampling == "uniform":
+            assert (counts == usable.sum(1) // size).all()
+
+
+def test_pairs_are_within_the_window() -> None:
+    from sae_variants.integrations.sequence_batches import greedy_window_pairs
+
+    usable = torch.rand(30, 40, generator=torch.Generator().manual_seed(1)) > 0.2
+    pairs, counts = greedy_window_pairs(usable, 3, torch.Generator().manual_seed(2))
+    for c in range(30):
+        got = pairs[c, : counts[c]]
+        assert ((got[:, 1] - got[:, 0]) >= 1).all() and ((got[:, 1] - got[:, 0]) <= 3).all()
+        assert usable[c, got.flatten()].all()
+        assert got.flatten().unique().numel() == got.numel()
+    assert (pairs[:, :, 0][torch.arange(pairs.shape[1]) >= counts.unsqueeze(1)] == -1).all()
+    # Greedy pairing leaves few usable positions unpaired.
+    assert (2 * counts.sum()) / usable.sum() > 0.85
+
+
+def test_training_steps_receive_their_own_batch_context(tmp_path: Path) -> None:
+    """End to end through SAELens's runner and trainer: every step's context describes exactly the
+    rows it trains on (normalization is off, so sae_in is the served activations)."""
+    runner = sequence_runner(seq_config(), tmp_path, steps=8)
+    sae = runner.sae
+    received: list[tuple[torch.Tensor, TokenContext]] = []
+    take = sae.take_token_context
+
+    def recording_take(n_rows: int, device: torch.device) -> TokenContext:
+        context = take(n_rows, device)
+        received.append((sae._current_input, context))
+        return context
+
+    forward = sae.training_forward_pass
+
+    def recording_forward(step_input: Any) -> Any:
+        sae._current_input = step_input.sae_in
+        return forward(step_input=step_input)
+
+    sae.take_token_context = recording_take
+    sae.training_forward_pass = recording_forward
+    runner.run()
+    assert len(received) == 8, "SAELens no longer calls trainer.step once per training batch"
+    for batch, context in received:
+        assert_true_provenance(batch, context)
+
+
+def test_plain_saelens_runner_refuses_with_the_entry_points(tmp_path: Path) -> None:
+    runner = LanguageModelSAETrainingRunner(
+        runner_config(seq_config(), tmp_path),
+        override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
+        override_model=marked_model(),
+    )
+    with pytest.raises(MissingTokenContextError, match="sae-variants train --architecture seq_contrastive"):
+        runner.run()
+
+
+def test_bad_layouts_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of the positions served per context"):
+        sequence_runner(seq_config(positions_per_context=6, position_sampling="uniform"), tmp_path)
+    with pytest.raises(ValueError, match="even positions_per_context"):
+        SequenceLayout(7, "pairs")
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        SequenceLayout(8, "random")
+    with pytest.raises(ValueError, match="seqpos_slice"):
+        sequence_runner(seq_config(), tmp_path, seqpos_slice=(1, None))
+    with pytest.raises(ValueError, match="declares no sequence layout"):
+        SequenceAwareTrainingRunner(runner_config(StandardTrainingSAEConfig(d_in=64, d_sae=128), tmp_path))
+
+
+def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(tmp_path: Path) -> None:
+    model = marked_model()
+    first = sequence_runner(seq_config(), tmp_path / "a", model=model).sequence_batches
+    for _ in range(5):
+        next(first)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    first.save_to_checkpoint(checkpoint)
+    expected = [next(first) for _ in range(30)]  # enough to refill the pool several times
+    expected_contexts = [first.context_of(b) for b in expected]
+
+    second = sequence_runner(seq_config(), tmp_path / "b", model=model).sequence_batches
+    second.load_from_checkpoint(checkpoint)
+    for batch, context in zip(expected, expected_contexts, strict=True):
+        again = next(second)
+        again_context = second.context_of(again)
+        torch.testing.assert_close(again, batch, rtol=0, atol=0)
+        for field in ("positions", "sequence_ids", "token_ids"):
+            assert torch.equal(getattr(again_context, field), getattr(context, field)), field
