@@ -113,7 +113,8 @@ def test_window_partners_choose_uniformly_among_candidates() -> None:
     for _ in range(4000):
         counts[window_partners(positions, sequences, 2, generator)[0]] += 1
     # Row 0 (position 5) has candidates at positions 3, 4, 6, 7: rows 1-4, a quarter each.
-    assert counts[0] == 0 and counts[5] == 0
+    assert counts[0] == 0
+    assert counts[5] == 0
     assert ((counts[1:5] / 4000 - 0.25).abs() < 0.03).all()
 
 
@@ -123,7 +124,8 @@ def test_anchor_sampling_is_bounded_and_symmetric() -> None:
     anchors, mates = sample_anchor_pairs(partners, eligible, n_pairs=16)
     assert anchors.numel() == 32
     assert torch.equal(partners[anchors[:16]], mates[:16])
-    assert torch.equal(anchors[16:], mates[:16]) and torch.equal(mates[16:], anchors[:16])
+    assert torch.equal(anchors[16:], mates[:16])
+    assert torch.equal(mates[16:], anchors[:16])
     none_eligible = sample_anchor_pairs(partners, torch.zeros(300, dtype=torch.bool), 16)[0]
     assert none_eligible.numel() == 0
 
