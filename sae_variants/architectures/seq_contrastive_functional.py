@@ -94,14 +94,19 @@ def masked_info_nce(
 
     Returns zeros when no anchor has a non-zero code (nothing to contrast).
     """
-    norms = codes.norm(dim=-1, keepdim=True)
-    unit = codes / norms.clamp_min(1e-8)
-    active = norms.squeeze(1)[anchors] > 0
+    norms = codes.norm(dim=-1).clamp_min(1e-8)
+    active = codes[anchors].detach().gt(0).any(dim=-1)
     anchors, partners = anchors[active], partners[active]
     if anchors.numel() == 0:
         zero = codes.sum() * 0.0
         return zero, zero.detach()
-    similarity = unit[anchors] @ unit.T / temperature
+    # Only features some anchor fires can make a dot product non-zero, and a code's zero entries
+    # pass no gradient (they are ReLU zeros), so dropping the other columns is exact; it pays
+    # when the anchors fire a small part of the dictionary. Cosines are dot products over the
+    # outer product of norms, so no normalized copy of the whole batch is made.
+    columns = codes[anchors].detach().gt(0).any(dim=0).nonzero().squeeze(1)
+    fired = codes[:, columns] if 2 * columns.numel() < codes.shape[1] else codes
+    similarity = (fired[anchors] @ fired.T) / (norms[anchors].unsqueeze(1) * norms.unsqueeze(0) * temperature)
     rows = torch.arange(anchors.numel(), device=codes.device)
     masked = sequence_ids[anchors].unsqueeze(1) == sequence_ids.unsqueeze(0)
     masked[rows, partners] = False  # the positive stays in the denominator
