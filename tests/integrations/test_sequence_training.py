@@ -247,3 +247,19 @@ def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(tmp_path
         torch.testing.assert_close(again, batch, rtol=0, atol=0)
         for field in ("positions", "sequence_ids", "token_ids"):
             assert torch.equal(getattr(again_context, field), getattr(context, field)), field
+
+
+def test_train_sae_picks_the_sequence_pipeline_from_the_config(tmp_path: Path) -> None:
+    """`sae-variants train --architecture seq_contrastive` and train_sae need no flag: the config's
+    sequence_layout() selects the pipeline (the plain runner would raise MissingTokenContextError)."""
+    from sae_lens import SAE
+
+    from sae_variants import SeqContrastiveSAE, SeqContrastiveTrainingSAE
+    from sae_variants.integrations.training import TrainRequest, train_sae
+
+    result = train_sae(TrainRequest(
+        architecture="seq_contrastive", d_sae=256, training_tokens=52 * 1024, train_batch_size_tokens=1024,
+        sae_options={"l1_coefficient": 1.0}, output_path=tmp_path / "seq", preset="demo",
+    ))
+    assert isinstance(result.sae, SeqContrastiveTrainingSAE)
+    assert isinstance(SAE.load_from_disk(str(tmp_path / "seq")), SeqContrastiveSAE)
