@@ -81,6 +81,9 @@ class SequenceAwareTrainingRunner(LanguageModelSAETrainingRunner):
                 f"the {cfg.sae.architecture()!r} config declares no sequence layout; pass "
                 "layout=SequenceLayout(...) to train it on sequence-structured batches"
             )
+        if hasattr(cfg.sae, "total_training_steps") and cfg.sae.total_training_steps is None:
+            # Curricula defined as fractions of the run need its length.
+            cfg.sae.total_training_steps = cfg.training_tokens // cfg.train_batch_size_tokens
         super().__init__(cfg, override_dataset=override_dataset, override_model=override_model,
                          override_sae=override_sae)
         self.sequence_batches = SequenceBatchSource(

@@ -179,6 +179,14 @@ def _align_and_check_warm_ups(
             )
 
 
+def _align_run_fields(sae_cfg: TrainingSAEConfig, options: Mapping[str, Any], **run_values: int) -> None:
+    # Fields some configs define in terms of the run (the curriculum's length, the context the
+    # position ranges divide), filled in from it unless the user set them.
+    for name, value in run_values.items():
+        if hasattr(sae_cfg, name) and name not in options:
+            setattr(sae_cfg, name, value)
+
+
 def _buffer_batches(batch_tokens: int, context_size: int) -> int:
     # SAELens's mixing buffer holds n_batches_in_buffer * context_size tokens and refuses a batch
     # larger than that (saelens-host pitfall 1); twice the batch keeps shuffling meaningful.
@@ -212,6 +220,8 @@ def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerCo
             "another preset"
         )
     _align_and_check_warm_ups(sae_cfg, request.sae_options, lr_warm_up_steps, total_steps)
+    _align_run_fields(sae_cfg, request.sae_options, total_training_steps=total_steps,
+                      position_context=preset.context_size)
     lr = request.lr or preset.lr
     output = Path(request.output_path)
     runner_cfg = LanguageModelSAERunnerConfig(

@@ -17,6 +17,12 @@ from sae_variants.architectures.multiscale_norm import (
     MultiScaleNormTrainingSAE,
     MultiScaleNormTrainingSAEConfig,
 )
+from sae_variants.architectures.position_aware import (
+    PositionAwareSAE,
+    PositionAwareSAEConfig,
+    PositionAwareTrainingSAE,
+    PositionAwareTrainingSAEConfig,
+)
 from sae_variants.architectures.qucl import (
     QuCLSAE,
     QuCLSAEConfig,
@@ -59,6 +65,12 @@ register_variant(
     "seq_contrastive", SeqContrastiveTrainingSAE, SeqContrastiveTrainingSAEConfig,
     SeqContrastiveSAE, SeqContrastiveSAEConfig,
 )
+# PositionAwareSAE (seed 004) trains through the sequence-aware pipeline (true positions) and saves
+# as "position_aware" (range adapters; positions come from the sequence axis at inference).
+register_variant(
+    "position_aware", PositionAwareTrainingSAE, PositionAwareTrainingSAEConfig,
+    PositionAwareSAE, PositionAwareSAEConfig,
+)
 
 __all__ = [
     "CubicOrthoSAE",
@@ -71,6 +83,10 @@ __all__ = [
     "MultiScaleNormTrainingSAE",
     "MultiScaleNormTrainingSAEConfig",
     "NeedsTokenContext",
+    "PositionAwareSAE",
+    "PositionAwareSAEConfig",
+    "PositionAwareTrainingSAE",
+    "PositionAwareTrainingSAEConfig",
     "QuCLSAE",
     "QuCLSAEConfig",
     "QuCLTrainingSAE",

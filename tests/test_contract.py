@@ -13,6 +13,7 @@ first variant lands. Each check is one a spliced or evaluated SAE relies on:
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,22 @@ def _step_input(sae: TrainingSAE[Any], x: torch.Tensor) -> TrainStepInput:
         sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0,
         is_logging_step=False,
     )
+
+
+PROBE_POSITIONS = torch.arange(8 * CONTEXT) % CONTEXT
+"""The probe is 8 whole contexts, row-major: these are its rows' positions."""
+
+
+def _takes_positions(sae: Any) -> bool:
+    return "positions" in inspect.signature(sae.encode).parameters
+
+
+def _encode(sae: Any, x: torch.Tensor, rows: Any = slice(None)) -> torch.Tensor:
+    """``sae.encode`` on 2-D rows, with their positions for SAEs whose documented rule for
+    [batch, d_in] input is that the caller passes positions (position-aware variants)."""
+    if _takes_positions(sae):
+        return sae.encode(x, positions=PROBE_POSITIONS[rows])
+    return sae.encode(x)
 
 
 def _loss(sae: TrainingSAE[Any], x: torch.Tensor) -> float:
@@ -109,45 +126,50 @@ def test_training_loss_is_finite_and_decreases(trained: dict[str, Any]) -> None:
 
 def test_encode_accepts_2d_and_3d(trained: dict[str, Any]) -> None:
     sae, probe = trained["loaded"], trained["probe"]
-    flat = sae.encode(probe)
+    flat = _encode(sae, probe)
     assert flat.shape == (probe.shape[0], D_SAE)
     stacked = sae.encode(probe.reshape(8, CONTEXT, D_IN))
     assert stacked.shape == (8, CONTEXT, D_SAE)
     torch.testing.assert_close(stacked.reshape(-1, D_SAE), flat)
+    if _takes_positions(sae):  # never guess positions for 2-D input
+        with pytest.raises(ValueError, match="positions"):
+            sae.encode(probe)
 
 
 def test_eval_encode_is_deterministic_and_row_independent(trained: dict[str, Any]) -> None:
     sae, probe = trained["loaded"], trained["probe"]
-    full = sae.encode(probe)
-    torch.testing.assert_close(sae.encode(probe), full, rtol=0, atol=0)
+    full = _encode(sae, probe)
+    torch.testing.assert_close(_encode(sae, probe), full, rtol=0, atol=0)
     for rows in (slice(0, 1), slice(5, 9), slice(100, 101)):
-        torch.testing.assert_close(sae.encode(probe[rows]), full[rows])
+        torch.testing.assert_close(_encode(sae, probe[rows], rows), full[rows])
     shuffled = torch.randperm(probe.shape[0])
-    torch.testing.assert_close(sae.encode(probe[shuffled]), full[shuffled])
+    torch.testing.assert_close(_encode(sae, probe[shuffled], shuffled), full[shuffled])
 
 
 def test_decode_of_encode_is_the_full_reconstruction(trained: dict[str, Any]) -> None:
     sae, probe = trained["training_sae"], trained["probe"]
+    contexts = probe.reshape(8, CONTEXT, D_IN)  # what splicing passes
     sae.eval()
     with torch.no_grad():
         out = sae.training_forward_pass(_step_input(sae, probe))
-        torch.testing.assert_close(out.sae_out, sae.decode(sae.encode(probe)))
-        torch.testing.assert_close(sae(probe), sae.decode(sae.encode(probe)))
+        torch.testing.assert_close(out.sae_out, sae.decode(_encode(sae, probe)))
+        torch.testing.assert_close(sae(contexts), sae.decode(sae.encode(contexts)))
+        torch.testing.assert_close(sae(contexts).reshape(-1, D_IN), out.sae_out)
     loaded = trained["loaded"]
-    torch.testing.assert_close(loaded(probe), loaded.decode(loaded.encode(probe)))
+    torch.testing.assert_close(loaded(contexts), loaded.decode(loaded.encode(contexts)))
 
 
 def test_saved_sae_loads_with_identical_outputs(trained: dict[str, Any], tmp_path: Path) -> None:
     training_sae, loaded, probe = trained["training_sae"], trained["loaded"], trained["probe"]
     training_sae.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.encode(probe), training_sae.encode(probe))
-        torch.testing.assert_close(loaded.decode(loaded.encode(probe)),
-                                   training_sae.decode(training_sae.encode(probe)))
+        torch.testing.assert_close(_encode(loaded, probe), _encode(training_sae, probe))
+        torch.testing.assert_close(loaded.decode(_encode(loaded, probe)),
+                                   training_sae.decode(_encode(training_sae, probe)))
     loaded.save_model(str(tmp_path))
     again = SAE.load_from_disk(str(tmp_path)).eval()
     assert type(again) is type(loaded)
-    torch.testing.assert_close(again.encode(probe), loaded.encode(probe), rtol=0, atol=0)
+    torch.testing.assert_close(_encode(again, probe), _encode(loaded, probe), rtol=0, atol=0)
 
 
 def test_splicing_with_error_term_reproduces_clean_logits(

@@ -1,0 +1,493 @@
+"""PositionAwareSAE: four position-range adapters with a curriculum (seed 004).
+
+Paper: ``shared/seeds/004_f2378fb877f8d5c5.txt``; spec with resolutions: ``seed-algorithms.md`` §6.
+
+    pre  = (x - b_dec) W_enc + b_enc
+    h^_b = gamma_b (pre - mean pre) / s + beta_b,  s = std of pre over features      P1 (preact LN)
+    h_b  = s ReLU(h^_b)                                               base, position-agnostic codes
+    D_r  = Dropout_0.1(LN_r(B_r ReLU(A_r ReLU(h^_b))))                P3, low rank, r = r(position)
+    h_r  = s ReLU(h^_b + alpha_t D_r)                                 adapted codes (the features)
+    x^   = h_r W_dec + b_dec                                          P4, unit decoder rows
+    L    = ||x - x^||^2 + lambda (||h_b||_1 + alpha_t ||h_r - h_b||_1)                   P5
+
+``r(p) = min(floor(p R / L), R - 1)`` over the training context L (P2). ``alpha_t`` is 0 for the
+first ``min(1000, 0.1 T)`` steps and ramps linearly to 1 at ``min(10000, 0.9 T)`` (P6); its final
+value is a buffer used at inference. Adapters have rank ``round(0.0375 d_in)`` by default, which
+gives the paper's stated ~15% parameter overhead at any width (spec d6).
+
+**Positions at inference** are the index along the sequence axis of a ``[batch, pos, d_in]``
+input (what ``HookedSAETransformer`` and SAELens's evals pass), plus ``position_offset`` when set
+(a forward that does not start at position 0). A ``[batch, d_in]`` input needs
+``encode(x, positions=...)``; a ``[batch, 1, d_in]`` input (a cached-generation step looks like
+this) needs ``position_offset`` set; otherwise ``encode`` raises rather than guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.optimizer_policy import attach_optimizer_policy, optimizer_holds
+from sae_variants.architectures.position_aware_functional import (
+    curriculum_alpha,
+    position_ranges,
+    preactivation_layer_norm,
+    range_adapter,
+)
+from sae_variants.architectures.saved_config import AcceptsSavedMetadata
+from sae_variants.architectures.seq_contrastive_functional import layer_normalize
+from sae_variants.functional import (
+    fraction_of_variance_unexplained,
+    tangent_projected,
+    unit_norm_rows,
+)
+from sae_variants.token_context import NeedsTokenContext, SequenceLayout
+from sae_variants.validation import require_fields
+
+BASE_NORMS = ("preact_ln", "input_ln", "none")
+ADAPTER_LNS = ("output", "none")
+
+
+@dataclass(kw_only=True)
+class PositionAwareArchitectureFields:
+    """Fields the inference SAE needs (shared by the inference and training configs)."""
+
+    position_context: int = 128
+    """L: the training context the ranges divide (paper: 128; `sae-variants train` sets it to the
+    run's context size). Positions at or beyond it use the last range."""
+    n_ranges: int = 4
+    """R: equal position ranges, one adapter each (paper: 4)."""
+    adapters: bool = True
+    """False: the base SAE alone (the ablation "no adapters")."""
+    adapter_rank: int | None = None
+    """rho, the adapters' hidden width; None means round(0.0375 d_in) (about 15% overhead)."""
+    adapter_ln: str = "output"
+    """LayerNorm on the adapter output (eq. 3; "required" per the paper) or "none"."""
+    adapter_dropout: float = 0.1
+    """Dropout on the adapter output in training (paper: 0.1; off in eval mode)."""
+    base_norm: str = "preact_ln"
+    """"preact_ln": LayerNorm over the d_sae pre-activations (paper, eq. 2); "input_ln": over the
+    input instead (the spec's fallback); "none": a plain ReLU base."""
+    restore_scale: bool = True
+    """Multiply codes by the scale the normalization removed, so decoding stays linear (spec d3)."""
+    ln_eps: float = 1e-5
+    """epsilon of the base normalization and the adapters' LayerNorm (> 0)."""
+
+    def rank(self) -> int:
+        return self.adapter_rank or max(1, round(0.0375 * self.d_in))  # type: ignore[attr-defined]
+
+    def _validate_architecture(self) -> None:
+        require_fields(self, ("position_context", "n_ranges"), lambda v: v >= 1, ">= 1")
+        require_fields(self, ("ln_eps",), lambda v: v > 0, "> 0")
+        require_fields(self, ("adapter_dropout",), lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.adapter_rank is not None and self.adapter_rank < 1:
+            raise ValueError(f"adapter_rank must be >= 1 or None, got {self.adapter_rank}")
+        if self.base_norm not in BASE_NORMS:
+            raise ValueError(f"base_norm must be one of {', '.join(BASE_NORMS)}; got {self.base_norm!r}")
+        if self.adapter_ln not in ADAPTER_LNS:
+            raise ValueError(f"adapter_ln must be one of {', '.join(ADAPTER_LNS)}; got {self.adapter_ln!r}")
+        if self.n_ranges > self.position_context:
+            raise ValueError(f"n_ranges={self.n_ranges} exceeds position_context={self.position_context}")
+        if self.normalize_activations == "covariance_whitening":  # type: ignore[attr-defined]
+            raise ValueError(
+                "normalize_activations='covariance_whitening' cannot be folded into a position_aware "
+                "SAE; use 'expected_average_only_in' or 'none'"
+            )
+
+
+@dataclass
+class PositionAwareSAEConfig(AcceptsSavedMetadata, SAEConfig, PositionAwareArchitectureFields):
+    """Inference configuration of a trained position-aware SAE."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "position_aware"
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+
+
+@dataclass
+class PositionAwareTrainingSAEConfig(TrainingSAEConfig, PositionAwareArchitectureFields):
+    """Training configuration; every default is the spec's resolution of the paper (§6 c)."""
+
+    l1_coefficient: float = 0.04
+    """lambda (paper: 0.04; calibrate it for a target L0)."""
+    l1_warm_up_steps: int = 0
+    """Linear warm-up of lambda from 0, in steps (>= 0)."""
+    total_training_steps: int | None = None
+    """T, which the curriculum's fractions refer to; the training pipeline sets it from the run."""
+    curriculum: bool = True
+    """False: alpha = 1 from the first step (the ablation "no curriculum")."""
+    curriculum_warm_up_fraction: float = 0.1
+    """Base-only phase: alpha = 0 for the first min(1000, this x T) steps (in [0, 1))."""
+    curriculum_end_fraction: float = 0.9
+    """alpha reaches 1 at min(10000, this x T) steps (in (0, 1], above the warm-up fraction)."""
+    weight_decay: float = 0.01
+    """Decoupled (AdamW) weight decay on W_enc and the adapters' A_r, B_r only (paper: 1e-2; >= 0)."""
+    positions_per_context: int = 8
+    """P: positions per context in a training batch (uniform over the context)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return "position_aware"
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return PositionAwareSAEConfig
+
+    def sequence_layout(self) -> SequenceLayout:
+        """Training rows need their true positions: S contexts x P uniformly drawn positions."""
+        return SequenceLayout(self.positions_per_context, "uniform")
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_architecture()
+        require_fields(self, ("l1_coefficient", "weight_decay"), lambda v: v >= 0, ">= 0")
+        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("positions_per_context",), lambda v: v >= 1, ">= 1")
+        require_fields(self, ("curriculum_warm_up_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
+        if not self.curriculum_warm_up_fraction < self.curriculum_end_fraction <= 1:
+            raise ValueError(
+                "curriculum_end_fraction must be in (curriculum_warm_up_fraction, 1], got "
+                f"{self.curriculum_end_fraction}"
+            )
+        if self.total_training_steps is not None and self.total_training_steps < 1:
+            raise ValueError(f"total_training_steps must be >= 1 or None, got {self.total_training_steps}")
+
+
+class PositionAwareEncoder:
+    """Parameters, encoder and folds shared by the inference and the training SAE."""
+
+    cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    alpha: Tensor
+    position_offset: int | None = None
+    """Added to sequence-axis indices of 3-D inputs: set it when a forward does not start at
+    position 0 (e.g. the first new position of a cached-generation step)."""
+
+    def initialize_weights(self) -> None:
+        assert isinstance(self, nn.Module)
+        cfg, d_in, d_sae = self.cfg, self.cfg.d_in, self.cfg.d_sae
+        kw = {"dtype": self.dtype, "device": self.device}
+        # P8: orthogonal W_enc and W_dec, decoder rows renormalized (orthogonal columns leave rows
+        # of norm sqrt(d_in / d_sae), spec d13).
+        self.W_enc = nn.Parameter(nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw)))
+        self.W_dec = nn.Parameter(unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw))))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        if cfg.base_norm == "preact_ln":
+            self.base_ln_gain = nn.Parameter(torch.ones(d_sae, **kw))
+            self.base_ln_bias = nn.Parameter(torch.zeros(d_sae, **kw))
+        elif cfg.base_norm == "input_ln":
+            self.input_ln_gain = nn.Parameter(torch.ones(d_in, **kw))
+            self.input_ln_bias = nn.Parameter(torch.zeros(d_in, **kw))
+        if cfg.adapters:
+            ranges, rank = cfg.n_ranges, cfg.rank()
+
+            def uniform(*shape: int, fan_in: int) -> nn.Parameter:  # nn.Linear's default range
+                bound = fan_in**-0.5
+                return nn.Parameter(torch.empty(*shape, **kw).uniform_(-bound, bound))
+
+            self.adapter_down = uniform(ranges, d_sae, rank, fan_in=d_sae)
+            self.adapter_down_bias = uniform(ranges, rank, fan_in=d_sae)
+            self.adapter_up = uniform(ranges, rank, d_sae, fan_in=rank)
+            self.adapter_up_bias = uniform(ranges, d_sae, fan_in=rank)
+            if cfg.adapter_ln == "output":
+                self.adapter_ln_gain = nn.Parameter(torch.ones(ranges, d_sae, **kw))
+                self.adapter_ln_bias = nn.Parameter(torch.zeros(ranges, d_sae, **kw))
+            self.adapter_dropout = nn.Dropout(cfg.adapter_dropout)
+        # The curriculum coefficient reached in training; inference uses it (0 until trained).
+        self.register_buffer("alpha", torch.zeros((), **kw))
+
+    # --------------------------------------------------------------------------- positions
+
+    def resolve_positions(
+        self, x: Float[Tensor, ...], positions: Int[Tensor, ...] | None
+    ) -> Int[Tensor, ...]:
+        """Each row's position: given, or the sequence-axis index (+ ``position_offset``) of a
+        3-D input; ambiguous cases raise with the way out."""
+        d_in = self.cfg.d_in
+        if positions is not None:
+            if positions.shape != x.shape[:-1]:
+                raise ValueError(
+                    f"positions must have the input's leading shape {tuple(x.shape[:-1])}, got "
+                    f"{tuple(positions.shape)}"
+                )
+            return positions.to(x.device).long()
+        if x.ndim == 2:
+            raise ValueError(
+                f"a position_aware SAE needs each row's position: got [batch, d_in={d_in}] input "
+                f"{tuple(x.shape)} without positions. Pass sae.encode(x, positions=...) (a "
+                "[batch] tensor of positions in the context), or a [batch, pos, d_in] input whose "
+                "sequence axis starts at position 0 (or at sae.position_offset)."
+            )
+        if x.ndim < 3:
+            raise ValueError(f"expected [batch, d_in] or [batch, pos, d_in] input, got {tuple(x.shape)}")
+        length = x.shape[-2]
+        if length == 1 and self.position_offset is None:
+            raise ValueError(
+                "a position_aware SAE got a single-position input [batch, 1, d_in], which is what a "
+                "cached-generation step passes, so its true position is unknown. Set "
+                "sae.position_offset to the position of that token (0 for a one-token prompt), or "
+                "generate with use_past_kv_cache=False."
+            )
+        index = torch.arange(length, device=x.device) + (self.position_offset or 0)
+        return index.expand(x.shape[:-1])
+
+    # ----------------------------------------------------------------------------- encoder
+
+    def base_preactivations(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
+        """``h^_b`` (P1) and the scale the codes restore (None: raw codes)."""
+        cfg = self.cfg
+        if cfg.base_norm == "input_ln":
+            x, scale = layer_normalize(sae_in, self.input_ln_gain, self.input_ln_bias, cfg.ln_eps)
+            pre = x @ self.W_enc + self.b_enc
+        else:
+            pre = sae_in @ self.W_enc + self.b_enc
+            scale = None
+            if cfg.base_norm == "preact_ln":
+                pre, scale = preactivation_layer_norm(pre, self.base_ln_gain, self.base_ln_bias, cfg.ln_eps)
+        return pre, (scale if cfg.restore_scale else None)
+
+    def adapter_shift(
+        self, base_pre: Float[Tensor, "*batch d_sae"], positions: Int[Tensor, "*batch"]
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """``D_r(p)`` for every row, each range's rows through its own adapter (one gather each)."""
+        cfg = self.cfg
+        flat = base_pre.reshape(-1, cfg.d_sae)
+        ranges = position_ranges(positions.reshape(-1), cfg.position_context, cfg.n_ranges)
+        u = torch.relu(flat)  # the scale-free base codes h_b / s
+        shift = torch.zeros_like(flat)
+        with_ln = cfg.adapter_ln == "output"
+        for r in range(cfg.n_ranges):
+            rows = (ranges == r).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            out = range_adapter(
+                u.index_select(0, rows), self.adapter_down[r], self.adapter_down_bias[r],
+                self.adapter_up[r], self.adapter_up_bias[r],
+                self.adapter_ln_gain[r] if with_ln else None, self.adapter_ln_bias[r] if with_ln else None,
+                cfg.ln_eps,
+            )
+            shift = shift.index_copy(0, rows, out)
+        return self.adapter_dropout(shift).reshape(base_pre.shape)
+
+    def position_codes(
+        self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: Tensor | float
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        """(h_r, h_b, h^_b + alpha D): adapted codes, base codes and the adapted pre-activation."""
+        base_pre, scale = self.base_preactivations(sae_in)
+        adapted_pre = base_pre
+        if self.cfg.adapters and float(alpha) != 0.0:
+            adapted_pre = base_pre + alpha * self.adapter_shift(base_pre, positions)
+        h_b, h_r = torch.relu(base_pre), torch.relu(adapted_pre)
+        if scale is not None:
+            h_b, h_r = h_b * scale, h_r * scale
+        return h_r, h_b, adapted_pre
+
+    # ------------------------------------------------------------------------------- folds
+
+    @torch.no_grad()
+    def fold_and_get_W_dec_norm(self) -> Tensor:
+        """Give decoder rows unit norm and scale each feature's code by the old norm, exactly:
+        codes are positively homogeneous in h^ (and D), so feature i's normalization output,
+        its adapter output and its pre-activation scale by n_i; the adapters read h^ / n."""
+        cfg = self.cfg
+        norms = self.W_dec.norm(dim=-1).clamp(min=1e-8)
+        self.W_dec.data.div_(norms.unsqueeze(1))
+        if cfg.base_norm == "preact_ln":
+            self.base_ln_gain.data.mul_(norms)
+            self.base_ln_bias.data.mul_(norms)
+        else:
+            self.W_enc.data.mul_(norms)
+            self.b_enc.data.mul_(norms)
+        if cfg.adapters:
+            self.adapter_down.data.div_(norms.view(1, -1, 1))
+            if cfg.adapter_ln == "output":
+                self.adapter_ln_gain.data.mul_(norms)
+                self.adapter_ln_bias.data.mul_(norms)
+            else:
+                self.adapter_up.data.mul_(norms)
+                self.adapter_up_bias.data.mul_(norms)
+        return norms
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
+        cfg, c = self.cfg, scaling_factor
+        if cfg.base_norm == "input_ln":
+            cfg.ln_eps = cfg.ln_eps / (c * c)  # scale-invariant once eps scales with the variance
+        else:
+            self.W_enc.data.mul_(c)  # the pre-activations stay the same
+        if not (cfg.base_norm == "input_ln" and cfg.restore_scale):
+            self.W_dec.data.div_(c)
+        self.b_dec.data.div_(c)
+        cfg.normalize_activations = "none"
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "input whitening cannot be folded into a position_aware SAE; train with "
+            "normalize_activations='expected_average_only_in' or 'none'"
+        )
+
+
+class PositionAwareSAE(PositionAwareEncoder, SAE[PositionAwareSAEConfig]):
+    """A trained position-aware SAE (inference; positions from the sequence axis or the caller)."""
+
+    @override
+    def encode(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        positions = self.resolve_positions(x, positions)
+        h_r, _, adapted_pre = self.position_codes(self.process_sae_in(x), positions, self.alpha)
+        self.hook_sae_acts_pre(adapted_pre)
+        return self.hook_sae_acts_post(h_r)
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        return decode_through_hooks(self, feature_acts, self.W_dec)
+
+
+class PositionAwareTrainingSAE(
+    NeedsTokenContext, PositionAwareEncoder, TrainingSAE[PositionAwareTrainingSAEConfig]
+):
+    """The position-aware SAE with its curriculum training step (positions from the pipeline)."""
+
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
+
+    @override
+    def encode(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        return self.encode_with_hidden_pre(x, positions)[0]
+
+    @override
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        positions = self.resolve_positions(x, positions)
+        h_r, _, adapted_pre = self.position_codes(self.process_sae_in(x), positions, self.alpha)
+        return self.hook_sae_acts_post(h_r), self.hook_sae_acts_pre(adapted_pre)
+
+    @override
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        return decode_through_hooks(self, feature_acts, self.W_dec)
+
+    @override
+    def calculate_aux_loss(
+        self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
+    ) -> dict[str, Tensor]:
+        return {}  # the deviation penalty needs h_b, so training_forward_pass computes it
+
+    def curriculum_value(self, step: int) -> float:
+        cfg = self.cfg
+        if not (cfg.adapters and cfg.curriculum):
+            return 1.0 if cfg.adapters else 0.0
+        if cfg.total_training_steps is None:
+            raise ValueError(
+                "position_aware's curriculum is defined as fractions of the run: set "
+                "total_training_steps in its config (sae-variants train and "
+                "SequenceAwareTrainingRunner set it from the runner config)"
+            )
+        return curriculum_alpha(step, cfg.total_training_steps, cfg.curriculum_warm_up_fraction,
+                                cfg.curriculum_end_fraction)
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        x = step_input.sae_in
+        if x.ndim != 2:
+            raise ValueError(
+                f"position_aware trains on [batch, d_in={self.cfg.d_in}] activations, got {tuple(x.shape)}"
+            )
+        context = self.take_token_context(x.shape[0], x.device)
+        if self.training:
+            attach_optimizer_policy(self)
+            with torch.no_grad():
+                self.W_dec.copy_(unit_norm_rows(self.W_dec))
+                self.alpha.fill_(self.curriculum_value(step_input.n_training_steps))
+        alpha = float(self.alpha)
+        h_r, h_b, adapted_pre = self.position_codes(self.process_sae_in(x), context.positions, alpha)
+        feature_acts = self.hook_sae_acts_post(h_r)
+        sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
+        l1 = step_input.coefficients["l1"]
+        losses = {
+            "mse_loss": (sae_out - x).pow(2).sum(dim=-1).mean(),
+            "l1_loss": l1 * h_b.sum(dim=-1).mean(),
+        }
+        if alpha > 0:
+            losses["deviation_loss"] = l1 * alpha * (h_r - h_b).abs().sum(dim=-1).mean()
+        return TrainStepOutput(
+            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=adapted_pre,
+            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]
+            metrics={
+                "position_aware/alpha": alpha,
+                "position_aware/fvu": float(fraction_of_variance_unexplained(x.detach(), sae_out.detach())),
+            },
+        )
+
+    # ------------------------------------------------- optimizer policy (AdamW decay, P7)
+
+    def owns_parameters_of(self, optimizer: Optimizer) -> bool:
+        return optimizer_holds(optimizer, self.W_enc)
+
+    def decayed_parameters(self) -> list[nn.Parameter]:
+        """W_enc and the adapters' A_r, B_r: the matrices the paper's AdamW decays."""
+        return [self.W_enc, self.adapter_down, self.adapter_up] if self.cfg.adapters else [self.W_enc]
+
+    @torch.no_grad()
+    def before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.cfg.weight_decay == 0:
+            return
+        decayed = self.decayed_parameters()
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                if any(parameter is d for d in decayed):
+                    parameter.mul_(1.0 - group["lr"] * self.cfg.weight_decay)
+
+    def after_optimizer_step(self, optimizer: Optimizer) -> None:
+        pass
+
+    def parameter_overhead(self) -> float:
+        """Adapter parameters over the base SAE's (encoder, decoder, biases, base normalization)."""
+        adapter = sum(p.numel() for n, p in self.named_parameters() if n.startswith("adapter_"))
+        base = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("adapter_"))
+        return adapter / base
+
+
+__all__ = [
+    "PositionAwareSAE",
+    "PositionAwareSAEConfig",
+    "PositionAwareTrainingSAE",
+    "PositionAwareTrainingSAEConfig",
+]
