@@ -479,14 +479,27 @@ class PositionAwareTrainingSAE(
         pass
 
     def parameter_overhead(self) -> float:
-        """Adapter parameters over the base SAE's (encoder, decoder, biases, base normalization)."""
+        """Adapter parameters over the base SAE's (encoder, decoder, biases, base normalization),
+        counted on this module."""
         adapter = sum(p.numel() for n, p in self.named_parameters() if n.startswith("adapter_"))
         base = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("adapter_"))
         return adapter / base
 
 
+def parameter_overhead(cfg: PositionAwareArchitectureFields) -> float:
+    """The adapters' parameter overhead a config implies, without building it (e.g. at Gemma-2-2B
+    shapes): ``R (2 d_sae rho + rho + d_sae [+ 2 d_sae LN]) / (2 d_in d_sae + d_sae + d_in [+ base LN])``."""
+    d_in, d_sae, rank, ranges = cfg.d_in, cfg.d_sae, cfg.rank(), cfg.n_ranges  # type: ignore[attr-defined]
+    if not cfg.adapters:
+        return 0.0
+    adapter = ranges * (2 * d_sae * rank + rank + d_sae + (2 * d_sae if cfg.adapter_ln == "output" else 0))
+    base_norm = {"preact_ln": 2 * d_sae, "input_ln": 2 * d_in, "none": 0}[cfg.base_norm]
+    return adapter / (2 * d_in * d_sae + d_sae + d_in + base_norm)
+
+
 __all__ = [
     "PositionAwareSAE",
+    "parameter_overhead",
     "PositionAwareSAEConfig",
     "PositionAwareTrainingSAE",
     "PositionAwareTrainingSAEConfig",

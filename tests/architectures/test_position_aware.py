@@ -1,0 +1,192 @@
+"""PositionAwareSAE (seed 004): ranges, curriculum, routing, positions at inference, folds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from sae_lens.saes.sae import TrainStepInput
+
+from sae_variants import PositionAwareTrainingSAE, PositionAwareTrainingSAEConfig, TokenContext
+from sae_variants.architectures.position_aware import parameter_overhead
+from sae_variants.architectures.position_aware_functional import curriculum_alpha, position_ranges
+from sae_variants.integrations.training import TrainRequest, build_runner_config
+
+D_IN, D_SAE, CONTEXT = 32, 128, 16
+
+
+def _sae(alpha: float = 1.0, **options: Any) -> PositionAwareTrainingSAE:
+    torch.manual_seed(0)
+    options.setdefault("total_training_steps", 100)
+    sae = PositionAwareTrainingSAE(PositionAwareTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, position_context=CONTEXT, **options))
+    sae.alpha.fill_(alpha)
+    sae.eval()
+    return sae
+
+
+def _contexts(n: int = 6, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, CONTEXT, D_IN, generator=torch.Generator().manual_seed(seed)) + 0.5
+
+
+def _step(sae: PositionAwareTrainingSAE, x: torch.Tensor, positions: torch.Tensor, step: int) -> Any:
+    rows = torch.arange(x.shape[0])
+    sae.attach_token_context(TokenContext(positions, rows // CONTEXT, rows))
+    return sae.training_forward_pass(TrainStepInput(
+        sae_in=x, coefficients={"l1": 0.04}, dead_neuron_mask=None, n_training_steps=step,
+        is_logging_step=False))
+
+
+def test_config_rejects_bad_values() -> None:
+    for field, value in [("n_ranges", 0), ("position_context", 0), ("ln_eps", 0.0), ("adapter_dropout", 1.0),
+                         ("adapter_rank", 0), ("base_norm", "batchnorm"), ("adapter_ln", "input"),
+                         ("l1_coefficient", -1.0), ("weight_decay", -1.0), ("curriculum_end_fraction", 0.05),
+                         ("total_training_steps", 0), ("normalize_activations", "covariance_whitening")]:
+        cfg = PositionAwareTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=field):
+            cfg.__post_init__()
+
+
+def test_ranges_are_equal_parts_of_the_context_and_clamp_beyond_it() -> None:
+    positions = torch.tensor([0, 31, 32, 63, 64, 127, 128, 1000])
+    assert position_ranges(positions, 128, 4).tolist() == [0, 0, 1, 1, 2, 3, 3, 3]
+
+
+def test_curriculum_is_base_only_then_a_linear_ramp_in_fractions_of_the_run() -> None:
+    assert curriculum_alpha(0, 500, 0.1, 0.9) == 0.0
+    assert curriculum_alpha(50, 500, 0.1, 0.9) == 0.0
+    assert curriculum_alpha(250, 500, 0.1, 0.9) == pytest.approx(0.5)
+    assert curriculum_alpha(450, 500, 0.1, 0.9) == 1.0
+    # Long runs keep the paper's 1k / 10k steps.
+    assert curriculum_alpha(1000, 50_000, 0.1, 0.9) == 0.0
+    assert curriculum_alpha(10_000, 50_000, 0.1, 0.9) == 1.0
+
+
+def test_at_alpha_zero_the_codes_are_the_scale_restored_preactivation_layer_norm() -> None:
+    sae = _sae(alpha=0.0)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(D_IN))
+        sae.base_ln_gain.copy_(torch.rand(D_SAE) + 0.5)
+    x = _contexts()
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    s = torch.sqrt(pre.var(-1, keepdim=True, unbiased=False) + 1e-5)
+    expected = s * torch.relu(sae.base_ln_gain * (pre - pre.mean(-1, keepdim=True)) / s + sae.base_ln_bias)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), expected)
+
+
+def test_each_row_goes_through_its_own_ranges_adapter_only() -> None:
+    sae = _sae()
+    x = _contexts()
+    with torch.no_grad():
+        before = sae.encode(x)
+        sae.adapter_up_bias[2].add_(1.0)  # range 2 = positions 8..11 of 16
+        after = sae.encode(x)
+    changed = (after - before).abs().amax(dim=(0, 2)) > 0
+    assert changed.tolist() == [8 <= p < 12 for p in range(CONTEXT)]
+
+
+def test_positions_at_inference_are_never_guessed() -> None:
+    sae = _sae()
+    x = _contexts()
+    with torch.no_grad():
+        full = sae.encode(x)
+        flat_positions = torch.arange(CONTEXT).repeat(x.shape[0])
+        torch.testing.assert_close(sae.encode(x.reshape(-1, D_IN), positions=flat_positions),
+                                   full.reshape(-1, D_SAE))
+        with pytest.raises(ValueError, match=r"encode\(x, positions=...\)"):
+            sae.encode(x.reshape(-1, D_IN))
+        with pytest.raises(ValueError, match="position_offset"):
+            sae.encode(x[:, 9:10])  # one new token, as cached generation passes it
+        sae.position_offset = 9
+        torch.testing.assert_close(sae.encode(x[:, 9:10]), full[:, 9:10])
+        torch.testing.assert_close(sae.encode(x[:, 9:]), full[:, 9:])  # a forward resumed at 9
+        sae.position_offset = None
+        # Beyond the training context the last range applies.
+        long = torch.cat([x, x], dim=1)
+        positions = torch.arange(2 * CONTEXT).clamp(max=CONTEXT - 1).expand(x.shape[0], -1)
+        torch.testing.assert_close(sae.encode(long), sae.encode(long, positions=positions))
+
+
+def test_dropout_acts_in_training_mode_only() -> None:
+    sae = _sae()
+    x = _contexts()
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), sae.encode(x), rtol=0, atol=0)
+        sae.train()
+        assert not torch.equal(sae.encode(x), sae.encode(x))
+
+
+def test_training_step_follows_the_curriculum_and_adds_the_deviation_penalty() -> None:
+    sae = _sae(alpha=0.0)
+    sae.train()
+    x = _contexts().reshape(-1, D_IN)
+    positions = torch.arange(x.shape[0]) % CONTEXT
+    early = _step(sae, x, positions, step=5)
+    assert float(sae.alpha) == 0.0
+    assert "deviation_loss" not in early.losses
+    late = _step(sae, x, positions, step=50)
+    assert float(sae.alpha) == pytest.approx(curriculum_alpha(50, 100, 0.1, 0.9))
+    assert late.losses["deviation_loss"] > 0
+    unset = _sae(total_training_steps=None)
+    unset.train()
+    with pytest.raises(ValueError, match="total_training_steps"):
+        _step(unset, x, positions, step=0)
+
+
+def test_weight_decay_is_decoupled_and_only_on_the_encoder_and_adapter_matrices() -> None:
+    sae = _sae()
+    sae.train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=0.1)
+    x = _contexts().reshape(-1, D_IN)
+    _step(sae, x, torch.arange(x.shape[0]) % CONTEXT, step=60)  # attaches the optimizer policy
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    for p in sae.parameters():
+        p.grad = torch.zeros_like(p)  # Adam with zero gradients moves nothing by itself
+    optimizer.step()
+    decayed = {"W_enc", "adapter_down", "adapter_up"}
+    for name, p in sae.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.01) if name in decayed else before[name]
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+
+
+@pytest.mark.parametrize("options", [{}, {"base_norm": "input_ln"}, {"base_norm": "none", "adapter_ln": "none"}])
+def test_folds_keep_the_function(options: dict[str, Any]) -> None:
+    sae = _sae(**options)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(D_IN))
+        sae.b_enc.copy_(torch.randn(D_SAE) * 0.1)
+        sae.W_dec.mul_(torch.rand(D_SAE, 1) + 0.5)
+    x = _contexts(seed=3)
+    with torch.no_grad():
+        expected = sae.decode(sae.encode(x))
+        sae.fold_W_dec_norm()
+        torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
+        torch.testing.assert_close(sae.decode(sae.encode(x)), expected, rtol=1e-4, atol=1e-4)
+        c = 4.0
+        scaled = sae.decode(sae.encode(c * x)) / c
+        sae.fold_activation_norm_scaling_factor(c)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), scaled, rtol=1e-4, atol=1e-4)
+
+
+def test_parameter_overhead_is_near_the_papers_fifteen_percent() -> None:
+    sae = PositionAwareTrainingSAE(PositionAwareTrainingSAEConfig(d_in=256, d_sae=2048))
+    assert sae.cfg.rank() == 10
+    overhead = sae.parameter_overhead()
+    adapters = 4 * (2048 * 10 + 10 + 10 * 2048 + 2048) + 2 * 4 * 2048
+    base = 2 * 256 * 2048 + 2048 + 256 + 2 * 2048
+    assert overhead == pytest.approx(adapters / base)
+    assert parameter_overhead(sae.cfg) == pytest.approx(overhead)
+    assert 0.14 < overhead < 0.19
+    # At Gemma-2-2B shapes rho = 86 and the overhead is the paper's ~15%.
+    gemma = PositionAwareTrainingSAEConfig(d_in=2304, d_sae=16384)
+    assert gemma.rank() == 86
+    assert 0.145 < parameter_overhead(gemma) < 0.155
+
+
+def test_pipeline_fills_in_the_run_length_and_context() -> None:
+    runner_cfg, preset = build_runner_config(TrainRequest(architecture="position_aware", d_sae=512))
+    assert runner_cfg.sae.total_training_steps == preset.training_tokens // preset.train_batch_size_tokens
+    assert runner_cfg.sae.position_context == preset.context_size
