@@ -79,9 +79,14 @@ def contextual_consistency(
     return Consistency(within=within, across=s / max(c, 1), window=window, n_contexts=n)
 
 
+def usable_tokens(tokens: Tensor, special_token_ids: list[int]) -> Bool[Tensor, "contexts pos"]:
+    """Tokens that are not special (BOS, EOS, padding)."""
+    return ~torch.isin(tokens, torch.tensor(special_token_ids, dtype=tokens.dtype))
+
+
 def measure_contextual_consistency(
     sae: Any, model: Any, tokens: Tensor, special_token_ids: list[int], window: int = 8
 ) -> Consistency:
     """Contextual consistency of ``sae`` on the contexts ``tokens`` ([contexts, pos])."""
-    usable = ~torch.isin(tokens, torch.tensor(special_token_ids, dtype=tokens.dtype))
+    usable = usable_tokens(tokens, special_token_ids)
     return contextual_consistency(active_features(sae, model, tokens), usable, window)

@@ -24,6 +24,7 @@ import sae_variants  # noqa: F401  (registers this package's architectures with 
 from sae_variants.functional import mean_max_decoder_cosine
 from sae_variants.integrations.consistency import measure_contextual_consistency
 from sae_variants.integrations.models import load_model
+from sae_variants.integrations.position_metrics import fvu_by_position_range
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
 from sae_variants.integrations.tiny_gemma2.corpus import (
     contexts_dataset,
@@ -33,6 +34,9 @@ from sae_variants.integrations.tiny_gemma2.corpus import (
 
 CONSISTENCY_CONTEXTS = 64
 """Held-out contexts the contextual-consistency measure uses (``consistency.py``)."""
+
+POSITION_RANGES = 4
+"""Equal ranges of the context the per-range FVU is reported for (``position_metrics.py``)."""
 
 DENSE_THRESHOLD = 0.1
 """A feature is *dense* when it fires on more than this fraction of held-out tokens."""
@@ -156,12 +160,15 @@ def evaluate_sae(
     }
     if isinstance(dataset, Dataset) and "tokens" in dataset.column_names:
         tokens = torch.tensor(dataset[:CONSISTENCY_CONTEXTS]["tokens"])[:, :context_size]
-        consistency = measure_contextual_consistency(sae, model, tokens, special_token_ids(model))
+        specials = special_token_ids(model)
+        consistency = measure_contextual_consistency(sae, model, tokens, specials)
         metrics.update({
             "contextual_consistency": consistency.ratio,
             "window_jaccard": consistency.within,
             "cross_sequence_jaccard": consistency.across,
         })
+        fvus = fvu_by_position_range(sae, model, tokens, specials, n_ranges=POSITION_RANGES)
+        metrics.update({f"fvu_positions_{r}": fvu for r, fvu in enumerate(fvus)})
     nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
     if nonfinite:
         raise RuntimeError(f"evaluation of {path} produced non-finite metrics: {nonfinite}")

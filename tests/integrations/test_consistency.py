@@ -1,4 +1,5 @@
-"""Contextual consistency: the Jaccard ratio against hand-computed cases, and in `evaluate`."""
+"""Contextual consistency (the Jaccard ratio against hand-computed cases) and per-range FVU, and
+both in `evaluate`."""
 
 from __future__ import annotations
 
@@ -41,3 +42,7 @@ def test_evaluate_reports_consistency(trained_standard_sae, embedded_model) -> N
     assert metrics["contextual_consistency"] == pytest.approx(
         metrics["window_jaccard"] / metrics["cross_sequence_jaccard"])
     assert 0 < metrics["cross_sequence_jaccard"] < metrics["window_jaccard"] < 1
+    # Per-range FVU: four ranges, each a fraction of variance (the SAE explains most of it).
+    fvus = [metrics[f"fvu_positions_{r}"] for r in range(4)]
+    assert all(0 < f < 1 for f in fvus)
+    assert "fvu_positions_4" not in metrics
