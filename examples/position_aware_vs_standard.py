@@ -9,7 +9,8 @@ standard's (``--max-attempts`` runs at most). Reported: `sae-variants evaluate`'
 the fraction of variance unexplained in each quarter of the context (integrations/position_metrics.py)
 for both SAEs, and the adapters' measured parameter overhead.
 
-Finished runs are reused on a re-run. Results go to examples/results/position_aware.{json,md}.
+Finished runs are reused on a re-run. Results go to examples/results/position_aware.{json,md}
+(``--base-norm input_ln``: position_aware-input_ln.{json,md}).
 """
 
 from __future__ import annotations
@@ -42,16 +43,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
     parser.add_argument("--initial-value", type=float, default=1.0, help="first lambda tried")
     parser.add_argument("--max-attempts", type=int, default=4, help="calibration runs at most")
+    parser.add_argument("--base-norm", default="preact_ln", choices=["preact_ln", "input_ln", "none"],
+                        help="the base encoder's normalization (paper: preact_ln; spec fallback: input_ln)")
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    name = ARCHITECTURE if args.base_norm == "preact_ln" else f"{ARCHITECTURE}-{args.base_norm}"
+    options: dict[str, Any] = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])}
+    if args.base_norm != "preact_ln":
+        options["base_norm"] = args.base_norm
     model = load_model(EMBEDDED_MODEL_NAME)
     standard = train_standard_reference(args.work_dir, args.tokens, model)
     matched = train_at_target_l0(
-        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / ARCHITECTURE,
-                     sae_options={"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])},
+        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / name, sae_options=options,
                      training_tokens=args.tokens, expansion_factor=8),
         target_l0=standard.result.metrics["l0"], initial_value=args.initial_value, model=model,
         max_attempts=args.max_attempts,
@@ -78,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "final_alpha": float(trained.alpha),
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "position_aware.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.results / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     sections = [
-        f"# PositionAwareSAE vs standard ({report['date']})", f"`{report['command'].strip()}`",
+        f"# PositionAwareSAE ({args.base_norm} base) vs standard ({report['date']})", f"`{report['command'].strip()}`",
         markdown_table(rows, COLUMNS),
         "FVU relative improvement by range (1 - variant/standard): "
         + ", ".join(f"{v:+.3f}" for v in relative)
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"L0 matched within 10%: {report['l0_matched_within_10pct']}; parameter overhead "
         f"{report['parameter_overhead']:.3f}; final alpha {report['final_alpha']:.3f}",
     ]
-    (args.results / "position_aware.md").write_text("\n\n".join(sections) + "\n")
+    (args.results / f"{name}.md").write_text("\n\n".join(sections) + "\n")
     print("\n\n".join(sections[2:]))
     return report
 

@@ -159,7 +159,7 @@ def evaluate_sae(
         "mean_max_decoder_cosine": float(mean_max_decoder_cosine(sae.W_dec)),
     }
     if isinstance(dataset, Dataset) and "tokens" in dataset.column_names:
-        tokens = torch.tensor(dataset[:CONSISTENCY_CONTEXTS]["tokens"])[:, :context_size]
+        tokens = torch.as_tensor(dataset[:CONSISTENCY_CONTEXTS]["tokens"])[:, :context_size]
         specials = special_token_ids(model)
         consistency = measure_contextual_consistency(sae, model, tokens, specials)
         metrics.update({
