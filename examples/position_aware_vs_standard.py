@@ -24,7 +24,11 @@ from typing import Any
 
 from sae_variants.architectures.position_aware import parameter_overhead
 from sae_variants.integrations.evaluation import POSITION_RANGES, load_sae
-from sae_variants.integrations.matched_l0 import summary_row, train_at_target_l0, train_standard_reference
+from sae_variants.integrations.matched_l0 import (
+    summary_row,
+    train_at_target_l0,
+    train_standard_reference,
+)
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.reporting import markdown_table

@@ -501,8 +501,8 @@ def parameter_overhead(cfg: PositionAwareArchitectureFields) -> float:
 
 __all__ = [
     "PositionAwareSAE",
-    "parameter_overhead",
     "PositionAwareSAEConfig",
     "PositionAwareTrainingSAE",
     "PositionAwareTrainingSAEConfig",
+    "parameter_overhead",
 ]
