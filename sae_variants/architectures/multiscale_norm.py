@@ -49,6 +49,11 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.input_scale_fold import (
+    fold_input_scale,
+    require_foldable_input_normalization,
+    whitening_refusal,
+)
 from sae_variants.architectures.multiscale_norm_functional import (
     batch_moments,
     dead_features,
@@ -132,12 +137,7 @@ class MultiScaleNormArchitectureFields:
                 "apply_b_dec_to_input must be False for multiscale_norm: b_dec lives in the raw "
                 "activation space and the encoder reads normalized activations (spec §3 d3)"
             )
-        if self.normalize_activations == "covariance_whitening":  # type: ignore[attr-defined]
-            raise ValueError(
-                "normalize_activations='covariance_whitening' cannot be folded into a "
-                "multiscale_norm SAE (its encoder normalizes each token); use "
-                "'expected_average_only_in' or 'none'"
-            )
+        require_foldable_input_normalization(self)
 
 
 @dataclass
@@ -329,27 +329,15 @@ class MultiScaleNormEncoder:
     @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
-        cfg, c = self.cfg, scaling_factor
-        if cfg.normalization != "none":
-            # The normalization is scale-invariant once eps scales with the variance.
-            cfg.norm_eps = cfg.norm_eps / (c * c)
-        else:
-            self.W_enc.data.mul_(c)
-            if cfg.attention:
-                self.attention_query.data.mul_(c)
-                self.attention_values.data.div_(c)
-        if not (cfg.normalization != "none" and cfg.restore_scale):
-            # Restored codes already shrink by c with the token scale; other codes do not.
-            self.W_dec.data.div_(c)
-        self.b_dec.data.div_(c)
-        cfg.normalize_activations = "none"
+        attention = (self.attention_query,) if self.cfg.attention else ()
+        fold_input_scale(
+            self, scaling_factor, normalizes_input=self.cfg.normalization != "none", eps_field="norm_eps",
+            restores_scale=self.cfg.restore_scale, reads_input=(self.W_enc, *attention),
+            writes_input=(self.attention_values,) if self.cfg.attention else (),
+        )
 
     def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "a multiscale_norm SAE normalizes each token before its encoder, so an input "
-            "whitening cannot be folded into its weights; train with "
-            "normalize_activations='expected_average_only_in' or 'none'"
-        )
+        raise NotImplementedError(whitening_refusal("multiscale_norm"))
 
 
 class MultiScaleNormSAE(MultiScaleNormEncoder, SAE[MultiScaleNormSAEConfig]):

@@ -43,6 +43,11 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.input_scale_fold import (
+    fold_input_scale,
+    require_foldable_input_normalization,
+    whitening_refusal,
+)
 from sae_variants.architectures.optimizer_policy import attach_optimizer_policy, optimizer_holds
 from sae_variants.architectures.position_aware_functional import (
     curriculum_alpha,
@@ -104,11 +109,7 @@ class PositionAwareArchitectureFields:
             raise ValueError(f"adapter_ln must be one of {', '.join(ADAPTER_LNS)}; got {self.adapter_ln!r}")
         if self.n_ranges > self.position_context:
             raise ValueError(f"n_ranges={self.n_ranges} exceeds position_context={self.position_context}")
-        if self.normalize_activations == "covariance_whitening":  # type: ignore[attr-defined]
-            raise ValueError(
-                "normalize_activations='covariance_whitening' cannot be folded into a position_aware "
-                "SAE; use 'expected_average_only_in' or 'none'"
-            )
+        require_foldable_input_normalization(self)
 
 
 @dataclass
@@ -342,24 +343,16 @@ class PositionAwareEncoder:
                 self.adapter_up_bias.data.mul_(norms)
         return norms
 
-    @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
-        cfg, c = self.cfg, scaling_factor
-        if cfg.base_norm == "input_ln":
-            cfg.ln_eps = cfg.ln_eps / (c * c)  # scale-invariant once eps scales with the variance
-        else:
-            self.W_enc.data.mul_(c)  # the pre-activations stay the same
-        if not (cfg.base_norm == "input_ln" and cfg.restore_scale):
-            self.W_dec.data.div_(c)
-        self.b_dec.data.div_(c)
-        cfg.normalize_activations = "none"
+        """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly
+        (the pre-activation LayerNorm sees unchanged pre-activations once ``W_enc`` absorbs it)."""
+        fold_input_scale(
+            self, scaling_factor, normalizes_input=self.cfg.base_norm == "input_ln", eps_field="ln_eps",
+            restores_scale=self.cfg.restore_scale, reads_input=(self.W_enc,),
+        )
 
     def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "input whitening cannot be folded into a position_aware SAE; train with "
-            "normalize_activations='expected_average_only_in' or 'none'"
-        )
+        raise NotImplementedError(whitening_refusal("position_aware"))
 
 
 class PositionAwareSAE(PositionAwareEncoder, SAE[PositionAwareSAEConfig]):

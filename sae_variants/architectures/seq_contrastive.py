@@ -41,6 +41,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.input_scale_fold import (
+    fold_input_scale,
+    require_foldable_input_normalization,
+    whitening_refusal,
+)
 from sae_variants.architectures.saved_config import AcceptsSavedMetadata
 from sae_variants.architectures.seq_contrastive_functional import (
     layer_normalize,
@@ -73,12 +78,7 @@ class SeqContrastiveArchitectureFields:
 
     def _validate_architecture(self) -> None:
         require_fields(self, ("ln_eps",), lambda v: v > 0, "> 0")
-        if self.normalize_activations == "covariance_whitening":  # type: ignore[attr-defined]
-            raise ValueError(
-                "normalize_activations='covariance_whitening' cannot be folded into a "
-                "seq_contrastive SAE (its encoder layer-normalizes each token); use "
-                "'expected_average_only_in' or 'none'"
-            )
+        require_foldable_input_normalization(self)
 
 
 @dataclass
@@ -194,27 +194,15 @@ class SeqContrastiveEncoder:
         codes = torch.relu(pre)
         return codes if scale is None else codes * scale
 
-    @torch.no_grad()
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
-        cfg, c = self.cfg, scaling_factor
-        if cfg.layer_norm:
-            # Layer normalization is scale-invariant once eps scales with the variance.
-            cfg.ln_eps = cfg.ln_eps / (c * c)
-        else:
-            self.W_enc.data.mul_(c)
-        if not (cfg.layer_norm and cfg.restore_scale):
-            # Restored codes already shrink by c with the token scale; other codes do not.
-            self.W_dec.data.div_(c)
-        self.b_dec.data.div_(c)
-        cfg.normalize_activations = "none"
+        fold_input_scale(
+            self, scaling_factor, normalizes_input=self.cfg.layer_norm, eps_field="ln_eps",
+            restores_scale=self.cfg.restore_scale, reads_input=(self.W_enc,),
+        )
 
     def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "a seq_contrastive SAE layer-normalizes each token before its encoder, so an input "
-            "whitening cannot be folded into its weights; train with "
-            "normalize_activations='expected_average_only_in' or 'none'"
-        )
+        raise NotImplementedError(whitening_refusal("seq_contrastive"))
 
 
 class SeqContrastiveSAE(SeqContrastiveEncoder, SAE[SeqContrastiveSAEConfig]):
