@@ -42,6 +42,16 @@ def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor
     return torch.sqrt(variance + eps)
 
 
+def scale_restored_relu(
+    pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
+) -> Float[Tensor, "*batch d_sae"]:
+    """``scale * ReLU(pre)``: codes of a normalizing encoder with the token scale the
+    normalization removed put back, so a linear decoder reconstructs raw activations;
+    ``scale=None`` leaves them unscaled (paper-literal variants)."""
+    codes = torch.relu(pre)
+    return codes if scale is None else codes * scale
+
+
 def fraction_of_variance_unexplained(
     x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"]
 ) -> Float[Tensor, ""]:

@@ -59,6 +59,7 @@ from sae_variants.architectures.saved_config import AcceptsSavedMetadata
 from sae_variants.architectures.seq_contrastive_functional import layer_normalize
 from sae_variants.functional import (
     fraction_of_variance_unexplained,
+    scale_restored_relu,
     tangent_projected,
     unit_norm_rows,
 )
@@ -304,18 +305,16 @@ class PositionAwareEncoder:
         shift = torch.cat(blocks).index_select(0, torch.argsort(order))
         return self.adapter_dropout(shift).reshape(base_pre.shape)
 
-    def position_codes(
+    def adapted_preactivations(
         self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: Tensor | float
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        """(h_r, h_b, h^_b + alpha D): adapted codes, base codes and the adapted pre-activation."""
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
+        """(h^_b, h^_b + alpha D_r(p), s): base and adapted pre-activations and the scale the codes
+        restore; the codes are ``scale_restored_relu`` of either (h_b and h_r)."""
         base_pre, scale = self.base_preactivations(sae_in)
         adapted_pre = base_pre
         if self.cfg.adapters and float(alpha) != 0.0:
             adapted_pre = base_pre + alpha * self.adapter_shift(base_pre, positions)
-        h_b, h_r = torch.relu(base_pre), torch.relu(adapted_pre)
-        if scale is not None:
-            h_b, h_r = h_b * scale, h_r * scale
-        return h_r, h_b, adapted_pre
+        return base_pre, adapted_pre, scale
 
     # ------------------------------------------------------------------------------- folds
 
@@ -363,9 +362,8 @@ class PositionAwareSAE(PositionAwareEncoder, SAE[PositionAwareSAEConfig]):
         self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
     ) -> Float[Tensor, "*batch d_sae"]:
         positions = self.resolve_positions(x, positions)
-        h_r, _, adapted_pre = self.position_codes(self.process_sae_in(x), positions, self.alpha)
-        self.hook_sae_acts_pre(adapted_pre)
-        return self.hook_sae_acts_post(h_r)
+        _, adapted_pre, scale = self.adapted_preactivations(self.process_sae_in(x), positions, self.alpha)
+        return self.hook_sae_acts_post(scale_restored_relu(self.hook_sae_acts_pre(adapted_pre), scale))
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
@@ -392,8 +390,9 @@ class PositionAwareTrainingSAE(
         self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
         positions = self.resolve_positions(x, positions)
-        h_r, _, adapted_pre = self.position_codes(self.process_sae_in(x), positions, self.alpha)
-        return self.hook_sae_acts_post(h_r), self.hook_sae_acts_pre(adapted_pre)
+        _, adapted_pre, scale = self.adapted_preactivations(self.process_sae_in(x), positions, self.alpha)
+        adapted_pre = self.hook_sae_acts_pre(adapted_pre)
+        return self.hook_sae_acts_post(scale_restored_relu(adapted_pre, scale)), adapted_pre
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
@@ -432,7 +431,10 @@ class PositionAwareTrainingSAE(
                 self.W_dec.copy_(unit_norm_rows(self.W_dec))
                 self.alpha.fill_(self.curriculum_value(step_input.n_training_steps))
         alpha = float(self.alpha)
-        h_r, h_b, adapted_pre = self.position_codes(self.process_sae_in(x), context.positions, alpha)
+        base_pre, adapted_pre, scale = self.adapted_preactivations(self.process_sae_in(x), context.positions, alpha)
+        h_b = scale_restored_relu(base_pre, scale)
+        # At alpha = 0 the adapted codes are the base codes: computed once.
+        h_r = h_b if adapted_pre is base_pre else scale_restored_relu(adapted_pre, scale)
         feature_acts = self.hook_sae_acts_post(h_r)
         sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
         l1 = step_input.coefficients["l1"]

@@ -55,6 +55,7 @@ from sae_variants.architectures.seq_contrastive_functional import (
 )
 from sae_variants.functional import (
     fraction_of_variance_unexplained,
+    scale_restored_relu,
     tangent_projected,
     unit_norm_rows,
 )
@@ -187,13 +188,6 @@ class SeqContrastiveEncoder:
                 scale = token_scale
         return x @ self.W_enc + self.b_enc, scale
 
-    @staticmethod
-    def codes(
-        pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
-    ) -> Float[Tensor, "*batch d_sae"]:
-        codes = torch.relu(pre)
-        return codes if scale is None else codes * scale
-
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
         fold_input_scale(
@@ -211,7 +205,7 @@ class SeqContrastiveSAE(SeqContrastiveEncoder, SAE[SeqContrastiveSAEConfig]):
     @override
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         pre, scale = self.encode_pre(self.process_sae_in(x))
-        return self.hook_sae_acts_post(self.codes(self.hook_sae_acts_pre(pre), scale))
+        return self.hook_sae_acts_post(scale_restored_relu(self.hook_sae_acts_pre(pre), scale))
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
@@ -238,7 +232,7 @@ class SeqContrastiveTrainingSAE(
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
         pre, scale = self.encode_pre(self.process_sae_in(x))
         pre = self.hook_sae_acts_pre(pre)
-        return self.hook_sae_acts_post(self.codes(pre, scale)), pre
+        return self.hook_sae_acts_post(scale_restored_relu(pre, scale)), pre
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
