@@ -16,11 +16,9 @@ no active feature are left out (J is undefined).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Bool
-from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 from torch import Tensor
 
 
@@ -44,18 +42,6 @@ def _jaccard_sum(a: Bool[Tensor, "*pairs d_sae"], b: Bool[Tensor, "*pairs d_sae"
     return float((inter[keep] / union[keep]).sum()), int(keep.sum())
 
 
-@torch.no_grad()
-def active_features(sae: Any, model: Any, tokens: Tensor, batch_size: int = 16) -> Bool[Tensor, "contexts pos d_sae"]:
-    """Which features each token of ``tokens`` fires, from the SAE's hook in ``model``."""
-    hook = sae.cfg.metadata.hook_name
-    stop = extract_stop_at_layer_from_tlens_hook_name(hook)
-    parts = []
-    for chunk in tokens.split(batch_size):
-        _, cache = model.run_with_cache(chunk, names_filter=[hook], stop_at_layer=stop, prepend_bos=False)
-        parts.append(sae.encode(cache[hook].to(sae.dtype)) > 0)
-    return torch.cat(parts)
-
-
 def contextual_consistency(
     active: Bool[Tensor, "contexts pos d_sae"],
     usable: Bool[Tensor, "contexts pos"],
@@ -77,16 +63,3 @@ def contextual_consistency(
     position = torch.randint(0, length, (n, length), generator=generator)
     s, c = _jaccard_sum(active, active[other, position], usable & usable[other, position])
     return Consistency(within=within, across=s / max(c, 1), window=window, n_contexts=n)
-
-
-def usable_tokens(tokens: Tensor, special_token_ids: list[int]) -> Bool[Tensor, "contexts pos"]:
-    """Tokens that are not special (BOS, EOS, padding)."""
-    return ~torch.isin(tokens, torch.tensor(special_token_ids, dtype=tokens.dtype))
-
-
-def measure_contextual_consistency(
-    sae: Any, model: Any, tokens: Tensor, special_token_ids: list[int], window: int = 8
-) -> Consistency:
-    """Contextual consistency of ``sae`` on the contexts ``tokens`` ([contexts, pos])."""
-    usable = usable_tokens(tokens, special_token_ids)
-    return contextual_consistency(active_features(sae, model, tokens), usable, window)

@@ -22,7 +22,8 @@ from sae_lens.training.activation_scaler import ActivationScaler
 
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
 from sae_variants.functional import mean_max_decoder_cosine
-from sae_variants.integrations.consistency import measure_contextual_consistency
+from sae_variants.integrations.consistency import contextual_consistency
+from sae_variants.integrations.heldout_codes import encode_contexts
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.position_metrics import fvu_by_position_range
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
@@ -160,14 +161,14 @@ def evaluate_sae(
     }
     if isinstance(dataset, Dataset) and "tokens" in dataset.column_names:
         tokens = torch.as_tensor(dataset[:CONSISTENCY_CONTEXTS]["tokens"])[:, :context_size]
-        specials = special_token_ids(model)
-        consistency = measure_contextual_consistency(sae, model, tokens, specials)
+        heldout = encode_contexts(sae, model, tokens, special_token_ids(model))
+        consistency = contextual_consistency(heldout.active, heldout.usable)
         metrics.update({
             "contextual_consistency": consistency.ratio,
             "window_jaccard": consistency.within,
             "cross_sequence_jaccard": consistency.across,
         })
-        fvus = fvu_by_position_range(sae, model, tokens, specials, n_ranges=POSITION_RANGES)
+        fvus = fvu_by_position_range(heldout.activations, heldout.residual, heldout.usable, POSITION_RANGES)
         metrics.update({f"fvu_positions_{r}": fvu for r, fvu in enumerate(fvus)})
     nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
     if nonfinite:

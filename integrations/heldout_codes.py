@@ -1,0 +1,53 @@
+"""One pass of an SAE over held-out contexts, shared by the metrics that need whole contexts.
+
+Contextual consistency (``consistency.py``) needs which features fire at each position of a
+context; the per-range FVU (``position_metrics.py``) needs each token's activation and residual.
+Both come from the same model forward and the same ``encode`` of ``[context, pos, d_in]`` inputs
+(what splicing passes, so a position-aware SAE sees each token's true position), done once here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
+from torch import Tensor
+
+
+@dataclass
+class HeldoutCodes:
+    activations: Float[Tensor, "contexts pos d_in"]
+    active: Bool[Tensor, "contexts pos d_sae"]
+    """Which features fire at each token."""
+    residual: Float[Tensor, "contexts pos d_in"]
+    """``x - decode(encode(x))``."""
+    usable: Bool[Tensor, "contexts pos"]
+    """Tokens that are not special (BOS, EOS, padding)."""
+
+
+def usable_tokens(tokens: Tensor, special_token_ids: list[int]) -> Bool[Tensor, "contexts pos"]:
+    """Tokens that are not special (BOS, EOS, padding)."""
+    return ~torch.isin(tokens, torch.tensor(special_token_ids, dtype=tokens.dtype))
+
+
+@torch.no_grad()
+def encode_contexts(
+    sae: Any, model: Any, tokens: Tensor, special_token_ids: list[int], batch_size: int = 16
+) -> HeldoutCodes:
+    """Run ``model`` to the SAE's hook on ``tokens`` ([contexts, pos]) and encode/decode each
+    chunk of contexts; only the firing pattern of the codes is kept (bool, not floats)."""
+    hook = sae.cfg.metadata.hook_name
+    stop = extract_stop_at_layer_from_tlens_hook_name(hook)
+    activations, active, residual = [], [], []
+    for chunk in tokens.split(batch_size):
+        _, cache = model.run_with_cache(chunk, names_filter=[hook], stop_at_layer=stop, prepend_bos=False)
+        x = cache[hook].to(sae.dtype)
+        codes = sae.encode(x)
+        activations.append(x)
+        active.append(codes > 0)
+        residual.append(x - sae.decode(codes))
+    return HeldoutCodes(torch.cat(activations), torch.cat(active), torch.cat(residual),
+                        usable_tokens(tokens, special_token_ids))
