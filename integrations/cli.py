@@ -33,8 +33,8 @@ from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training import (
     TrainRequest,
     build_runner_config,
-    build_sae_config,
     train_sae,
+    training_config_class,
 )
 from sae_variants.registry import registered_variants, training_architectures
 
@@ -142,7 +142,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         timings.append(timing)
     print(format_timings(timings))
     if args.pipeline is None:
-        args.pipeline = needs_sequence_pipeline(build_sae_config(args.architecture, 8, 8, options, "none"))
+        args.pipeline = needs_sequence_pipeline(training_config_class(args.architecture))
     if args.pipeline:
         print(format_throughput(time_activation_pipelines(args.architecture)))
 

@@ -37,8 +37,9 @@ def sequence_layout_of(sae_cfg: TrainingSAEConfig) -> SequenceLayout | None:
     return declare() if callable(declare) else None
 
 
-def needs_sequence_pipeline(sae_cfg: TrainingSAEConfig) -> bool:
-    return sequence_layout_of(sae_cfg) is not None
+def needs_sequence_pipeline(sae_cfg: TrainingSAEConfig | type[TrainingSAEConfig]) -> bool:
+    """Whether a training config (or config class) declares a sequence layout."""
+    return callable(getattr(sae_cfg, "sequence_layout", None))
 
 
 def deliver_token_contexts(trainer: SAETrainer[Any, Any], sae: TrainingSAE[Any], source: SequenceBatchSource) -> None:

@@ -336,19 +336,15 @@ def train_sae(request: TrainRequest) -> TrainResult:
         if request.model_name == EMBEDDED_MODEL_NAME
         else None
     )
-    if needs_sequence_pipeline(runner_cfg.sae):
-        # The variant reads each row's sequence and position: SAELens's runner with
-        # sequence-structured batches (its source checks every batch itself).
-        sequence_runner = SequenceAwareTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
-        if request.init_b_dec_to_mean:
-            initialize_b_dec_to_mean(
-                sequence_runner.sae, sequence_runner.sequence_batches.store, request.normalize_activations
-            )
-        runner: LanguageModelSAETrainingRunner = sequence_runner
-    else:
-        runner = LanguageModelSAETrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
-        if request.init_b_dec_to_mean:
-            initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
+    sequence_aware = needs_sequence_pipeline(runner_cfg.sae)
+    # A variant that reads each row's sequence and position trains with SAELens's runner on
+    # sequence-structured batches (its source checks every batch itself, and forwards the store
+    # methods the b_dec initialization uses).
+    runner_class = SequenceAwareTrainingRunner if sequence_aware else LanguageModelSAETrainingRunner
+    runner = runner_class(runner_cfg, override_dataset=dataset, override_model=model)
+    if request.init_b_dec_to_mean:
+        initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
+    if not sequence_aware:
         runner.activations_store = _CheckedActivationStream(  # type: ignore[assignment]
             runner.activations_store, runner_cfg.sae.d_in, runner_cfg.hook_name
         )
