@@ -199,25 +199,13 @@ def test_training_step_needs_its_token_context_and_two_dimensional_rows() -> Non
 
 
 @pytest.mark.parametrize("options", [{}, {"restore_scale": False}, {"layer_norm": False}])
-def test_folds_keep_the_function(options: dict[str, Any]) -> None:
+def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_function: Any) -> None:
     sae = _sae(**options)
     sae.eval()
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(D_IN))
         sae.b_enc.copy_(torch.randn(D_SAE) * 0.1)
-    x, _ = _batch(seed=3)
-    with torch.no_grad():
-        sae.W_dec.mul_(torch.rand(D_SAE, 1) + 0.5)
-        expected = sae.decode(sae.encode(x))
-        sae.fold_W_dec_norm()
-        torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
-        torch.testing.assert_close(sae.decode(sae.encode(x)), expected, rtol=1e-4, atol=1e-4)
-        c = 4.0  # trained on c * x; after the fold it must read x
-        scaled = sae.decode(sae.encode(c * x)) / c
-        sae.fold_activation_norm_scaling_factor(c)
-        torch.testing.assert_close(sae.decode(sae.encode(x)), scaled, rtol=1e-4, atol=1e-4)
-    with pytest.raises(NotImplementedError, match="whitening"):
-        sae.fold_activation_whitening()
+    check_folds_keep_the_function(sae, _batch(seed=3)[0])
 
 
 def test_pipeline_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
