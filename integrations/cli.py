@@ -5,6 +5,7 @@
     sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs the hub)
     sae-variants evaluate runs/std [--json]
     sae-variants export-standard runs/qucl runs/qucl-as-standard [--tolerance 0.01]
+    sae-variants compare [--quick] [--sweep] [--readme README.md]
     sae-variants architectures | presets
 """
 
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 from sae_variants.integrations.benchmark import format_timings, time_training_step, with_peak_memory
+from sae_variants.integrations.comparison.command import add_compare_arguments, run_from_args
+from sae_variants.integrations.comparison.report import variant_table
 from sae_variants.integrations.evaluation import evaluate_sae, format_table
 from sae_variants.integrations.export import export_saved_qucl
 from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
@@ -154,6 +157,13 @@ def _cmd_export_standard(args: argparse.Namespace) -> None:
           f"saved the standard SAE to {Path(args.output).resolve()}")
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    report = run_from_args(args, "sae-variants " + " ".join(args.raw_argv))
+    print(variant_table(report))
+    print(f"report: {Path(report.settings['report_dir']) / 'report.md'}  "
+          f"(wall time {report.wall_seconds / 60:.1f} min)")
+
+
 def _cmd_architectures(_: argparse.Namespace) -> None:
     ours = {v.name for v in registered_variants()}
     for name in sorted(training_architectures()):
@@ -216,13 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--contexts", type=int, default=64, help="held-out contexts to measure on")
     export.set_defaults(run=_cmd_export_standard)
 
+    compare = commands.add_parser(
+        "compare", help="every variant against SAELens standard/topk/matryoshka_batchtopk: report + plots")
+    add_compare_arguments(compare)
+    compare.set_defaults(run=_cmd_compare)
+
     commands.add_parser("architectures", help="list trainable architectures").set_defaults(run=_cmd_architectures)
     commands.add_parser("presets", help="list training and hook presets").set_defaults(run=_cmd_presets)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw_argv)
+    args.raw_argv = raw_argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)

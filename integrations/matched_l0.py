@@ -15,9 +15,11 @@ import dataclasses
 import json
 import logging
 import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sae_lens import HookedSAETransformer
 
@@ -26,6 +28,7 @@ from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training import TrainRequest, train_sae
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,7 +64,55 @@ def _next_value(attempts: list[Attempt], target_l0: float) -> float:
     return last.knob_value * (max(last.l0, 1e-3) / target_l0) ** (1.0 / slope)
 
 
+def calibrate(
+    measure: Callable[[float], tuple[float, T]],
+    target_l0: float,
+    *,
+    initial_value: float,
+    tolerance: float = 0.10,
+    max_attempts: int = 4,
+    history: Sequence[Attempt] = (),
+    integer_knob: bool = False,
+    l0_rises_with_knob: bool = False,
+) -> tuple[list[Attempt], T]:
+    """Call ``measure(knob) -> (L0, result)`` until L0 is within ``tolerance`` of ``target_l0``.
+
+    ``history`` holds attempts made for other targets (a sweep): with any, the first value tried
+    is predicted from them instead of ``initial_value``. Integer knobs (TopK's ``k``) are rounded;
+    ``l0_rises_with_knob`` says L0 grows with the knob (``k``) instead of falling (an L1 weight).
+    Returns the attempts of this calibration and the last attempt's result.
+    """
+    if target_l0 <= 0:
+        raise ValueError(f"target_l0 must be positive, got {target_l0}")
+    if initial_value <= 0:
+        raise ValueError(f"the knob's initial_value must be positive, got {initial_value}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    def predict(tried: list[Attempt]) -> float:
+        if not l0_rises_with_knob:
+            return _next_value(tried, target_l0)
+        # The power law in 1/knob falls with L0 like an L1 weight does.
+        inverted = [Attempt(1.0 / a.knob_value, a.l0, a.path) for a in tried]
+        return 1.0 / _next_value(inverted, target_l0)
+
+    attempts: list[Attempt] = []
+    value = predict(list(history)) if history else initial_value
+    while True:
+        if integer_knob:
+            value = float(max(1, round(value)))
+        l0, result = measure(value)
+        attempts.append(Attempt(value, l0, getattr(result, "path", "")))
+        if abs(l0 / target_l0 - 1.0) <= tolerance or len(attempts) == max_attempts:
+            return attempts, result
+        following = predict([*history, *attempts])
+        if integer_knob and round(following) == value:
+            return attempts, result  # the nearest integer is already tried: nothing closer is reachable
+        value = following
+
+
 REQUEST_FILENAME = "train_request.json"
+TRAINING_TIME_FILENAME = "training_seconds.txt"
+EVALUATION_FILENAME = "evaluation.json"
 
 
 def request_fingerprint(request: TrainRequest) -> str:
@@ -74,7 +125,8 @@ def train_or_reuse(request: TrainRequest) -> bool:
     """Train ``request`` unless its output folder holds an SAE from the same request.
 
     Returns True when a finished run was reused. The request is recorded only after the SAE is
-    saved, so an interrupted run is never mistaken for a finished one.
+    saved, so an interrupted run is never mistaken for a finished one. The wall time of the
+    training is written beside it (``training_seconds.txt``) for reports.
     """
     output = Path(request.output_path)
     recorded = output / REQUEST_FILENAME
@@ -83,9 +135,37 @@ def train_or_reuse(request: TrainRequest) -> bool:
         logger.info("reusing the finished run in %s", output)
         return True
     recorded.unlink(missing_ok=True)
+    (output / EVALUATION_FILENAME).unlink(missing_ok=True)  # it described the SAE being replaced
+    start = time.perf_counter()
     train_sae(dataclasses.replace(request, overwrite=True))
+    (output / TRAINING_TIME_FILENAME).write_text(f"{time.perf_counter() - start:.1f}\n")
     recorded.write_text(fingerprint)
     return False
+
+
+def training_seconds(path: str | Path) -> float | None:
+    """The recorded training wall time of the run in ``path`` (None if it was not recorded)."""
+    file = Path(path) / TRAINING_TIME_FILENAME
+    return float(file.read_text()) if file.exists() else None
+
+
+def evaluate_or_reuse(path: str | Path, *, model: HookedSAETransformer | None = None,
+                      n_batches: int = 8) -> EvalResult:
+    """``evaluate_sae`` for the run in ``path``, read back from ``evaluation.json`` when that was
+    written for the same trained SAE (its recorded request) and the same number of batches."""
+    path = Path(path)
+    cache = path / EVALUATION_FILENAME
+    request_file = path / REQUEST_FILENAME
+    key = {"n_batches": n_batches,
+           "request": request_file.read_text() if request_file.exists() else None}
+    if key["request"] is not None and cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return EvalResult(**stored["result"])
+    result = evaluate_sae(path, model=model, n_batches=n_batches)
+    if key["request"] is not None:
+        cache.write_text(json.dumps({"key": key, "result": dataclasses.asdict(result)}, default=float))
+    return result
 
 
 def train_at_target_l0(
@@ -98,36 +178,42 @@ def train_at_target_l0(
     max_attempts: int = 4,
     model: HookedSAETransformer | None = None,
     eval_batches: int = 8,
+    history: Sequence[Attempt] = (),
+    integer_knob: bool = False,
+    l0_rises_with_knob: bool = False,
 ) -> MatchedRun:
     """Train ``request`` with ``knob`` calibrated so held-out L0 lands within ``tolerance``.
 
     With ``target_l0=None`` the run trains once at ``initial_value`` and its own L0 is the target
-    (the reference a comparison matches the others to).
+    (the reference a comparison matches the others to). ``history``: attempts for other targets
+    of the same request (see :func:`calibrate`).
     """
     if target_l0 is not None and target_l0 <= 0:
         raise ValueError(f"target_l0 must be positive, got {target_l0}")
     if initial_value <= 0:
         raise ValueError(f"initial_value of {knob} must be positive, got {initial_value}")
-    attempts: list[Attempt] = []
-    value = initial_value
-    result: EvalResult | None = None
-    for _ in range(max_attempts):
-        path = Path(request.output_path) / f"{knob}={value:.5g}"
-        attempt_request = dataclasses.replace(
-            request, sae_options={**request.sae_options, knob: value}, output_path=path, overwrite=True
-        )
-        train_or_reuse(attempt_request)
-        result = evaluate_sae(path, model=model, n_batches=eval_batches)
-        attempts.append(Attempt(value, result.metrics["l0"], str(path)))
-        if target_l0 is None:
-            target_l0 = result.metrics["l0"]
-        logger.info("%s %s=%.4g -> L0 %.1f (target %.1f)", request.architecture, knob, value,
+
+    def measure(value: float) -> tuple[float, EvalResult]:
+        shown = int(value) if integer_knob else f"{value:.5g}"
+        path = Path(request.output_path) / f"{knob}={shown}"
+        train_or_reuse(dataclasses.replace(
+            request, sae_options={**request.sae_options, knob: int(value) if integer_knob else value},
+            output_path=path, overwrite=True,
+        ))
+        result = evaluate_or_reuse(path, model=model, n_batches=eval_batches)
+        logger.info("%s %s=%s -> L0 %.1f (target %s)", request.architecture, knob, shown,
                     result.metrics["l0"], target_l0)
-        if abs(result.metrics["l0"] / target_l0 - 1.0) <= tolerance:
-            break
-        value = _next_value(attempts, target_l0)
-    assert result is not None
-    assert target_l0 is not None
+        return result.metrics["l0"], result
+
+    if target_l0 is None:
+        l0, result = measure(initial_value)
+        attempts = [Attempt(initial_value, l0, result.path)]
+        target_l0 = l0
+    else:
+        attempts, result = calibrate(measure, target_l0, initial_value=initial_value,
+                                     tolerance=tolerance, max_attempts=max_attempts,
+                                     history=history, integer_knob=integer_knob,
+                                     l0_rises_with_knob=l0_rises_with_knob)
     return MatchedRun(request.architecture, knob, target_l0, result, tolerance, attempts)
 
 

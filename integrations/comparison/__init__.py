@@ -1,0 +1,113 @@
+"""`sae-variants compare`: every variant against SAELens's built-ins, as a report people can read.
+
+    from sae_variants.integrations.comparison import ComparisonSettings, run_comparison
+    report = run_comparison(ComparisonSettings(), work_dir=Path("sae_runs/compare"),
+                            report_dir=Path("examples/results/compare"))
+
+Three parts, each in its own module: the embedded model at matched L0 (``embedded.py``, with the
+per-paper claims in ``claims.py``), ground-truth feature recovery (``synthetic.py``) and the
+performance table (``performance.py``); ``plots.py`` and ``report.py`` turn them into PNGs,
+markdown, JSON and the README's variant table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import date
+from pathlib import Path
+
+from sae_variants.integrations.comparison.claims import claim_rows
+from sae_variants.integrations.comparison.embedded import run_embedded
+from sae_variants.integrations.comparison.performance import run_performance
+from sae_variants.integrations.comparison.plots import (
+    plot_claims,
+    plot_quality_vs_l0,
+    plot_step_time,
+    plot_synthetic,
+)
+from sae_variants.integrations.comparison.report import (
+    ComparisonReport,
+    update_readme,
+    variant_table,
+    write_report,
+)
+from sae_variants.integrations.comparison.settings import (
+    ALL_ARCHITECTURES,
+    QUICK,
+    SWEEP_L0S,
+    BenchmarkSettings,
+    ComparisonSettings,
+    SyntheticSettings,
+)
+from sae_variants.integrations.comparison.synthetic import run_synthetic
+from sae_variants.integrations.models import load_model
+from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training import TrainRequest, resolve_hook
+
+__all__ = [
+    "ALL_ARCHITECTURES",
+    "QUICK",
+    "SWEEP_L0S",
+    "BenchmarkSettings",
+    "ComparisonReport",
+    "ComparisonSettings",
+    "SyntheticSettings",
+    "run_comparison",
+]
+
+
+def run_comparison(
+    settings: ComparisonSettings,
+    *,
+    work_dir: Path,
+    report_dir: Path,
+    command: str = "",
+    readme: Path | None = None,
+    remeasure: bool = False,
+) -> ComparisonReport:
+    """Run (or resume) the comparison and write its report into ``report_dir``.
+
+    Trained SAEs, evaluations, synthetic scores and the benchmark table are kept under
+    ``work_dir`` and reused when the settings match. ``readme``: a README whose marked block is
+    replaced by the variant table.
+    """
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+    model = load_model(EMBEDDED_MODEL_NAME)
+    hook_name, d_in = resolve_hook(TrainRequest(), model.cfg)
+
+    clock = time.perf_counter()
+    embedded = run_embedded(settings, work_dir, model)
+    phases["embedded model"] = time.perf_counter() - clock
+    synthetic, performance = [], []
+    if settings.synthetic is not None:
+        clock = time.perf_counter()
+        synthetic = run_synthetic(settings.architectures, settings.synthetic, work_dir)
+        phases["synthetic"] = time.perf_counter() - clock
+    if settings.benchmark is not None:
+        clock = time.perf_counter()
+        performance = run_performance(settings.architectures, settings.benchmark, work_dir, remeasure)
+        phases["benchmark"] = time.perf_counter() - clock
+
+    claims = claim_rows(embedded)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plots = {"quality": plot_quality_vs_l0(embedded, report_dir / "quality_vs_l0.png").name}
+    if claims:
+        plots["claims"] = plot_claims(claims, report_dir / "claims.png").name
+    if synthetic:
+        plots["synthetic"] = plot_synthetic(synthetic, report_dir / "synthetic.png").name
+    if performance:
+        plots["step_time"] = plot_step_time(performance, report_dir / "step_time.png").name
+
+    report = ComparisonReport(
+        date=date.today().isoformat(), command=command,
+        settings={**dataclasses.asdict(settings), "work_dir": str(work_dir), "report_dir": str(report_dir)},
+        hook_name=hook_name, d_in=d_in, d_sae=settings.expansion_factor * d_in,
+        wall_seconds=time.perf_counter() - started, phase_seconds=phases,
+        embedded=embedded, claims=claims, synthetic=synthetic, performance=performance, plots=plots,
+    )
+    write_report(report, report_dir)
+    if readme is not None:
+        update_readme(readme, variant_table(report))
+    return report

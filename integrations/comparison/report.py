@@ -1,0 +1,219 @@
+"""The comparison report: raw JSON, a markdown page with the PNG figures, and the README's variant
+table. Everything here formats figures the comparison measured; nothing is computed twice."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from sae_variants.integrations.comparison.claims import ClaimRow
+from sae_variants.integrations.comparison.embedded import EmbeddedRun
+from sae_variants.integrations.comparison.performance import PerformanceRow
+from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
+from sae_variants.integrations.comparison.synthetic import SyntheticRun
+from sae_variants.integrations.reporting import markdown_table
+
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
+README_START = "<!-- compare-table:start (written by `sae-variants compare --readme README.md`) -->"
+README_END = "<!-- compare-table:end -->"
+
+
+@dataclasses.dataclass
+class ComparisonReport:
+    date: str
+    command: str
+    settings: dict[str, Any]
+    hook_name: str
+    d_in: int
+    d_sae: int
+    wall_seconds: float
+    phase_seconds: dict[str, float]
+    embedded: list[EmbeddedRun]
+    claims: list[ClaimRow]
+    synthetic: list[SyntheticRun]
+    performance: list[PerformanceRow]
+    plots: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def nonfinite_values(value: Any, where: str = "report") -> list[str]:
+    """Paths of every float in a JSON-like structure that is NaN or infinite."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in nonfinite_values(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in nonfinite_values(v, f"{where}[{i}]")]
+    return []
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def _embedded_rows(runs: list[EmbeddedRun]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        m = run.metrics
+        rows.append({
+            "architecture": run.architecture, "source": ARCHITECTURE_PLANS[run.architecture].source,
+            "knob": f"{run.knob}={run.knob_value:.4g}", "target L0": f"{run.target_l0:g}",
+            "L0": m["l0"], "matched": "yes" if run.matched else "**no**", "attempts": len(run.attempts),
+            "EV": m["explained_variance"], "CE score": m["ce_loss_score"], "KL score": m["kl_div_score"],
+            "dead": f"{m['dead_fraction']:.1%}", "max dec cos": m["mean_max_decoder_cosine"],
+            "consistency": m["contextual_consistency"], "train time": _minutes(run.training_seconds),
+        })
+    return rows
+
+
+def _claim_rows(rows: list[ClaimRow]) -> list[dict[str, Any]]:
+    return [{
+        "variant": r.architecture, "target L0": f"{r.target_l0:g}", "metric": r.metric,
+        "variant value": r.variant, "standard": r.standard,
+        "improvement": f"{r.relative_improvement:+.1%}", "better": "yes" if r.better else "**no**",
+        "EV gap": f"{r.explained_variance_gap:+.4f}", "CE gap": f"{r.ce_loss_score_gap:+.4f}",
+    } for r in rows]
+
+
+def _synthetic_rows(runs: list[SyntheticRun]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        if run.skipped is not None:
+            rows.append({"architecture": run.architecture, "knob": "-", "L0": "-", "MCC": "-", "F1": "-",
+                         "uniqueness": "-", "EV": "-", "dead": f"n/a: {run.skipped}"})
+            continue
+        m = run.metrics
+        rows.append({
+            "architecture": run.architecture, "knob": f"{run.knob}={run.knob_value:.4g}",
+            "L0": f"{m['sae_l0']:.2f} / {run.true_l0:.2f}", "MCC": m["mcc"], "F1": m["f1_score"],
+            "uniqueness": m["uniqueness"], "EV": m["explained_variance"], "dead": f"{m['dead_latents']:.0f}",
+        })
+    return rows
+
+
+def _performance_rows(rows: list[PerformanceRow]) -> list[dict[str, Any]]:
+    def optional(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    return [{
+        "architecture": r.architecture, "shape": f"{r.d_in} x {r.d_sae}, batch {r.batch_size}",
+        "standard s/step": r.standard_seconds, "variant s/step": r.variant_seconds,
+        "step-time ratio": f"{r.step_time_ratio:.2f}", "peak MiB (std / var)":
+            f"{optional(r.standard_peak_mib, '.0f')} / {optional(r.variant_peak_mib, '.0f')}",
+        "memory ratio": optional(r.memory_ratio, ".2f"),
+        "pipeline throughput ratio": optional(r.pipeline_throughput_ratio, ".2f"),
+    } for r in rows]
+
+
+def render_markdown(report: ComparisonReport) -> str:
+    s = report.settings
+    sections = [
+        f"# sae-variants comparison ({report.date})",
+        f"`{report.command}`",
+        f"Embedded tiny Gemma-2, `{report.hook_name}` (d_in {report.d_in}), d_sae {report.d_sae}, "
+        f"{s['training_tokens']:,} training tokens per SAE (the `demo` recipe), target L0 "
+        f"{', '.join(f'{t:g}' for t in s['target_l0s'])} within {s['tolerance']:.0%} "
+        f"({s['max_attempts']} calibration attempt(s) at most), {s['eval_batches']} held-out eval batches. "
+        f"Wall time of this invocation: {_minutes(report.wall_seconds)} "
+        f"({', '.join(f'{k} {_minutes(v)}' for k, v in report.phase_seconds.items())}; finished runs "
+        "are reused, so a re-run is faster than the first).",
+        "## Embedded model at matched L0",
+        markdown_table(_embedded_rows(report.embedded), list(_embedded_rows(report.embedded)[0])),
+        "EV: explained variance; CE/KL score: SAELens `run_evals`; consistency: mean Jaccard of active "
+        "sets within 8 positions of one context over that across contexts; train time: wall time of the "
+        "final attempt's training. Unmatched rows (achieved L0 outside the tolerance) are not "
+        "like-for-like comparisons.",
+    ]
+    if "quality" in report.plots:
+        sections.append(f"![quality against L0]({report.plots['quality']})")
+    if report.claims:
+        sections += ["## Each paper's claim against SAELens standard",
+                     markdown_table(_claim_rows(report.claims), list(_claim_rows(report.claims)[0]))]
+        if "claims" in report.plots:
+            sections.append(f"![claim metrics]({report.plots['claims']})")
+    if report.synthetic:
+        syn = s["synthetic"]
+        sections += [
+            "## Ground-truth features (`sae_lens.synthetic`)",
+            f"{syn['num_features']} features in {syn['hidden_dim']} dimensions, Zipfian firing "
+            f"{syn['min_firing']}-{syn['max_firing']}, magnitudes N({syn['magnitude']}, {syn['magnitude_std']}); "
+            f"{syn['training_samples']:,} training samples per SAE, {syn['num_features']} latents, each "
+            f"calibrated to the true L0 ({syn['max_attempts']} attempt(s) at most); metrics from "
+            f"`eval_sae_on_synthetic_data` on {syn['eval_samples']:,} samples.",
+            markdown_table(_synthetic_rows(report.synthetic), list(_synthetic_rows(report.synthetic)[0])),
+        ]
+        if "synthetic" in report.plots:
+            sections.append(f"![feature recovery]({report.plots['synthetic']})")
+    if report.performance:
+        sections += [
+            "## Performance against SAELens standard (measured side by side in one run)",
+            markdown_table(_performance_rows(report.performance), list(_performance_rows(report.performance)[0])),
+            "Step time: median over interleaved repeats of a full SAELens training step (forward, "
+            "backward, clipping, Adam) with each SAE's bias set to fire 64 features per row. Peak "
+            "memory: resident high-water mark of a fresh process building and training the SAE. "
+            "Pipeline: steady-state tokens/s of the sequence-aware pipeline over SAELens's store.",
+        ]
+        if "step_time" in report.plots:
+            sections.append(f"![step time]({report.plots['step_time']})")
+    return "\n\n".join(sections) + "\n"
+
+
+def variant_table(report: ComparisonReport) -> str:
+    """The README's variant table: one row per architecture at the first target L0."""
+    target = report.settings["target_l0s"][0]
+    claims = {r.architecture: r for r in report.claims if r.target_l0 == target}
+    position_claims = [r for r in report.claims if r.target_l0 == target and r.architecture == "position_aware"]
+    if position_claims:  # the issue asks for the best quarter
+        claims["position_aware"] = max(position_claims, key=lambda r: r.relative_improvement)
+    synthetic = {r.architecture: r for r in report.synthetic}
+    performance = {r.architecture: r for r in report.performance}
+    rows = []
+    for run in (r for r in report.embedded if r.target_l0 == target):
+        claim = claims.get(run.architecture)
+        syn = synthetic.get(run.architecture)
+        perf = performance.get(run.architecture)
+        rows.append({
+            "architecture": f"`{run.architecture}`", "source": ARCHITECTURE_PLANS[run.architecture].source,
+            "L0": f"{run.metrics['l0']:.1f}" + ("" if run.matched else " (unmatched)"),
+            "EV": f"{run.metrics['explained_variance']:.3f}", "CE score": f"{run.metrics['ce_loss_score']:.3f}",
+            "dead": f"{run.metrics['dead_fraction']:.1%}",
+            "claim metric (variant vs standard)": "-" if claim is None else
+                f"{claim.metric} {claim.variant:.3g} vs {claim.standard:.3g} ({claim.relative_improvement:+.0%})",
+            "synthetic MCC": "-" if syn is None or syn.skipped else f"{syn.metrics['mcc']:.3f}",
+            "step-time ratio": "1" if run.architecture == "standard" else
+                ("-" if perf is None else f"{perf.step_time_ratio:.2f}"),
+        })
+    header = (f"Generated {report.date} by `{report.command}` "
+              f"(report: `{report.settings.get('report_dir', '')}`; {report.settings['training_tokens']:,} "
+              f"tokens per SAE, target L0 {target:g}).")
+    return header + "\n\n" + markdown_table(rows, list(rows[0]))
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the marked block of ``readme`` with ``table`` (the markers must be present)."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        raise ValueError(f"{readme} has no comparison block; add the two lines\n{README_START}\n{README_END}")
+    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{table}\n{README_END}", text))
+
+
+def write_report(report: ComparisonReport, report_dir: Path) -> Path:
+    """Write ``report.json`` and ``report.md`` into ``report_dir``; returns the markdown path."""
+    problems = nonfinite_values(report.to_json())
+    if problems:
+        raise RuntimeError(f"the comparison produced non-finite figures: {problems[:10]}")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / REPORT_JSON).write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    markdown = report_dir / REPORT_MARKDOWN
+    markdown.write_text(render_markdown(report))
+    return markdown

@@ -1,0 +1,171 @@
+"""What `sae-variants compare` runs: the architectures, their sparsity knobs, and the budgets.
+
+Every architecture is trained on the same hook with the same token budget and training recipe
+(the ``demo`` preset); only its sparsity knob moves, calibrated to each target L0. The first
+value tried for a knob comes from :data:`ARCHITECTURE_PLANS` (measured on the embedded model at
+L0 ~ 32) scaled as ``value * 32 / target``; TopK-style ``k`` is set to the target directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sae_variants.integrations.presets import training_preset
+
+DEMO_BATCH_TOKENS = training_preset("demo").train_batch_size_tokens
+
+REFERENCE_L0 = 32.0
+"""The L0 at which :attr:`ArchitecturePlan.value_at_reference_l0` was measured."""
+
+
+@dataclass(frozen=True)
+class ArchitecturePlan:
+    """How one architecture enters the comparison."""
+
+    architecture: str
+    source: str
+    """Where it comes from: ``SAELens`` or the seed paper's number."""
+    knob: str
+    """The config field that sets sparsity, calibrated to each target L0."""
+    value_at_reference_l0: float
+    integer_knob: bool = False
+    l0_rises_with_knob: bool = False
+    """True for ``k`` (L0 grows with it), False for L1-style weights (L0 falls)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Fixed hyperparameters (besides the knob) for every run of this architecture."""
+    l1_warm_up: bool = True
+    """Ramp the L1 coefficient up over the first :data:`L1_WARM_UP_STEPS` steps (at most a fifth
+    of the run), as the demo does; TopK-style architectures have no L1 term."""
+    claim: str = ""
+    """The variant paper's central claim, in the words of its issue, and the metric that tests it."""
+
+    def first_value(self, target_l0: float) -> float:
+        if self.integer_knob:
+            return float(round(target_l0))
+        # L1-style knobs: L0 roughly inversely proportional to the coefficient.
+        return self.value_at_reference_l0 * REFERENCE_L0 / target_l0
+
+    def run_options(self, d_sae: int, total_steps: int) -> dict[str, Any]:
+        options = dict(self.options)
+        if self.l1_warm_up:
+            options["l1_warm_up_steps"] = min(L1_WARM_UP_STEPS, total_steps // 5)
+        if self.architecture == "matryoshka_batchtopk":
+            # Nested prefixes of 1/8, 1/4, 1/2 and all of the dictionary.
+            options["matryoshka_widths"] = [d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
+        return options
+
+
+L1_WARM_UP_STEPS = 100
+
+ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
+    plan.architecture: plan
+    for plan in (
+        ArchitecturePlan("standard", "SAELens", "l1_coefficient", 1.0),
+        ArchitecturePlan("topk", "SAELens", "k", REFERENCE_L0, integer_knob=True,
+                         l0_rises_with_knob=True, l1_warm_up=False),
+        ArchitecturePlan("matryoshka_batchtopk", "SAELens", "k", REFERENCE_L0, integer_knob=True,
+                         l0_rises_with_knob=True, l1_warm_up=False),
+        ArchitecturePlan("cubic_ortho", "paper 002", "l1_coefficient", 0.7,
+                         claim="lower decoder redundancy: mean max decoder cosine"),
+        ArchitecturePlan("qucl", "paper 000", "l1_coefficient", 2.0,
+                         claim="a smaller encoder from the rank curriculum: final projection rank"),
+        # Reactivation every 100 steps: the spec's 1000-step window is longer than these runs.
+        ArchitecturePlan("multiscale_norm", "paper 001", "l1_coefficient", 0.2,
+                         options={"dead_window_steps": 100},
+                         claim="no feature collapse: dead fraction"),
+        ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.67,
+                         claim="contextually consistent features: contextual consistency"),
+        ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 1.3,
+                         claim="better reconstruction per position range: FVU by quarter of context"),
+    )
+}
+ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURE_PLANS)
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """The ground-truth setting: SAELens's synthetic generator at a CPU-sized scale.
+
+    ``num_features`` unit feature directions (orthogonalized as far as ``hidden_dim`` allows) fire
+    independently with Zipfian probabilities between ``min_firing`` and ``max_firing`` (a true
+    L0 of about 4 at the defaults) with magnitudes ``N(magnitude, magnitude_std)``; the magnitude
+    puts activation norms near ``sqrt(hidden_dim)``, the scale the embedded model's activations
+    are normalized to, so the sparsity knobs live in the same range. Each SAE has
+    ``num_features`` latents and is calibrated to the true L0.
+    """
+
+    num_features: int = 256
+    hidden_dim: int = 64
+    min_firing: float = 0.01
+    max_firing: float = 0.3
+    magnitude: float = 4.0
+    magnitude_std: float = 0.5
+    training_samples: int = 2_000_000
+    batch_size: int = 1024
+    lr: float = 3e-3
+    eval_samples: int = 100_000
+    max_attempts: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """Training-step timing against SAELens ``standard`` (the shapes the issues fix)."""
+
+    d_in: int = 256
+    d_sae: int = 4096
+    batch_size: int = 4096
+    repeats: int = 5
+    steps: int = 3
+    memory: bool = True
+    pipeline: bool = True
+    """Also time the sequence-aware pipeline against SAELens's store (issue 6's ratio)."""
+
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    """One comparison: which architectures, at which L0s, with which budgets."""
+
+    architectures: tuple[str, ...] = ALL_ARCHITECTURES
+    target_l0s: tuple[float, ...] = (REFERENCE_L0,)
+    training_tokens: int = 1_000_000
+    expansion_factor: int = 8
+    train_batch_size_tokens: int | None = None
+    """None: the ``demo`` recipe's 4096."""
+    eval_batches: int = 8
+    max_attempts: int = 3
+    tolerance: float = 0.10
+    synthetic: SyntheticSettings | None = field(default_factory=SyntheticSettings)
+    """None skips the ground-truth part."""
+    benchmark: BenchmarkSettings | None = field(default_factory=BenchmarkSettings)
+    """None skips the performance table."""
+    name: str = "full"
+
+    @property
+    def total_steps(self) -> int:
+        return self.training_tokens // (self.train_batch_size_tokens or DEMO_BATCH_TOKENS)
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.architectures if a not in ARCHITECTURE_PLANS]
+        if unknown:
+            raise ValueError(f"no comparison plan for {unknown}; known: {', '.join(ARCHITECTURE_PLANS)}")
+        if "standard" not in self.architectures:
+            raise ValueError("the comparison needs 'standard': every variant's claim is measured against it")
+        if not self.target_l0s or any(t <= 0 for t in self.target_l0s):
+            raise ValueError(f"target_l0s must be positive numbers, got {self.target_l0s}")
+        if self.training_tokens <= 0 or self.eval_batches <= 0 or self.max_attempts <= 0:
+            raise ValueError("training_tokens, eval_batches and max_attempts must be positive")
+
+QUICK = dict(
+    training_tokens=150_000, eval_batches=2, max_attempts=1, name="quick",
+    synthetic=SyntheticSettings(training_samples=400_000, eval_samples=20_000, max_attempts=1),
+    benchmark=BenchmarkSettings(d_sae=1024, batch_size=1024, repeats=2, steps=2, memory=False,
+                                pipeline=False),
+)
+"""``--quick``: one attempt per architecture (achieved L0 reported, no re-calibration), small
+budgets everywhere; a smoke run of the whole pipeline in under 10 minutes, not evidence."""
+
+SWEEP_L0S = (16.0, 32.0, 64.0)
+"""``--sweep``: the three target L0s of the Pareto curves."""

@@ -1,0 +1,203 @@
+"""`sae-variants compare`: the whole pipeline end to end on a tiny setting, its resumption, and
+the pieces (claims, calibration, arguments, README block) on their own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sae_variants.integrations import matched_l0
+from sae_variants.integrations.comparison import (
+    ALL_ARCHITECTURES,
+    BenchmarkSettings,
+    ComparisonReport,
+    ComparisonSettings,
+    SyntheticSettings,
+    performance,
+    run_comparison,
+    synthetic,
+)
+from sae_variants.integrations.comparison.claims import claim_rows
+from sae_variants.integrations.comparison.command import add_compare_arguments, settings_from_args
+from sae_variants.integrations.comparison.embedded import EmbeddedRun
+from sae_variants.integrations.comparison.report import (
+    README_END,
+    README_START,
+    REPORT_JSON,
+    update_readme,
+    variant_table,
+)
+from sae_variants.integrations.matched_l0 import Attempt, calibrate
+
+TINY = ComparisonSettings(
+    training_tokens=60 * 512, train_batch_size_tokens=512, expansion_factor=1, eval_batches=1,
+    max_attempts=1, name="tiny",
+    synthetic=SyntheticSettings(num_features=32, hidden_dim=16, training_samples=20_000,
+                                eval_samples=2_000, max_attempts=1),
+    benchmark=BenchmarkSettings(d_in=32, d_sae=64, batch_size=256, repeats=1, steps=1,
+                                memory=False, pipeline=False),
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[ComparisonReport, Path, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    readme = root / "README.md"
+    readme.write_text(f"# title\n\nbefore\n\n{README_START}\nold table\n{README_END}\n\nafter\n")
+    report = run_comparison(TINY, work_dir=root / "work", report_dir=root / "report",
+                            command="pytest tiny comparison", readme=readme)
+    return report, root, readme
+
+
+def _finite_numbers(value: object) -> list[float]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _finite_numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _finite_numbers(v)]
+    return []
+
+
+def test_the_tiny_comparison_reports_every_architecture_with_finite_metrics(tiny_comparison) -> None:
+    report, root, _ = tiny_comparison
+    data = json.loads((root / "report" / REPORT_JSON).read_text())
+    assert {"date", "command", "settings", "embedded", "claims", "synthetic", "performance", "plots",
+            "wall_seconds", "phase_seconds"} <= set(data)
+    assert [r["architecture"] for r in data["embedded"]] == list(ALL_ARCHITECTURES)
+    for run in data["embedded"]:
+        for metric in ("l0", "explained_variance", "ce_loss_score", "kl_div_score", "dead_fraction",
+                       "mean_max_decoder_cosine", "contextual_consistency", "fvu_positions_3"):
+            assert math.isfinite(run["metrics"][metric]), (run["architecture"], metric)
+        assert run["attempts"]
+        assert run["training_seconds"] > 0
+    assert all(math.isfinite(x) for x in _finite_numbers(data))
+    # TopK's knob is k itself: one attempt lands exactly on the target.
+    topk = next(r for r in data["embedded"] if r["architecture"] == "topk")
+    assert topk["metrics"]["l0"] == pytest.approx(32.0)
+    assert topk["matched"]
+    assert next(r for r in data["embedded"] if r["architecture"] == "qucl")["metrics"]["final_rank"] > 0
+
+    claims = {(c["architecture"], c["metric"]) for c in data["claims"]}
+    assert claims == {("cubic_ortho", "mean_max_decoder_cosine"), ("qucl", "final_rank_fraction"),
+                      ("multiscale_norm", "dead_fraction"), ("seq_contrastive", "contextual_consistency"),
+                      *{("position_aware", f"fvu_positions_{r}") for r in range(4)}}
+
+    by_arch = {r["architecture"]: r for r in data["synthetic"]}
+    for architecture in ("seq_contrastive", "position_aware"):
+        assert by_arch[architecture]["skipped"]
+        assert not by_arch[architecture]["metrics"]
+    for architecture in ("standard", "topk", "matryoshka_batchtopk", "cubic_ortho", "qucl", "multiscale_norm"):
+        metrics = by_arch[architecture]["metrics"]
+        assert 0.0 <= metrics["mcc"] <= 1.0
+        assert 0.0 < metrics["uniqueness"] <= 1.0
+
+    assert [r["architecture"] for r in data["performance"]] == list(ALL_ARCHITECTURES[1:])
+    assert all(r["step_time_ratio"] > 0 for r in data["performance"])
+    for name in data["plots"].values():
+        assert (root / "report" / name).read_bytes()[:8] == PNG_MAGIC
+    markdown = (root / "report" / "report.md").read_text()
+    for heading in ("## Embedded model at matched L0", "## Each paper's claim", "## Ground-truth features",
+                    "## Performance against SAELens standard"):
+        assert heading in markdown
+    assert report.claims
+    assert report.performance
+
+
+def test_the_readme_block_is_replaced_by_the_variant_table(tiny_comparison) -> None:
+    report, _, readme = tiny_comparison
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.startswith("# title\n\nbefore")
+    assert text.endswith("after\n")
+    assert variant_table(report) in text
+    assert all(f"`{a}`" in text for a in ALL_ARCHITECTURES)
+
+
+def test_a_rerun_reuses_every_finished_part(tiny_comparison, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, root, _ = tiny_comparison
+
+    def must_not_run(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a finished part was redone")
+
+    monkeypatch.setattr(matched_l0, "train_sae", must_not_run)
+    monkeypatch.setattr(matched_l0, "evaluate_sae", must_not_run)
+    monkeypatch.setattr(synthetic, "_train_and_score", must_not_run)
+    monkeypatch.setattr(performance, "_measure", must_not_run)
+    again = run_comparison(TINY, work_dir=root / "work", report_dir=root / "again", command="rerun")
+    assert [r.metrics["l0"] for r in again.embedded] == [
+        r["metrics"]["l0"] for r in json.loads((root / "report" / REPORT_JSON).read_text())["embedded"]]
+
+
+def _run(architecture: str, **metrics: float) -> EmbeddedRun:
+    base = {"explained_variance": 0.9, "ce_loss_score": 0.9}
+    return EmbeddedRun(architecture, 32.0, "l1_coefficient", 1.0, True, {**base, **metrics}, "", None)
+
+
+def test_claims_are_signed_by_the_direction_the_paper_claims() -> None:
+    rows = claim_rows([
+        _run("standard", contextual_consistency=1.5, dead_fraction=0.0, mean_max_decoder_cosine=0.8),
+        _run("seq_contrastive", contextual_consistency=1.8),
+        _run("cubic_ortho", mean_max_decoder_cosine=0.4),
+        _run("multiscale_norm", dead_fraction=0.1),
+    ])
+    by_arch = {r.architecture: r for r in rows}
+    assert by_arch["seq_contrastive"].relative_improvement == pytest.approx(0.2)
+    assert by_arch["cubic_ortho"].relative_improvement == pytest.approx(0.5)
+    assert by_arch["cubic_ortho"].better
+    # Against a standard SAE with no dead features any dead fraction is a full loss.
+    assert by_arch["multiscale_norm"].relative_improvement == pytest.approx(-1.0)
+    assert not by_arch["multiscale_norm"].better
+
+
+def test_calibration_rounds_integer_knobs_and_starts_from_the_history() -> None:
+    calls: list[float] = []
+
+    def batch_topk_like(k: float) -> tuple[float, None]:
+        calls.append(k)
+        return k * 1.5, None  # L0 overshoots k and grows with it
+
+    attempts, _ = calibrate(batch_topk_like, 30.0, initial_value=30.0, max_attempts=4,
+                            integer_knob=True, l0_rises_with_knob=True)
+    assert calls == [30.0, 20.0]
+    assert attempts[-1].l0 == pytest.approx(30.0)
+    # L0 = 64 / knob measured at another target: the first guess for target 32 is knob 2.
+    attempts, _ = calibrate(lambda v: (64.0 / v, None), 32.0, initial_value=100.0, max_attempts=1,
+                            history=[Attempt(1.0, 64.0, "")])
+    assert attempts[0].knob_value == pytest.approx(2.0)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_arguments_select_quick_sweep_and_parts() -> None:
+    assert settings_from_args(_args()).target_l0s == (32.0,)
+    quick = settings_from_args(_args("--quick"))
+    assert quick.max_attempts == 1
+    assert quick.training_tokens < ComparisonSettings().training_tokens
+    assert settings_from_args(_args("--sweep")).target_l0s == (16.0, 32.0, 64.0)
+    chosen = settings_from_args(_args("--target-l0", "20", "--no-synthetic", "--no-benchmark"))
+    assert chosen.target_l0s == (20.0,)
+    assert chosen.synthetic is None
+    assert chosen.benchmark is None
+    with pytest.raises(ValueError, match="needs 'standard'"):
+        settings_from_args(_args("--architectures", "topk"))
+    with pytest.raises(ValueError, match="target_l0s must be positive"):
+        settings_from_args(_args("--target-l0", "0"))
+
+
+def test_a_readme_without_the_block_is_refused(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# no block here\n")
+    with pytest.raises(ValueError, match="no comparison block"):
+        update_readme(readme, "table")
