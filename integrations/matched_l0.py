@@ -25,7 +25,7 @@ from sae_lens import HookedSAETransformer
 
 from sae_variants.integrations.evaluation import EvalResult, evaluate_sae
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
-from sae_variants.integrations.training import TrainRequest, train_sae
+from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,8 +116,11 @@ EVALUATION_FILENAME = "evaluation.json"
 
 
 def request_fingerprint(request: TrainRequest) -> str:
-    """The request as canonical JSON (paths as strings, ``overwrite`` left out)."""
+    """The request as canonical JSON (paths as strings, ``overwrite`` left out), with the SAE
+    config it resolves to: a changed default of an architecture makes finished runs stale."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "overwrite"}
+    sae_cfg = build_runner_config(request)[0].sae
+    fields["resolved_sae_config"] = {k: v for k, v in vars(sae_cfg).items() if k != "metadata"}
     return json.dumps(fields, sort_keys=True, default=str)
 
 

@@ -21,7 +21,7 @@ DEFAULT_REPORT_DIR = Path("examples/results/compare")
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run in under 10 minutes: 150k tokens per SAE, one attempt per "
+                        help="a smoke run in under 10 minutes: 200k tokens per SAE in 2048-token batches, one attempt per "
                         "architecture (achieved L0 reported), small synthetic and benchmark settings")
     parser.add_argument("--sweep", action="store_true",
                         help=f"three target L0s ({', '.join(f'{t:g}' for t in SWEEP_L0S)}) for Pareto curves")

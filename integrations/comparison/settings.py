@@ -159,7 +159,7 @@ class ComparisonSettings:
             raise ValueError("training_tokens, eval_batches and max_attempts must be positive")
 
 QUICK = dict(
-    training_tokens=150_000, eval_batches=2, max_attempts=1, name="quick",
+    training_tokens=200_000, train_batch_size_tokens=2048, eval_batches=2, max_attempts=1, name="quick",
     synthetic=SyntheticSettings(training_samples=400_000, eval_samples=20_000, max_attempts=1),
     benchmark=BenchmarkSettings(d_sae=1024, batch_size=1024, repeats=2, steps=2, memory=False,
                                 pipeline=False),

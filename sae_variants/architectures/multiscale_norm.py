@@ -132,11 +132,6 @@ class MultiScaleNormArchitectureFields:
         require_fields(self, ("attention_slots",), lambda v: v >= 1, ">= 1")
         if self.attention_key_dim is not None and self.attention_key_dim < 1:
             raise ValueError(f"attention_key_dim must be >= 1 or None, got {self.attention_key_dim}")
-        if self.apply_b_dec_to_input:  # type: ignore[attr-defined]
-            raise ValueError(
-                "apply_b_dec_to_input must be False for multiscale_norm: b_dec lives in the raw "
-                "activation space and the encoder reads normalized activations (spec §3 d3)"
-            )
         require_foldable_input_normalization(self)
 
 
@@ -145,6 +140,12 @@ class MultiScaleNormSAEConfig(AcceptsSavedMetadata, SAEConfig, MultiScaleNormArc
     """Inference configuration of a trained multi-scale normalization SAE."""
 
     apply_b_dec_to_input: bool = False
+    """Centre each token on ``b_dec`` (SAELens's ``x - b_dec``) before the normalization. The
+    spec drops it (§3 d3: LayerNorm centres each token over its dimensions), but that leaves the
+    data's mean direction, which dominates the residual stream, in every normalized token, and
+    encoder columns pointing against it never fire (the dead-feature diagnosis in the README).
+    ``b_dec`` starts at the data mean, so this centres the data across tokens; per token, so
+    codes never depend on the batch."""
 
     @override
     @classmethod
@@ -162,6 +163,12 @@ class MultiScaleNormTrainingSAEConfig(TrainingSAEConfig, MultiScaleNormArchitect
     """Training configuration; every default is the spec's resolution of the paper (§3 c)."""
 
     apply_b_dec_to_input: bool = False
+    """Centre each token on ``b_dec`` (SAELens's ``x - b_dec``) before the normalization. The
+    spec drops it (§3 d3: LayerNorm centres each token over its dimensions), but that leaves the
+    data's mean direction, which dominates the residual stream, in every normalized token, and
+    encoder columns pointing against it never fire (the dead-feature diagnosis in the README).
+    ``b_dec`` starts at the data mean, so this centres the data across tokens; per token, so
+    codes never depend on the batch."""
     l1_coefficient: float = 0.04
     """lambda1, the importance-weighted L1 weight (template: 0.04; calibrate it for a target L0)."""
     l1_warm_up_steps: int = 0
@@ -537,7 +544,9 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         sae_in = self.process_sae_in(x)
         encoder_input, scale = self.encoder_input(sae_in)
         pre = encoder_input @ self.W_enc + self.b_enc
-        residual = sae_in - (self.codes(pre, scale) @ self.W_dec + self.b_dec)
+        # The residual lives in input space: undo the centring process_sae_in may have applied.
+        target = sae_in + self.b_dec if self.cfg.apply_b_dec_to_input else sae_in
+        residual = target - (self.codes(pre, scale) @ self.W_dec + self.b_dec)
         directions = reactivation_directions(residual.float(), n_dead, self.cfg.reactivation_rank)
         directions = directions.to(self.dtype)
         index = dead.nonzero().squeeze(1)

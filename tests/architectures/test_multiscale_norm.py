@@ -3,6 +3,7 @@ SAELens's own Adam, and the running state across checkpoint and resume."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_config_rejects_bad_values() -> None:
                          ("grad_accumulation", 0), ("gate_ema_decay", 1.0), ("lr_floor", 0.0),
                          ("lr_spike_ratio", 1.0), ("lr_decay", 1.0), ("lr_recovery", 0.5),
                          ("dead_window_steps", 0), ("reactivation_rank", 0), ("weight_decay", -0.1),
-                         ("apply_b_dec_to_input", True), ("normalize_activations", "covariance_whitening")]:
+                         ("normalize_activations", "covariance_whitening")]:
         cfg = MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=field):
@@ -291,7 +292,41 @@ def test_training_step_refuses_positions() -> None:
         _step(_sae(), torch.randn(2, 4, D_IN))
 
 
-@pytest.mark.parametrize("options", [{}, {"restore_scale": False}, {"normalization": "none"}])
+def test_centred_input_is_the_uncentred_encoder_on_x_minus_b_dec() -> None:
+    centred = _sae(apply_b_dec_to_input=True)
+    with torch.no_grad():
+        centred.b_dec.copy_(torch.randn(D_IN) * 3)
+    plain = _sae()
+    plain.load_state_dict(centred.state_dict())
+    centred.eval()
+    plain.eval()
+    x = _activations(seed=4)
+    torch.testing.assert_close(centred.encode(x), plain.encode(x - centred.b_dec))
+
+
+def test_reactivation_residual_is_in_input_space_when_centring() -> None:
+    # Moving the data and b_dec by the same vector changes nothing a centred SAE computes, so the
+    # revived directions must not change either; a residual taken from x - b_dec would move.
+    sae = _sae(apply_b_dec_to_input=True, reactivation_rank=2, dead_window_steps=2)
+    _train(sae, 2)
+    shifted = copy.deepcopy(sae)
+    shift = torch.full((D_IN,), 40.0)
+    x = _activations(seed=5)
+    revived = []
+    for model, data in ((sae, x), (shifted, x + shift)):
+        with torch.no_grad():
+            if model is shifted:
+                model.b_dec.add_(shift)
+            model.steps_since_fired.zero_()
+            model.steps_since_fired[:3] = 10
+        torch.manual_seed(7)  # the same random SVD sketch and row sample for both
+        assert model.revive_dead_features(data) == 3
+        revived.append(model.W_dec[:3].detach().clone())
+    torch.testing.assert_close(revived[1], revived[0], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("options", [{}, {"restore_scale": False}, {"normalization": "none"},
+                                     {"apply_b_dec_to_input": True}])
 def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_function: Any) -> None:
     sae = _sae(**options)
     _train(sae, 3)
