@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 from sae_variants.integrations.benchmark import format_timings, time_training_step, with_peak_memory
+from sae_variants.integrations.comparison import ALL_ARCHITECTURES, BenchmarkSettings
 from sae_variants.integrations.comparison.command import add_compare_arguments, run_from_args
-from sae_variants.integrations.comparison.report import variant_table
+from sae_variants.integrations.comparison.performance import measure_performance
+from sae_variants.integrations.comparison.report import performance_table, variant_table
 from sae_variants.integrations.evaluation import evaluate_sae, format_table
 from sae_variants.integrations.export import export_saved_qucl
 from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
@@ -134,6 +136,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> None:
+    if args.architecture == "all":
+        if args.set:
+            raise ValueError("--set applies to one architecture; with --architecture all each uses "
+                             "its comparison plan (integrations/comparison/settings.py)")
+        for d_sae in args.d_sae:
+            settings = BenchmarkSettings(d_in=args.d_in, d_sae=d_sae, batch_size=args.batch_size,
+                                         repeats=args.repeats, steps=args.steps, memory=args.memory,
+                                         pipeline=args.pipeline is not False)
+            print(performance_table(measure_performance(ALL_ARCHITECTURES, settings)))
+        return
     options = _parse_options(args.set)
     timings = []
     for d_sae in args.d_sae:
@@ -201,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = commands.add_parser("benchmark", help="training-step time against SAELens standard, side by side")
-    bench.add_argument("--architecture", required=True)
+    bench.add_argument("--architecture", required=True,
+                       help="a registered architecture, or 'all': every architecture of the comparison "
+                       "in one table (time, memory, pipeline throughput against standard)")
     bench.add_argument("--d-in", type=int, default=256)
     bench.add_argument("--d-sae", type=int, nargs="+", default=[4096, 16384])
     bench.add_argument("--batch-size", type=int, default=4096)

@@ -183,6 +183,23 @@ def evaluate_sae(
     )
 
 
+@torch.no_grad()
+def heldout_l0(path: str | Path, model: HookedSAETransformer | None = None,
+               contexts: int = CONSISTENCY_CONTEXTS) -> float:
+    """Mean number of firing features per non-special token of the first ``contexts`` held-out
+    contexts (embedded model only): the few-second L0 a calibration steers by, on the same text
+    ``evaluate_sae`` starts from."""
+    sae = load_sae(path)
+    meta = sae.cfg.metadata
+    if (meta.model_name or EMBEDDED_MODEL_NAME) != EMBEDDED_MODEL_NAME:
+        raise ValueError(f"heldout_l0 needs an SAE of the embedded model; {path} is on {meta.model_name!r}")
+    model = model if model is not None else load_model(EMBEDDED_MODEL_NAME)
+    context_size = meta.context_size or 128
+    tokens = torch.as_tensor(heldout_dataset(context_size)[:contexts]["tokens"])[:, :context_size]
+    heldout = encode_contexts(sae, model, tokens, special_token_ids(model))
+    return float(heldout.active.sum(dim=-1)[heldout.usable].float().mean())
+
+
 def format_table(result: EvalResult) -> str:
     """A two-column terminal table of the headline metrics."""
     header = f"{result.path}  ({result.architecture} on {result.model_name} @ {result.hook_name})"

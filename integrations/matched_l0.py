@@ -1,12 +1,12 @@
 """Train an architecture at a target L0 by calibrating its sparsity knob, then evaluate it.
 
 Comparisons between SAEs only mean something at matched sparsity. :func:`train_at_target_l0`
-trains, measures L0 on held-out text, and re-trains with the knob (``l1_coefficient`` by default)
+trains, measures L0 on held-out text (64 contexts, a few seconds), and re-trains with the knob (``l1_coefficient`` by default)
 moved by a power-law step, ``L0 ~ knob^-s`` with ``s`` estimated from the attempts so far, until
 L0 is within ``tolerance`` of the target. Every attempt is recorded, so the calibration is part of
-the report. An attempt whose folder already holds an SAE trained from the identical request (the
-request is written next to it as ``train_request.json``) is evaluated, not retrained, so an
-interrupted comparison resumes where it stopped.
+the report. The chosen attempt then gets the full evaluation (cached beside it). An attempt whose
+folder already holds an SAE trained from the identical request (the request is written next to it
+as ``train_request.json``) is not retrained, so an interrupted comparison resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from sae_lens import HookedSAETransformer
 
-from sae_variants.integrations.evaluation import EvalResult, evaluate_sae
+from sae_variants.integrations.evaluation import EvalResult, evaluate_sae, heldout_l0
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
 
@@ -52,9 +52,9 @@ class MatchedRun:
         return abs(self.result.metrics["l0"] / self.target_l0 - 1.0) <= self.tolerance
 
 
-def _next_value(attempts: list[Attempt], target_l0: float) -> float:
+def _next_value(attempts: list[Attempt], target_l0: float, prior_slope: float = 1.0) -> float:
     last = attempts[-1]
-    slope = 1.0
+    slope = prior_slope
     if len(attempts) >= 2:
         prev = attempts[-2]
         if prev.knob_value != last.knob_value and prev.l0 > 0 and last.l0 > 0:
@@ -74,12 +74,14 @@ def calibrate(
     history: Sequence[Attempt] = (),
     integer_knob: bool = False,
     l0_rises_with_knob: bool = False,
+    prior_slope: float = 1.0,
 ) -> tuple[list[Attempt], T]:
     """Call ``measure(knob) -> (L0, result)`` until L0 is within ``tolerance`` of ``target_l0``.
 
     ``history`` holds attempts made for other targets (a sweep): with any, the first value tried
     is predicted from them instead of ``initial_value``. Integer knobs (TopK's ``k``) are rounded;
-    ``l0_rises_with_knob`` says L0 grows with the knob (``k``) instead of falling (an L1 weight).
+    ``l0_rises_with_knob`` says L0 grows with the knob (``k``) instead of falling (an L1 weight);
+    ``prior_slope`` is the ``s`` of ``L0 ~ knob^-s`` assumed until two attempts measure it.
     Returns the attempts of this calibration and the last attempt's result.
     """
     if target_l0 <= 0:
@@ -90,10 +92,10 @@ def calibrate(
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     def predict(tried: list[Attempt]) -> float:
         if not l0_rises_with_knob:
-            return _next_value(tried, target_l0)
+            return _next_value(tried, target_l0, prior_slope)
         # The power law in 1/knob falls with L0 like an L1 weight does.
         inverted = [Attempt(1.0 / a.knob_value, a.l0, a.path) for a in tried]
-        return 1.0 / _next_value(inverted, target_l0)
+        return 1.0 / _next_value(inverted, target_l0, prior_slope)
 
     attempts: list[Attempt] = []
     value = predict(list(history)) if history else initial_value
@@ -101,7 +103,7 @@ def calibrate(
         if integer_knob:
             value = float(max(1, round(value)))
         l0, result = measure(value)
-        attempts.append(Attempt(value, l0, getattr(result, "path", "")))
+        attempts.append(Attempt(value, l0, ""))
         if abs(l0 / target_l0 - 1.0) <= tolerance or len(attempts) == max_attempts:
             return attempts, result
         following = predict([*history, *attempts])
@@ -184,6 +186,7 @@ def train_at_target_l0(
     history: Sequence[Attempt] = (),
     integer_knob: bool = False,
     l0_rises_with_knob: bool = False,
+    prior_slope: float = 1.0,
 ) -> MatchedRun:
     """Train ``request`` with ``knob`` calibrated so held-out L0 lands within ``tolerance``.
 
@@ -196,27 +199,35 @@ def train_at_target_l0(
     if initial_value <= 0:
         raise ValueError(f"initial_value of {knob} must be positive, got {initial_value}")
 
-    def measure(value: float) -> tuple[float, EvalResult]:
-        shown = int(value) if integer_knob else f"{value:.5g}"
-        path = Path(request.output_path) / f"{knob}={shown}"
+    def path_of(value: float) -> Path:
+        return Path(request.output_path) / f"{knob}={int(value) if integer_knob else f'{value:.5g}'}"
+
+    def train(value: float) -> Path:
         train_or_reuse(dataclasses.replace(
             request, sae_options={**request.sae_options, knob: int(value) if integer_knob else value},
-            output_path=path, overwrite=True,
+            output_path=path_of(value), overwrite=True,
         ))
-        result = evaluate_or_reuse(path, model=model, n_batches=eval_batches)
-        logger.info("%s %s=%s -> L0 %.1f (target %s)", request.architecture, knob, shown,
-                    result.metrics["l0"], target_l0)
-        return result.metrics["l0"], result
+        return path_of(value)
+
+    def measure(value: float) -> tuple[float, Path]:
+        # Steer by the few-second held-out L0; only the chosen attempt gets the full evaluation.
+        path = train(value)
+        l0 = heldout_l0(path, model)
+        logger.info("%s %s=%.5g -> L0 %.1f (target %s)", request.architecture, knob, value, l0, target_l0)
+        return l0, path
 
     if target_l0 is None:
-        l0, result = measure(initial_value)
-        attempts = [Attempt(initial_value, l0, result.path)]
-        target_l0 = l0
+        path = train(initial_value)
+        result = evaluate_or_reuse(path, model=model, n_batches=eval_batches)
+        attempts = [Attempt(initial_value, result.metrics["l0"], str(path))]
+        target_l0 = result.metrics["l0"]
     else:
-        attempts, result = calibrate(measure, target_l0, initial_value=initial_value,
-                                     tolerance=tolerance, max_attempts=max_attempts,
-                                     history=history, integer_knob=integer_knob,
-                                     l0_rises_with_knob=l0_rises_with_knob)
+        attempts, path = calibrate(measure, target_l0, initial_value=initial_value,
+                                   tolerance=tolerance, max_attempts=max_attempts,
+                                   history=history, integer_knob=integer_knob,
+                                   l0_rises_with_knob=l0_rises_with_knob, prior_slope=prior_slope)
+        attempts = [dataclasses.replace(a, path=str(path_of(a.knob_value))) for a in attempts]
+        result = evaluate_or_reuse(path, model=model, n_batches=eval_batches)
     return MatchedRun(request.architecture, knob, target_l0, result, tolerance, attempts)
 
 

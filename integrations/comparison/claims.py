@@ -41,6 +41,7 @@ class ClaimRow:
     architecture: str
     target_l0: float
     metric: str
+    higher_is_better: bool
     variant: float
     standard: float
     relative_improvement: float
@@ -68,7 +69,7 @@ def claim_rows(runs: list[EmbeddedRun]) -> list[ClaimRow]:
             improvement = change if claim.higher_is_better else -change
             rows.append(ClaimRow(
                 architecture=run.architecture, target_l0=run.target_l0, metric=claim.metric,
-                variant=value, standard=base, relative_improvement=improvement,
+                higher_is_better=claim.higher_is_better, variant=value, standard=base, relative_improvement=improvement,
                 better=value > base if claim.higher_is_better else value < base,
                 explained_variance_gap=run.metrics["explained_variance"] - reference.metrics["explained_variance"],
                 ce_loss_score_gap=run.metrics["ce_loss_score"] - reference.metrics["ce_loss_score"],

@@ -79,7 +79,7 @@ def run_embedded(settings: ComparisonSettings, work_dir: Path, model: HookedSAET
             knob=plan.knob, initial_value=plan.first_value(target), tolerance=settings.tolerance,
             max_attempts=settings.max_attempts, model=model, eval_batches=settings.eval_batches,
             history=history[architecture], integer_knob=plan.integer_knob,
-            l0_rises_with_knob=plan.l0_rises_with_knob,
+            l0_rises_with_knob=plan.l0_rises_with_knob, prior_slope=plan.l0_slope,
         )
         history[architecture].extend(matched.attempts)
         path = Path(matched.result.path)

@@ -65,9 +65,14 @@ def _measure(architecture: str, settings: BenchmarkSettings) -> PerformanceRow:
     )
 
 
+def measure_performance(architectures: tuple[str, ...], settings: BenchmarkSettings) -> list[PerformanceRow]:
+    """The performance table for every architecture but ``standard``, measured now."""
+    return [_measure(a, settings) for a in architectures if a != "standard"]
+
+
 def run_performance(architectures: tuple[str, ...], settings: BenchmarkSettings, work_dir: Path,
                     remeasure: bool = False) -> list[PerformanceRow]:
-    """The performance table for every architecture but ``standard`` (reused unless ``remeasure``)."""
+    """:func:`measure_performance`, reused from ``work_dir`` unless ``remeasure`` or the settings changed."""
     measured = [a for a in architectures if a != "standard"]
     key = {"architectures": measured, "settings": dataclasses.asdict(settings)}
     cache = work_dir / BENCHMARK_FILENAME
@@ -75,7 +80,7 @@ def run_performance(architectures: tuple[str, ...], settings: BenchmarkSettings,
         stored = json.loads(cache.read_text())
         if stored["key"] == key:
             return [PerformanceRow(**row) for row in stored["rows"]]
-    rows = [_measure(architecture, settings) for architecture in measured]
+    rows = measure_performance(architectures, settings)
     work_dir.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
     return rows

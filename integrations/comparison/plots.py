@@ -58,8 +58,9 @@ def plot_claims(rows: Sequence[ClaimRow], path: Path) -> Path:
         axis.bar([p - 0.2 for p in positions], [r.standard for r in mine], width=0.4, label="standard")
         axis.bar([p + 0.2 for p in positions], [r.variant for r in mine], width=0.4, label=variant)
         axis.set_xticks(list(positions), labels, fontsize=6, rotation=30, ha="right")
-        axis.set_title(variant, fontsize=9)
-        axis.legend(fontsize=7)
+        direction = "higher" if mine[0].higher_is_better else "lower"
+        axis.set_title(f"{variant} ({direction} is better)", fontsize=9)
+        axis.legend(fontsize=7, loc="lower right")
     figure.suptitle("Each paper's claim metric against SAELens standard at matched L0")
     return _save(figure, path)
 

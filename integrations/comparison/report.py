@@ -114,6 +114,12 @@ def _performance_rows(rows: list[PerformanceRow]) -> list[dict[str, Any]]:
     } for r in rows]
 
 
+def performance_table(rows: list[PerformanceRow]) -> str:
+    """The performance rows as a markdown table (also what `sae-variants benchmark --all` prints)."""
+    formatted = _performance_rows(rows)
+    return markdown_table(formatted, list(formatted[0])) if formatted else "(no architectures measured)"
+
+
 def render_markdown(report: ComparisonReport) -> str:
     s = report.settings
     sections = [
@@ -156,7 +162,7 @@ def render_markdown(report: ComparisonReport) -> str:
     if report.performance:
         sections += [
             "## Performance against SAELens standard (measured side by side in one run)",
-            markdown_table(_performance_rows(report.performance), list(_performance_rows(report.performance)[0])),
+            performance_table(report.performance),
             "Step time: median over interleaved repeats of a full SAELens training step (forward, "
             "backward, clipping, Adam) with each SAE's bias set to fire 64 features per row. Peak "
             "memory: resident high-water mark of a fresh process building and training the SAE. "

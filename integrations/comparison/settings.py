@@ -33,6 +33,9 @@ class ArchitecturePlan:
     integer_knob: bool = False
     l0_rises_with_knob: bool = False
     """True for ``k`` (L0 grows with it), False for L1-style weights (L0 falls)."""
+    l0_slope: float = 1.0
+    """Prior ``s`` of ``L0 ~ knob^-s`` (measured on the embedded model), until the calibration
+    measures its own."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Fixed hyperparameters (besides the knob) for every run of this architecture."""
     l1_warm_up: bool = True
@@ -44,8 +47,7 @@ class ArchitecturePlan:
     def first_value(self, target_l0: float) -> float:
         if self.integer_knob:
             return float(round(target_l0))
-        # L1-style knobs: L0 roughly inversely proportional to the coefficient.
-        return self.value_at_reference_l0 * REFERENCE_L0 / target_l0
+        return self.value_at_reference_l0 * (REFERENCE_L0 / target_l0) ** (1.0 / self.l0_slope)
 
     def run_options(self, d_sae: int, total_steps: int) -> dict[str, Any]:
         options = dict(self.options)
@@ -72,7 +74,7 @@ ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
         ArchitecturePlan("qucl", "paper 000", "l1_coefficient", 2.0,
                          claim="a smaller encoder from the rank curriculum: final projection rank"),
         # Reactivation every 100 steps: the spec's 1000-step window is longer than these runs.
-        ArchitecturePlan("multiscale_norm", "paper 001", "l1_coefficient", 0.2,
+        ArchitecturePlan("multiscale_norm", "paper 001", "l1_coefficient", 2.5, l0_slope=0.63,
                          options={"dead_window_steps": 100},
                          claim="no feature collapse: dead fraction"),
         ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.67,

@@ -128,7 +128,8 @@ def run_synthetic(architectures: tuple[str, ...], settings: SyntheticSettings, w
         first = plan.first_value(target) if plan.integer_knob else plan.value_at_reference_l0
         attempts, metrics = calibrate(measure, target, initial_value=first,
                                       max_attempts=settings.max_attempts, integer_knob=plan.integer_knob,
-                                      l0_rises_with_knob=plan.l0_rises_with_knob)
+                                      l0_rises_with_knob=plan.l0_rises_with_knob,
+                                      prior_slope=plan.l0_slope)
         runs.append(SyntheticRun(architecture, plan.knob, attempts[-1].knob_value, target, metrics,
                                  [{"knob_value": a.knob_value, "l0": a.l0} for a in attempts]))
     return runs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sae_variants.integrations import matched_l0
+from sae_variants.integrations import cli, matched_l0
 from sae_variants.integrations.comparison import (
     ALL_ARCHITECTURES,
     BenchmarkSettings,
@@ -201,3 +201,15 @@ def test_a_readme_without_the_block_is_refused(tmp_path: Path) -> None:
     readme.write_text("# no block here\n")
     with pytest.raises(ValueError, match="no comparison block"):
         update_readme(readme, "table")
+
+
+def test_benchmark_all_prints_one_table_of_every_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = ["--d-in", "32", "--d-sae", "64", "--batch-size", "256", "--repeats", "1", "--steps", "1",
+            "--no-memory", "--no-pipeline"]
+    assert cli.main(["benchmark", "--architecture", "all", *tiny]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| architecture | shape |")
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == list(ALL_ARCHITECTURES[1:])
+    assert cli.main(["benchmark", "--architecture", "all", "--set", "k=3", *tiny]) == 2
+    assert "--set applies to one architecture" in capsys.readouterr().err

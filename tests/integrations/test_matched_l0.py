@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from sae_variants.integrations import matched_l0
+from sae_variants.integrations.evaluation import EvalResult
 from sae_variants.integrations.matched_l0 import Attempt, _next_value, train_at_target_l0
 from sae_variants.integrations.training import TrainRequest
 
@@ -53,3 +54,28 @@ def test_finished_runs_are_reused_and_changed_or_interrupted_ones_retrained(
     (tmp_path / "run" / matched_l0.REQUEST_FILENAME).unlink()  # as if killed before finishing
     assert matched_l0.train_or_reuse(changed) is False
     assert len(trained) == 3
+
+
+def test_calibration_steers_by_the_quick_l0_and_fully_evaluates_only_the_chosen_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_train(request: TrainRequest) -> None:
+        Path(request.output_path).mkdir(parents=True, exist_ok=True)
+        (Path(request.output_path) / "cfg.json").write_text("{}")
+
+    evaluated: list[str] = []
+
+    def fake_evaluate(path: Path, **_: object) -> EvalResult:
+        evaluated.append(Path(path).name)
+        return EvalResult(str(path), "standard", "hook", "model", {"l0": 41.0}, {})
+
+    monkeypatch.setattr(matched_l0, "train_sae", fake_train)
+    # L0 = 80 / l1 on the quick measure: 80 at l1 = 1, then 40 at l1 = 2.
+    monkeypatch.setattr(matched_l0, "heldout_l0", lambda path, _model: 80.0 / float(Path(path).name.split("=")[1]))
+    monkeypatch.setattr(matched_l0, "evaluate_sae", fake_evaluate)
+    run = train_at_target_l0(TrainRequest(output_path=tmp_path / "std"), target_l0=40.0, initial_value=1.0)
+    assert [(a.knob_value, a.l0) for a in run.attempts] == [(1.0, 80.0), (2.0, 40.0)]
+    assert [Path(a.path).name for a in run.attempts] == ["l1_coefficient=1", "l1_coefficient=2"]
+    assert evaluated == ["l1_coefficient=2"]
+    assert run.result.metrics["l0"] == 41.0
+    assert run.matched  # judged on the full evaluation's L0: 41 is within 10% of 40
