@@ -39,6 +39,9 @@ CONSISTENCY_CONTEXTS = 64
 POSITION_RANGES = 4
 """Equal ranges of the context the per-range FVU is reported for (``position_metrics.py``)."""
 
+EVAL_BATCH_PROMPTS = 16
+"""Held-out contexts per evaluation batch (``evaluate_sae``'s ``batch_size_prompts``)."""
+
 DENSE_THRESHOLD = 0.1
 """A feature is *dense* when it fires on more than this fraction of held-out tokens."""
 
@@ -104,7 +107,7 @@ def evaluate_sae(
     model: HookedSAETransformer | None = None,
     dataset: Dataset | str | None = None,
     n_batches: int = 8,
-    batch_size_prompts: int = 16,
+    batch_size_prompts: int = EVAL_BATCH_PROMPTS,
     device: str = "cpu",
 ) -> EvalResult:
     """Run SAELens's full eval suite for the SAE at ``path`` on held-out text.

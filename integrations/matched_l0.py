@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 
 from sae_lens import HookedSAETransformer
 
-from sae_variants.integrations.evaluation import EvalResult, evaluate_sae, heldout_l0
+from sae_variants.integrations.evaluation import (
+    EVAL_BATCH_PROMPTS,
+    EvalResult,
+    evaluate_sae,
+    heldout_l0,
+)
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
 
@@ -212,7 +217,9 @@ def train_at_target_l0(
     def measure(value: float) -> tuple[float, Path]:
         # Steer by the few-second held-out L0; only the chosen attempt gets the full evaluation.
         path = train(value)
-        l0 = heldout_l0(path, model)
+        # On the held-out contexts the full evaluation reads (eval_batches of 16), so the
+        # calibration and the reported L0 agree.
+        l0 = heldout_l0(path, model, contexts=eval_batches * EVAL_BATCH_PROMPTS)
         logger.info("%s %s=%.5g -> L0 %.1f (target %s)", request.architecture, knob, value, l0, target_l0)
         return l0, path
 
