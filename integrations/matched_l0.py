@@ -23,12 +23,7 @@ from typing import Any, TypeVar
 
 from sae_lens import HookedSAETransformer
 
-from sae_variants.integrations.evaluation import (
-    EVAL_BATCH_PROMPTS,
-    EvalResult,
-    evaluate_sae,
-    heldout_l0,
-)
+from sae_variants.integrations.evaluation import EvalResult, evaluate_sae, heldout_l0
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
 
@@ -217,9 +212,9 @@ def train_at_target_l0(
     def measure(value: float) -> tuple[float, Path]:
         # Steer by the few-second held-out L0; only the chosen attempt gets the full evaluation.
         path = train(value)
-        # On the held-out contexts the full evaluation reads (eval_batches of 16), so the
-        # calibration and the reported L0 agree.
-        l0 = heldout_l0(path, model, contexts=eval_batches * EVAL_BATCH_PROMPTS)
+        # 64 held-out contexts: within about 2% of the full evaluation's L0 (which is what the
+        # report judges the match by), so a calibration can stop just outside the tolerance.
+        l0 = heldout_l0(path, model)
         logger.info("%s %s=%.5g -> L0 %.1f (target %s)", request.architecture, knob, value, l0, target_l0)
         return l0, path
 

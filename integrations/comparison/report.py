@@ -88,13 +88,14 @@ def _synthetic_rows(runs: list[SyntheticRun]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         if run.skipped is not None:
-            rows.append({"architecture": run.architecture, "knob": "-", "L0": "-", "MCC": "-", "F1": "-",
+            rows.append({"architecture": run.architecture, "knob": "-", "L0": "-", "matched": "-", "MCC": "-", "F1": "-",
                          "uniqueness": "-", "EV": "-", "dead": f"n/a: {run.skipped}"})
             continue
         m = run.metrics
         rows.append({
             "architecture": run.architecture, "knob": f"{run.knob}={run.knob_value:.4g}",
-            "L0": f"{m['sae_l0']:.2f} / {run.true_l0:.2f}", "MCC": m["mcc"], "F1": m["f1_score"],
+            "L0": f"{m['sae_l0']:.2f} / {run.true_l0:.2f}", "matched": "yes" if run.matched else "**no**",
+            "MCC": m["mcc"], "F1": m["f1_score"],
             "uniqueness": m["uniqueness"], "EV": m["explained_variance"], "dead": f"{m['dead_latents']:.0f}",
         })
     return rows
@@ -194,7 +195,8 @@ def variant_table(report: ComparisonReport) -> str:
             "dead": f"{run.metrics['dead_fraction']:.1%}",
             "claim metric (variant vs standard)": "-" if claim is None else
                 f"{claim.metric} {claim.variant:.3g} vs {claim.standard:.3g} ({claim.relative_improvement:+.0%})",
-            "synthetic MCC": "-" if syn is None or syn.skipped else f"{syn.metrics['mcc']:.3f}",
+            "synthetic MCC": "-" if syn is None or syn.skipped else
+                f"{syn.metrics['mcc']:.3f}" + ("" if syn.matched else " (unmatched)"),
             "step-time ratio": "1" if run.architecture == "standard" else
                 ("-" if perf is None else f"{perf.step_time_ratio:.2f}"),
         })

@@ -38,6 +38,7 @@ from sae_variants.integrations.training import build_sae_config, training_config
 
 RESULT_FILENAME = "synthetic_result.json"
 NOT_APPLICABLE = "needs sequence structure; the synthetic samples are independent"
+TOLERANCE = 0.10
 
 
 @dataclass
@@ -50,6 +51,8 @@ class SyntheticRun:
     """sae_l0, explained_variance, mcc, uniqueness, f1_score, precision, recall, dead_latents, shrinkage."""
     attempts: list[dict[str, float]]
     skipped: str | None = None
+    matched: bool = False
+    """Achieved L0 within :data:`TOLERANCE` of the true L0."""
 
 
 def ground_truth(settings: SyntheticSettings) -> tuple[FeatureDictionary, ActivationGenerator]:
@@ -126,10 +129,11 @@ def run_synthetic(architectures: tuple[str, ...], settings: SyntheticSettings, w
         # L1-style knobs start at their embedded-model value: the synthetic data's L0-vs-knob
         # curve differs, and the calibration moves from there.
         first = plan.first_value(target) if plan.integer_knob else plan.value_at_reference_l0
-        attempts, metrics = calibrate(measure, target, initial_value=first,
+        attempts, metrics = calibrate(measure, target, initial_value=first, tolerance=TOLERANCE,
                                       max_attempts=settings.max_attempts, integer_knob=plan.integer_knob,
                                       l0_rises_with_knob=plan.l0_rises_with_knob,
                                       prior_slope=plan.l0_slope)
         runs.append(SyntheticRun(architecture, plan.knob, attempts[-1].knob_value, target, metrics,
-                                 [{"knob_value": a.knob_value, "l0": a.l0} for a in attempts]))
+                                 [{"knob_value": a.knob_value, "l0": a.l0} for a in attempts],
+                                 matched=abs(metrics["sae_l0"] / target - 1.0) <= TOLERANCE))
     return runs

@@ -70,8 +70,10 @@ def test_calibration_steers_by_the_quick_l0_and_fully_evaluates_only_the_chosen_
         return EvalResult(str(path), "standard", "hook", "model", {"l0": 41.0}, {})
 
     monkeypatch.setattr(matched_l0, "train_sae", fake_train)
-    # L0 = 80 / l1 on the quick measure: 80 at l1 = 1, then 40 at l1 = 2.
-    monkeypatch.setattr(matched_l0, "heldout_l0", lambda path, _model, contexts: 80.0 / float(Path(path).name.split("=")[1]))
+    def quick_l0(path: Path, _model: object) -> float:
+        return 80.0 / float(Path(path).name.split("=")[1])  # 80 at l1 = 1, 40 at l1 = 2
+
+    monkeypatch.setattr(matched_l0, "heldout_l0", quick_l0)
     monkeypatch.setattr(matched_l0, "evaluate_sae", fake_evaluate)
     run = train_at_target_l0(TrainRequest(output_path=tmp_path / "std"), target_l0=40.0, initial_value=1.0)
     assert [(a.knob_value, a.l0) for a in run.attempts] == [(1.0, 80.0), (2.0, 40.0)]
