@@ -20,7 +20,7 @@ from sae_variants.integrations.benchmark import time_training_step, with_peak_me
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, BenchmarkSettings
 from sae_variants.integrations.pipeline_benchmark import time_activation_pipelines
 from sae_variants.integrations.sequence_training import needs_sequence_pipeline
-from sae_variants.integrations.training import training_config_class
+from sae_variants.integrations.training import build_sae_config, training_config_class
 
 BENCHMARK_FILENAME = "benchmark.json"
 BENCHMARK_L0 = 64
@@ -44,10 +44,7 @@ class PerformanceRow:
 
 
 def _measure(architecture: str, settings: BenchmarkSettings) -> PerformanceRow:
-    plan = ARCHITECTURE_PLANS[architecture]
-    options: dict[str, Any] = plan.run_options(settings.d_sae, total_steps=settings.steps)
-    if plan.integer_knob:
-        options[plan.knob] = BENCHMARK_L0
+    options = _options(architecture, settings)
     timing = time_training_step(architecture, d_in=settings.d_in, d_sae=settings.d_sae,
                                 batch_size=settings.batch_size, options=options,
                                 target_l0=BENCHMARK_L0, steps=settings.steps, repeats=settings.repeats)
@@ -65,6 +62,20 @@ def _measure(architecture: str, settings: BenchmarkSettings) -> PerformanceRow:
     )
 
 
+def _options(architecture: str, settings: BenchmarkSettings) -> dict[str, Any]:
+    plan = ARCHITECTURE_PLANS[architecture]
+    options: dict[str, Any] = plan.run_options(settings.d_sae, total_steps=settings.steps)
+    if plan.integer_knob:
+        options[plan.knob] = BENCHMARK_L0
+    return options
+
+
+def _resolved_config(architecture: str, settings: BenchmarkSettings) -> str:
+    """The config the benchmark builds, as a cache key: a changed default must not reuse a timing."""
+    cfg = build_sae_config(architecture, settings.d_in, settings.d_sae, _options(architecture, settings), "none")
+    return json.dumps({k: v for k, v in vars(cfg).items() if k != "metadata"}, sort_keys=True, default=str)
+
+
 def measure_performance(architectures: tuple[str, ...], settings: BenchmarkSettings) -> list[PerformanceRow]:
     """The performance table for every architecture but ``standard``, measured now."""
     return [_measure(a, settings) for a in architectures if a != "standard"]
@@ -74,7 +85,8 @@ def run_performance(architectures: tuple[str, ...], settings: BenchmarkSettings,
                     remeasure: bool = False) -> list[PerformanceRow]:
     """:func:`measure_performance`, reused from ``work_dir`` unless ``remeasure`` or the settings changed."""
     measured = [a for a in architectures if a != "standard"]
-    key = {"architectures": measured, "settings": dataclasses.asdict(settings)}
+    key = {"architectures": measured, "settings": dataclasses.asdict(settings),
+           "configs": {a: _resolved_config(a, settings) for a in ["standard", *measured]}}
     cache = work_dir / BENCHMARK_FILENAME
     if cache.exists() and not remeasure:
         stored = json.loads(cache.read_text())

@@ -96,7 +96,9 @@ def _train_and_score(architecture: str, options: dict[str, Any], settings: Synth
 def _cached_score(architecture: str, options: dict[str, Any], settings: SyntheticSettings,
                   folder: Path) -> dict[str, float]:
     """``_train_and_score``, read back when the same run finished before (a resumed comparison)."""
-    key = json.dumps({"architecture": architecture, "options": options,
+    # The resolved config, not just the options: a changed architecture default must not reuse.
+    resolved = vars(build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none"))
+    key = json.dumps({"architecture": architecture, "config": {k: v for k, v in resolved.items() if k != "metadata"},
                       "settings": dataclasses.asdict(settings)}, sort_keys=True, default=str)
     cache = folder / RESULT_FILENAME
     if cache.exists():

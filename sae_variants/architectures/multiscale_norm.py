@@ -115,7 +115,8 @@ class MultiScaleNormArchitectureFields:
     z_threshold: float = 1.0
     """z of the one-sided gate (the paper's trainer: "mu + 2 sigma", i.e. 2.0; >= 0 is not
     required). Default 1.0: measured on the embedded model with centred input (1 M tokens,
-    lambda1 0.2), z = 2.0 leaves 17.5% of the features dead, 1.6 7.3%, 1.0 0.1% (README)."""
+    lambda1 0.2), z = 2.0 leaves 17.5% of the features dead, 1.6 7.3%, 1.0 0.1%
+    (``examples/multiscale_norm_gate_pilots.py``)."""
 
     def normalization_scales(self) -> list[float]:
         """The scales C1 uses under ``normalization`` (empty when it is off)."""

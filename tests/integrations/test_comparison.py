@@ -213,3 +213,20 @@ def test_benchmark_all_prints_one_table_of_every_ratio(capsys: pytest.CaptureFix
     assert [row.split(" | ")[0].strip("| ") for row in rows] == list(ALL_ARCHITECTURES[1:])
     assert cli.main(["benchmark", "--architecture", "all", "--set", "k=3", *tiny]) == 2
     assert "--set applies to one architecture" in capsys.readouterr().err
+
+
+def test_synthetic_scores_are_keyed_by_the_resolved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[dict[str, object]] = []
+
+    def fake_score(architecture: str, options: dict[str, object], settings: SyntheticSettings) -> dict[str, float]:
+        trained.append(options)
+        return {"sae_l0": 1.0}
+
+    monkeypatch.setattr(synthetic, "_train_and_score", fake_score)
+    settings = SyntheticSettings(num_features=8, hidden_dim=4)
+    synthetic._cached_score("standard", {}, settings, tmp_path)
+    # Spelling out the default resolves to the same config: reused.
+    synthetic._cached_score("standard", {"l1_coefficient": 1.0}, settings, tmp_path)
+    assert len(trained) == 1
+    synthetic._cached_score("standard", {"l1_coefficient": 2.0}, settings, tmp_path)
+    assert len(trained) == 2
