@@ -88,7 +88,15 @@ _GATE_EPS = 1e-5
 
 @dataclass(kw_only=True)
 class MultiScaleNormArchitectureFields:
-    """Fields the inference SAE needs (shared by the inference and training configs)."""
+    """Fields the inference SAE needs (shared by the inference and training configs).
+
+    SAELens's own ``apply_b_dec_to_input`` (default True, kept) centres each token on ``b_dec``
+    before the normalization. The spec drops it (§3 d3: LayerNorm centres each token over its
+    dimensions), but that leaves the data's mean direction, which dominates the residual stream,
+    in every normalized token, and encoder columns pointing against it never fire (the
+    dead-feature diagnosis in the README). ``b_dec`` starts at the data mean, so this centres the
+    data across tokens; it is per token, so codes never depend on the batch.
+    """
 
     normalization: str = "multiscale"
     """``"multiscale"``: C1 over ``scales``; ``"layernorm"``: one scale {1} (the paper's run 6);
@@ -143,14 +151,6 @@ class MultiScaleNormArchitectureFields:
 class MultiScaleNormSAEConfig(AcceptsSavedMetadata, SAEConfig, MultiScaleNormArchitectureFields):
     """Inference configuration of a trained multi-scale normalization SAE."""
 
-    apply_b_dec_to_input: bool = True
-    """Centre each token on ``b_dec`` (SAELens's ``x - b_dec``) before the normalization. The
-    spec drops it (§3 d3: LayerNorm centres each token over its dimensions), but that leaves the
-    data's mean direction, which dominates the residual stream, in every normalized token, and
-    encoder columns pointing against it never fire (the dead-feature diagnosis in the README);
-    hence the default True, against the spec. ``b_dec`` starts at the data mean, so this centres
-    the data across tokens; it is per token, so codes never depend on the batch."""
-
     @override
     @classmethod
     def architecture(cls) -> str:
@@ -164,15 +164,9 @@ class MultiScaleNormSAEConfig(AcceptsSavedMetadata, SAEConfig, MultiScaleNormArc
 
 @dataclass
 class MultiScaleNormTrainingSAEConfig(TrainingSAEConfig, MultiScaleNormArchitectureFields):
-    """Training configuration; every default is the spec's resolution of the paper (§3 c)."""
+    """Training configuration; every default is the spec's resolution of the paper (§3 c), except
+    the input centring and the gate's z (both measured; see the fields' docs)."""
 
-    apply_b_dec_to_input: bool = True
-    """Centre each token on ``b_dec`` (SAELens's ``x - b_dec``) before the normalization. The
-    spec drops it (§3 d3: LayerNorm centres each token over its dimensions), but that leaves the
-    data's mean direction, which dominates the residual stream, in every normalized token, and
-    encoder columns pointing against it never fire (the dead-feature diagnosis in the README);
-    hence the default True, against the spec. ``b_dec`` starts at the data mean, so this centres
-    the data across tokens; it is per token, so codes never depend on the batch."""
     l1_coefficient: float = 0.04
     """lambda1, the importance-weighted L1 weight (template: 0.04; calibrate it for a target L0)."""
     l1_warm_up_steps: int = 0
