@@ -26,7 +26,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sae_variants.architectures.multiscale_norm import TRAINING_LOG_FILENAME
+from sae_variants.architectures.multiscale_norm import (
+    TRAINING_LOG_FILENAME,
+    MultiScaleNormTrainingSAEConfig,
+)
 from sae_variants.integrations.matched_l0 import (
     evaluate_or_reuse,
     summary_row,
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [summary_row(standard), summary_row(matched)]
     rows[0]["z_threshold"] = "-"
     rows[1].setdefault("l1_coefficient", options.get("l1_coefficient", "-"))
-    rows[1].setdefault("z_threshold", options.get("z_threshold", 2.0))
+    rows[1].setdefault("z_threshold", options.get("z_threshold", MultiScaleNormTrainingSAEConfig.z_threshold))
     revived = _features_revived(Path(matched.result.path))
 
     ablation_rows = []
