@@ -23,7 +23,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
 from sae_variants.functional import mean_max_decoder_cosine
 from sae_variants.integrations.consistency import contextual_consistency
-from sae_variants.integrations.heldout_codes import encode_contexts
+from sae_variants.integrations.heldout_codes import HeldoutCodes, encode_contexts
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.position_metrics import fvu_by_position_range
 from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
@@ -38,9 +38,6 @@ CONSISTENCY_CONTEXTS = 64
 
 POSITION_RANGES = 4
 """Equal ranges of the context the per-range FVU is reported for (``position_metrics.py``)."""
-
-EVAL_BATCH_PROMPTS = 16
-"""Held-out contexts per evaluation batch (``evaluate_sae``'s ``batch_size_prompts``)."""
 
 DENSE_THRESHOLD = 0.1
 """A feature is *dense* when it fires on more than this fraction of held-out tokens."""
@@ -101,13 +98,20 @@ def _flatten(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def _encode_heldout(sae: SAE[Any], model: HookedSAETransformer, dataset: Dataset, context_size: int,
+                    contexts: int) -> HeldoutCodes:
+    """The SAE over the first ``contexts`` tokenized held-out contexts, whole (see heldout_codes.py)."""
+    tokens = torch.as_tensor(dataset[:contexts]["tokens"])[:, :context_size]
+    return encode_contexts(sae, model, tokens, special_token_ids(model))
+
+
 def evaluate_sae(
     path: str | Path,
     *,
     model: HookedSAETransformer | None = None,
     dataset: Dataset | str | None = None,
     n_batches: int = 8,
-    batch_size_prompts: int = EVAL_BATCH_PROMPTS,
+    batch_size_prompts: int = 16,
     device: str = "cpu",
 ) -> EvalResult:
     """Run SAELens's full eval suite for the SAE at ``path`` on held-out text.
@@ -163,8 +167,7 @@ def evaluate_sae(
         "mean_max_decoder_cosine": float(mean_max_decoder_cosine(sae.W_dec)),
     }
     if isinstance(dataset, Dataset) and "tokens" in dataset.column_names:
-        tokens = torch.as_tensor(dataset[:CONSISTENCY_CONTEXTS]["tokens"])[:, :context_size]
-        heldout = encode_contexts(sae, model, tokens, special_token_ids(model))
+        heldout = _encode_heldout(sae, model, dataset, context_size, CONSISTENCY_CONTEXTS)
         consistency = contextual_consistency(heldout.active, heldout.usable)
         metrics.update({
             "contextual_consistency": consistency.ratio,
@@ -198,8 +201,7 @@ def heldout_l0(path: str | Path, model: HookedSAETransformer | None = None,
         raise ValueError(f"heldout_l0 needs an SAE of the embedded model; {path} is on {meta.model_name!r}")
     model = model if model is not None else load_model(EMBEDDED_MODEL_NAME)
     context_size = meta.context_size or 128
-    tokens = torch.as_tensor(heldout_dataset(context_size)[:contexts]["tokens"])[:, :context_size]
-    heldout = encode_contexts(sae, model, tokens, special_token_ids(model))
+    heldout = _encode_heldout(sae, model, heldout_dataset(context_size), context_size, contexts)
     return float(heldout.active.sum(dim=-1)[heldout.usable].float().mean())
 
 

@@ -25,7 +25,13 @@ from sae_lens import HookedSAETransformer
 
 from sae_variants.integrations.evaluation import EvalResult, evaluate_sae, heldout_l0
 from sae_variants.integrations.presets import DEMO_SAE_OPTIONS
-from sae_variants.integrations.training import TrainRequest, build_runner_config, train_sae
+from sae_variants.integrations.result_cache import load_result, store_result
+from sae_variants.integrations.training import (
+    TrainRequest,
+    build_runner_config,
+    config_fields,
+    train_sae,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,8 +127,7 @@ def request_fingerprint(request: TrainRequest) -> str:
     """The request as canonical JSON (paths as strings, ``overwrite`` left out), with the SAE
     config it resolves to: a changed default of an architecture makes finished runs stale."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "overwrite"}
-    sae_cfg = build_runner_config(request)[0].sae
-    fields["resolved_sae_config"] = {k: v for k, v in vars(sae_cfg).items() if k != "metadata"}
+    fields["resolved_sae_config"] = config_fields(build_runner_config(request)[0].sae)
     return json.dumps(fields, sort_keys=True, default=str)
 
 
@@ -159,17 +164,15 @@ def evaluate_or_reuse(path: str | Path, *, model: HookedSAETransformer | None = 
     """``evaluate_sae`` for the run in ``path``, read back from ``evaluation.json`` when that was
     written for the same trained SAE (its recorded request) and the same number of batches."""
     path = Path(path)
-    cache = path / EVALUATION_FILENAME
     request_file = path / REQUEST_FILENAME
-    key = {"n_batches": n_batches,
-           "request": request_file.read_text() if request_file.exists() else None}
-    if key["request"] is not None and cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored.get("key") == key:
-            return EvalResult(**stored["result"])
+    if not request_file.exists():  # not trained by train_or_reuse: nothing to key a cache on
+        return evaluate_sae(path, model=model, n_batches=n_batches)
+    key = {"n_batches": n_batches, "request": request_file.read_text()}
+    stored = load_result(path / EVALUATION_FILENAME, key)
+    if stored is not None:
+        return EvalResult(**stored)
     result = evaluate_sae(path, model=model, n_batches=n_batches)
-    if key["request"] is not None:
-        cache.write_text(json.dumps({"key": key, "result": dataclasses.asdict(result)}, default=float))
+    store_result(path / EVALUATION_FILENAME, key, dataclasses.asdict(result))
     return result
 
 
@@ -210,10 +213,10 @@ def train_at_target_l0(
         return path_of(value)
 
     def measure(value: float) -> tuple[float, Path]:
-        # Steer by the few-second held-out L0; only the chosen attempt gets the full evaluation.
+        # Steer by the few-second L0 on 64 held-out contexts; only the chosen attempt gets the
+        # full evaluation, whose L0 (within about 2% of this one) is what the report judges the
+        # match by, so a calibration can stop just outside the tolerance.
         path = train(value)
-        # 64 held-out contexts: within about 2% of the full evaluation's L0 (which is what the
-        # report judges the match by), so a calibration can stop just outside the tolerance.
         l0 = heldout_l0(path, model)
         logger.info("%s %s=%.5g -> L0 %.1f (target %s)", request.architecture, knob, value, l0, target_l0)
         return l0, path

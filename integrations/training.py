@@ -159,6 +159,12 @@ def build_sae_config(
     return cfg_class(d_in=d_in, d_sae=d_sae, **kwargs)
 
 
+def config_fields(cfg: TrainingSAEConfig) -> dict[str, Any]:
+    """Every field of an SAE config but its metadata: what decides the SAE a run builds (used as
+    the key under which finished work is reused, so a changed default is never reused)."""
+    return {k: v for k, v in vars(cfg).items() if k != "metadata"}
+
+
 LR_ALIGNED_WARM_UPS = "lr_aligned_warm_ups"
 """A training config may list, in a class attribute of this name, ``*_warm_up_steps`` fields whose
 schedule the paper ties to the learning-rate warm-up; the pipeline sets them to the run's LR

@@ -78,7 +78,7 @@ def run_comparison(
     hook_name, d_in = resolve_hook(TrainRequest(), model.cfg)
 
     clock = time.perf_counter()
-    embedded = run_embedded(settings, work_dir, model)
+    embedded = run_embedded(settings, work_dir, model, d_in)
     phases["embedded model"] = time.perf_counter() - clock
     synthetic, performance = [], []
     if settings.synthetic is not None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, ComparisonSettings
 from sae_variants.integrations.matched_l0 import Attempt, train_at_target_l0, training_seconds
-from sae_variants.integrations.training import TrainRequest, resolve_hook
+from sae_variants.integrations.training import TrainRequest
 
 QUCL_CURRICULUM_FILENAME = "qucl_curriculum.json"
 
@@ -65,9 +65,10 @@ def train_request(settings: ComparisonSettings, architecture: str, work_dir: Pat
     )
 
 
-def run_embedded(settings: ComparisonSettings, work_dir: Path, model: HookedSAETransformer) -> list[EmbeddedRun]:
-    """Train and evaluate every architecture at every target L0 (reusing finished work)."""
-    _, d_in = resolve_hook(TrainRequest(), model.cfg)
+def run_embedded(settings: ComparisonSettings, work_dir: Path, model: HookedSAETransformer,
+                 d_in: int) -> list[EmbeddedRun]:
+    """Train and evaluate every architecture at every target L0 (reusing finished work);
+    ``d_in``: the width of the default hook every request trains on."""
     d_sae = settings.expansion_factor * d_in
     runs: list[EmbeddedRun] = []
     pairs = [(a, t) for a in settings.architectures for t in settings.target_l0s]

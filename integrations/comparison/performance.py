@@ -11,7 +11,6 @@ store. A finished table is reused when the comparison is re-run with the same se
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,13 @@ from typing import Any
 from sae_variants.integrations.benchmark import time_training_step, with_peak_memory
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, BenchmarkSettings
 from sae_variants.integrations.pipeline_benchmark import time_activation_pipelines
+from sae_variants.integrations.result_cache import load_result, store_result
 from sae_variants.integrations.sequence_training import needs_sequence_pipeline
-from sae_variants.integrations.training import build_sae_config, training_config_class
+from sae_variants.integrations.training import (
+    build_sae_config,
+    config_fields,
+    training_config_class,
+)
 
 BENCHMARK_FILENAME = "benchmark.json"
 BENCHMARK_L0 = 64
@@ -70,10 +74,10 @@ def _options(architecture: str, settings: BenchmarkSettings) -> dict[str, Any]:
     return options
 
 
-def _resolved_config(architecture: str, settings: BenchmarkSettings) -> str:
+def _resolved_config(architecture: str, settings: BenchmarkSettings) -> dict[str, Any]:
     """The config the benchmark builds, as a cache key: a changed default must not reuse a timing."""
-    cfg = build_sae_config(architecture, settings.d_in, settings.d_sae, _options(architecture, settings), "none")
-    return json.dumps({k: v for k, v in vars(cfg).items() if k != "metadata"}, sort_keys=True, default=str)
+    return config_fields(build_sae_config(architecture, settings.d_in, settings.d_sae,
+                                          _options(architecture, settings), "none"))
 
 
 def measure_performance(architectures: tuple[str, ...], settings: BenchmarkSettings) -> list[PerformanceRow]:
@@ -87,12 +91,9 @@ def run_performance(architectures: tuple[str, ...], settings: BenchmarkSettings,
     measured = [a for a in architectures if a != "standard"]
     key = {"architectures": measured, "settings": dataclasses.asdict(settings),
            "configs": {a: _resolved_config(a, settings) for a in ["standard", *measured]}}
-    cache = work_dir / BENCHMARK_FILENAME
-    if cache.exists() and not remeasure:
-        stored = json.loads(cache.read_text())
-        if stored["key"] == key:
-            return [PerformanceRow(**row) for row in stored["rows"]]
+    stored = None if remeasure else load_result(work_dir / BENCHMARK_FILENAME, key)
+    if stored is not None:
+        return [PerformanceRow(**row) for row in stored]
     rows = measure_performance(architectures, settings)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+    store_result(work_dir / BENCHMARK_FILENAME, key, [dataclasses.asdict(r) for r in rows])
     return rows

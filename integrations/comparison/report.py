@@ -115,10 +115,14 @@ def _performance_rows(rows: list[PerformanceRow]) -> list[dict[str, Any]]:
     } for r in rows]
 
 
+def _table(rows: list[dict[str, Any]]) -> str:
+    """Formatted rows as a markdown table with their own columns."""
+    return markdown_table(rows, list(rows[0])) if rows else "(none)"
+
+
 def performance_table(rows: list[PerformanceRow]) -> str:
     """The performance rows as a markdown table (also what `sae-variants benchmark --all` prints)."""
-    formatted = _performance_rows(rows)
-    return markdown_table(formatted, list(formatted[0])) if formatted else "(no architectures measured)"
+    return _table(_performance_rows(rows))
 
 
 def render_markdown(report: ComparisonReport) -> str:
@@ -134,7 +138,7 @@ def render_markdown(report: ComparisonReport) -> str:
         f"({', '.join(f'{k} {_minutes(v)}' for k, v in report.phase_seconds.items())}; finished runs "
         "are reused, so a re-run is faster than the first).",
         "## Embedded model at matched L0",
-        markdown_table(_embedded_rows(report.embedded), list(_embedded_rows(report.embedded)[0])),
+        _table(_embedded_rows(report.embedded)),
         "EV: explained variance; CE/KL score: SAELens `run_evals`; consistency: mean Jaccard of active "
         "sets within 8 positions of one context over that across contexts; train time: wall time of the "
         "final attempt's training. Unmatched rows (achieved L0 outside the tolerance) are not "
@@ -144,7 +148,7 @@ def render_markdown(report: ComparisonReport) -> str:
         sections.append(f"![quality against L0]({report.plots['quality']})")
     if report.claims:
         sections += ["## Each paper's claim against SAELens standard",
-                     markdown_table(_claim_rows(report.claims), list(_claim_rows(report.claims)[0]))]
+                     _table(_claim_rows(report.claims))]
         if "claims" in report.plots:
             sections.append(f"![claim metrics]({report.plots['claims']})")
     if report.synthetic:
@@ -156,7 +160,7 @@ def render_markdown(report: ComparisonReport) -> str:
             f"{syn['training_samples']:,} training samples per SAE, {syn['num_features']} latents, each "
             f"calibrated to the true L0 ({syn['max_attempts']} attempt(s) at most); metrics from "
             f"`eval_sae_on_synthetic_data` on {syn['eval_samples']:,} samples.",
-            markdown_table(_synthetic_rows(report.synthetic), list(_synthetic_rows(report.synthetic)[0])),
+            _table(_synthetic_rows(report.synthetic)),
         ]
         if "synthetic" in report.plots:
             sections.append(f"![feature recovery]({report.plots['synthetic']})")
@@ -203,7 +207,7 @@ def variant_table(report: ComparisonReport) -> str:
     header = (f"Generated {report.date} by `{report.command}` "
               f"(report: `{report.settings.get('report_dir', '')}`; {report.settings['training_tokens']:,} "
               f"tokens per SAE, target L0 {target:g}).")
-    return header + "\n\n" + markdown_table(rows, list(rows[0]))
+    return header + "\n\n" + _table(rows)
 
 
 def update_readme(readme: Path, table: str) -> None:

@@ -41,8 +41,6 @@ class ArchitecturePlan:
     l1_warm_up: bool = True
     """Ramp the L1 coefficient up over the first :data:`L1_WARM_UP_STEPS` steps (at most a fifth
     of the run), as the demo does; TopK-style architectures have no L1 term."""
-    claim: str = ""
-    """The variant paper's central claim, in the words of its issue, and the metric that tests it."""
 
     def first_value(self, target_l0: float) -> float:
         if self.integer_knob:
@@ -69,18 +67,13 @@ ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
                          l0_rises_with_knob=True, l1_warm_up=False),
         ArchitecturePlan("matryoshka_batchtopk", "SAELens", "k", REFERENCE_L0, integer_knob=True,
                          l0_rises_with_knob=True, l1_warm_up=False),
-        ArchitecturePlan("cubic_ortho", "paper 002", "l1_coefficient", 0.7,
-                         claim="lower decoder redundancy: mean max decoder cosine"),
-        ArchitecturePlan("qucl", "paper 000", "l1_coefficient", 2.0,
-                         claim="a smaller encoder from the rank curriculum: final projection rank"),
+        ArchitecturePlan("cubic_ortho", "paper 002", "l1_coefficient", 0.7),
+        ArchitecturePlan("qucl", "paper 000", "l1_coefficient", 2.0),
         # Reactivation every 100 steps: the spec's 1000-step window is longer than these runs.
         ArchitecturePlan("multiscale_norm", "paper 001", "l1_coefficient", 2.5, l0_slope=0.63,
-                         options={"dead_window_steps": 100},
-                         claim="no feature collapse: dead fraction"),
-        ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.67,
-                         claim="contextually consistent features: contextual consistency"),
-        ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 1.3,
-                         claim="better reconstruction per position range: FVU by quarter of context"),
+                         options={"dead_window_steps": 100}),
+        ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.67),
+        ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 1.3),
     )
 }
 ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURE_PLANS)

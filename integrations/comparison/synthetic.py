@@ -15,7 +15,6 @@ applicable: the generator's samples are independent, with no sequence to take th
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,13 @@ from tqdm.auto import tqdm
 
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, SyntheticSettings
 from sae_variants.integrations.matched_l0 import calibrate
+from sae_variants.integrations.result_cache import load_result, store_result
 from sae_variants.integrations.sequence_training import needs_sequence_pipeline
-from sae_variants.integrations.training import build_sae_config, training_config_class
+from sae_variants.integrations.training import (
+    build_sae_config,
+    config_fields,
+    training_config_class,
+)
 
 RESULT_FILENAME = "synthetic_result.json"
 NOT_APPLICABLE = "needs sequence structure; the synthetic samples are independent"
@@ -96,18 +100,13 @@ def _train_and_score(architecture: str, options: dict[str, Any], settings: Synth
 def _cached_score(architecture: str, options: dict[str, Any], settings: SyntheticSettings,
                   folder: Path) -> dict[str, float]:
     """``_train_and_score``, read back when the same run finished before (a resumed comparison)."""
-    # The resolved config, not just the options: a changed architecture default must not reuse.
-    resolved = vars(build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none"))
-    key = json.dumps({"architecture": architecture, "config": {k: v for k, v in resolved.items() if k != "metadata"},
-                      "settings": dataclasses.asdict(settings)}, sort_keys=True, default=str)
-    cache = folder / RESULT_FILENAME
-    if cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored["key"] == key:
-            return stored["metrics"]
+    cfg = build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none")
+    key = {"architecture": architecture, "config": config_fields(cfg), "settings": dataclasses.asdict(settings)}
+    stored = load_result(folder / RESULT_FILENAME, key)
+    if stored is not None:
+        return stored
     metrics = _train_and_score(architecture, options, settings)
-    folder.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1))
+    store_result(folder / RESULT_FILENAME, key, metrics)
     return metrics
 
 
