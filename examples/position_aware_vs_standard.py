@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_variants.architectures.position_aware import parameter_overhead
+from sae_variants.integrations.cli import parse_options
 from sae_variants.integrations.evaluation import POSITION_RANGES, load_sae
 from sae_variants.integrations.matched_l0 import (
     summary_row,
@@ -49,13 +50,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-attempts", type=int, default=4, help="calibration runs at most")
     parser.add_argument("--base-norm", default="preact_ln", choices=["preact_ln", "input_ln", "none"],
                         help="the base encoder's normalization (paper: preact_ln; spec fallback: input_ln)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another position_aware option (an ablation); named in the results file")
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    name = ARCHITECTURE if args.base_norm == "preact_ln" else f"{ARCHITECTURE}-{args.base_norm}"
-    options: dict[str, Any] = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])}
+    extra = parse_options(args.set)
+    name = "-".join([ARCHITECTURE, *([args.base_norm] if args.base_norm != "preact_ln" else []),
+                     *(f"{k}={v}" for k, v in sorted(extra.items()))])
+    options: dict[str, Any] = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]), **extra}
     if args.base_norm != "preact_ln":
         options["base_norm"] = args.base_norm
     model = load_model(EMBEDDED_MODEL_NAME)

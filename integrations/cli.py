@@ -46,7 +46,7 @@ from sae_variants.registry import registered_variants, training_architectures
 DEMO_OUTPUT = Path("sae_runs/demo")
 
 
-def _parse_options(pairs: list[str]) -> dict[str, str]:
+def parse_options(pairs: list[str]) -> dict[str, str]:
     options: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -113,7 +113,7 @@ def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> N
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    request = _request(args, Path(args.output), _parse_options(args.set))
+    request = _request(args, Path(args.output), parse_options(args.set))
     if args.dry_run:
         _print_plan(request)
         return
@@ -121,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    options = {k: str(v) for k, v in DEMO_SAE_OPTIONS.items()} | _parse_options(args.set)
+    options = {k: str(v) for k, v in DEMO_SAE_OPTIONS.items()} | parse_options(args.set)
     _train_and_report(_request(args, Path(args.output), options), evaluate=True, as_json=args.json)
 
 
@@ -146,7 +146,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
                                          pipeline=args.pipeline is not False)
             print(performance_table(measure_performance(ALL_ARCHITECTURES, settings)))
         return
-    options = _parse_options(args.set)
+    options = parse_options(args.set)
     timings = []
     for d_sae in args.d_sae:
         timing = time_training_step(args.architecture, d_in=args.d_in, d_sae=d_sae,

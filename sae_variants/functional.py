@@ -42,14 +42,36 @@ def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor
     return torch.sqrt(variance + eps)
 
 
-def scale_restored_relu(
-    pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
-) -> Float[Tensor, "*batch d_sae"]:
-    """``scale * ReLU(pre)``: codes of a normalizing encoder with the token scale the
-    normalization removed put back, so a linear decoder reconstructs raw activations;
-    ``scale=None`` leaves them unscaled (paper-literal variants)."""
-    codes = torch.relu(pre)
-    return codes if scale is None else codes * scale
+def stacked_affine(
+    columns: list[Float[Tensor, "rows _"]], weights: list[Float[Tensor, "_ d_sae"]],
+    bias: Float[Tensor, " d_sae"] | None = None,
+) -> Float[Tensor, "rows d_sae"]:
+    """``[c_1 | c_2 | ...] @ [W_1; W_2; ...] (+ bias)``: one matrix product (one pass over the
+    ``[rows, d_sae]`` output) for a sum of terms that share the output."""
+    inputs, stacked = torch.cat(columns, dim=1), torch.cat(weights, dim=0)
+    return inputs @ stacked if bias is None else torch.addmm(bias, inputs, stacked)
+
+
+def layer_normalized_preactivation(
+    x: Float[Tensor, "*batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"],
+    gain: Float[Tensor, " d_in"], bias: Float[Tensor, " d_in"], eps: float, restore_scale: bool,
+) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
+    """A linear encoder behind an input LayerNorm: ``n = (gain (x - mu) / s + bias) W + b`` with
+    ``s = sqrt(var(x) + eps)`` per token. Returns ``(s n, s)`` when the codes restore the scale
+    (their ``ReLU(s n) = s ReLU(n)`` decode linearly to raw activations; seed spec 003-S1, 004
+    input_ln) or ``(n, None)``. One product, no ``[rows, d_sae]`` normalization or scaling pass:
+    ``s n = (gain (x - mu)) W + s (bias W + b)``."""
+    leading = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1])
+    mean, variance = token_moments(rows)
+    scale = token_scale(variance, eps)
+    centred = gain * (rows - mean)
+    weights = [W_enc, (bias @ W_enc + b_enc).unsqueeze(0)]
+    if restore_scale:
+        pre = stacked_affine([centred, scale], weights)
+    else:
+        pre = stacked_affine([centred / scale, torch.ones_like(scale)], weights)
+    return pre.reshape(*leading, -1), (scale.reshape(*leading, 1) if restore_scale else None)
 
 
 def fraction_of_variance_unexplained(

@@ -5,7 +5,7 @@ Paper: ``shared/seeds/004_f2378fb877f8d5c5.txt``; spec with resolutions: ``seed-
     pre  = (x - b_dec) W_enc + b_enc
     h^_b = gamma_b (pre - mean pre) / s + beta_b,  s = std of pre over features      P1 (preact LN)
     h_b  = s ReLU(h^_b)                                               base, position-agnostic codes
-    D_r  = Dropout_0.1(LN_r(B_r ReLU(A_r ReLU(h^_b))))                P3, low rank, r = r(position)
+    D_r  = LN_r(B_r Dropout_0.1(ReLU(A_r ReLU(h^_b))))                P3, low rank, r = r(position)
     h_r  = s ReLU(h^_b + alpha_t D_r)                                 adapted codes (the features)
     x^   = h_r W_dec + b_dec                                          P4, unit decoder rows
     L    = ||x - x^||^2 + lambda (||h_b||_1 + alpha_t ||h_r - h_b||_1)                   P5
@@ -13,7 +13,9 @@ Paper: ``shared/seeds/004_f2378fb877f8d5c5.txt``; spec with resolutions: ``seed-
 ``r(p) = min(floor(p R / L), R - 1)`` over the training context L (P2). ``alpha_t`` is 0 for the
 first ``min(1000, 0.1 T)`` steps and ramps linearly to 1 at ``min(10000, 0.9 T)`` (P6); its final
 value is a buffer used at inference. Adapters have rank ``round(0.0375 d_in)`` by default, which
-gives the paper's stated ~15% parameter overhead at any width (spec d6).
+gives the paper's stated ~15% parameter overhead at any width (spec d6). Both LayerNorms and
+the scale restoration are evaluated inside matrix products (``position_aware_functional``), and
+rows are processed grouped by range, so the step costs about what a plain SAE's does.
 
 **Positions at inference** are the index along the sequence axis of a ``[batch, pos, d_in]``
 input (what ``HookedSAETransformer`` and SAELens's evals pass), plus ``position_offset`` when set
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from sae_lens.saes.sae import (
     SAE,
@@ -52,14 +55,13 @@ from sae_variants.architectures.optimizer_policy import attach_optimizer_policy,
 from sae_variants.architectures.position_aware_functional import (
     curriculum_alpha,
     position_ranges,
-    preactivation_layer_norm,
-    range_adapter,
+    preact_ln_codes_preactivation,
+    range_adapter_shift,
 )
 from sae_variants.architectures.saved_config import AcceptsSavedMetadata
-from sae_variants.architectures.seq_contrastive_functional import layer_normalize
 from sae_variants.functional import (
     fraction_of_variance_unexplained,
-    scale_restored_relu,
+    layer_normalized_preactivation,
     tangent_projected,
     unit_norm_rows,
 )
@@ -86,7 +88,9 @@ class PositionAwareArchitectureFields:
     adapter_ln: str = "output"
     """LayerNorm on the adapter output (eq. 3; "required" per the paper) or "none"."""
     adapter_dropout: float = 0.1
-    """Dropout on the adapter output in training (paper: 0.1; off in eval mode)."""
+    """Dropout in training (off in eval mode) on the adapter's rank-rho hidden layer (paper: 0.1
+    on its d_sae output; moved inside so that the adapter stays a rank-rho product and no
+    [batch, d_sae] random mask is drawn: that mask alone cost 20% of a standard step, issue 7)."""
     base_norm: str = "preact_ln"
     """"preact_ln": LayerNorm over the d_sae pre-activations (paper, eq. 2); "input_ln": over the
     input instead (the spec's fallback); "none": a plain ReLU base."""
@@ -94,6 +98,9 @@ class PositionAwareArchitectureFields:
     """Multiply codes by the scale the normalization removed, so decoding stays linear (spec d3)."""
     ln_eps: float = 1e-5
     """epsilon of the base normalization and the adapters' LayerNorm (> 0)."""
+    tied_init: bool = True
+    """Initialize W_enc as the transpose of the (orthogonal, unit-row) W_dec, as SAELens and most
+    SAE recipes do; False draws W_enc as an independent orthogonal matrix (the paper's code)."""
 
     def rank(self) -> int:
         return self.adapter_rank or max(1, round(0.0375 * self.d_in))  # type: ignore[attr-defined]
@@ -199,9 +206,12 @@ class PositionAwareEncoder:
         cfg, d_in, d_sae = self.cfg, self.cfg.d_in, self.cfg.d_sae
         kw = {"dtype": self.dtype, "device": self.device}
         # P8: orthogonal W_enc and W_dec, decoder rows renormalized (orthogonal columns leave rows
-        # of norm sqrt(d_in / d_sae), spec d13).
-        self.W_enc = nn.Parameter(nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw)))
+        # of norm sqrt(d_in / d_sae), spec d13). Tied: each feature starts reading the direction
+        # it writes; independent draws start encoder and decoder unrelated, which left 18% of the
+        # features dead at 1 M tokens (examples/results/position_aware-input_ln.md).
         self.W_dec = nn.Parameter(unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw))))
+        W_enc = self.W_dec.detach().T.clone() if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw))
+        self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
         if cfg.base_norm == "preact_ln":
@@ -265,56 +275,61 @@ class PositionAwareEncoder:
 
     # ----------------------------------------------------------------------------- encoder
 
-    def base_preactivations(
-        self, sae_in: Float[Tensor, "*batch d_in"]
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
-        """``h^_b`` (P1) and the scale the codes restore (None: raw codes)."""
+    def range_order(self, positions: Int[Tensor, " rows"]) -> tuple[Int[Tensor, " rows"], list[int]]:
+        """A stable order of the rows that groups them by position range, and each range's count:
+        in that order every range is one contiguous block of rows (a view, not a copy)."""
+        ranges = position_ranges(positions, self.cfg.position_context, self.cfg.n_ranges)
+        return torch.argsort(ranges, stable=True), torch.bincount(ranges, minlength=self.cfg.n_ranges).tolist()
+
+    def codes_preactivation(
+        self, sae_in: Float[Tensor, "rows d_in"]
+    ) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, "rows 1"] | None]:
+        """The base pre-activation whose ReLU are the base codes h_b (P1, with the restored scale
+        folded in), and that scale s (None: codes are not rescaled)."""
         cfg = self.cfg
+        if cfg.base_norm == "preact_ln":
+            return preact_ln_codes_preactivation(sae_in, self.W_enc, self.b_enc, self.base_ln_gain,
+                                                 self.base_ln_bias, cfg.ln_eps, cfg.restore_scale)
         if cfg.base_norm == "input_ln":
-            x, scale = layer_normalize(sae_in, self.input_ln_gain, self.input_ln_bias, cfg.ln_eps)
-            pre = x @ self.W_enc + self.b_enc
-        else:
-            pre = sae_in @ self.W_enc + self.b_enc
-            scale = None
-            if cfg.base_norm == "preact_ln":
-                pre, scale = preactivation_layer_norm(pre, self.base_ln_gain, self.base_ln_bias, cfg.ln_eps)
-        return pre, (scale if cfg.restore_scale else None)
+            return layer_normalized_preactivation(sae_in, self.W_enc, self.b_enc, self.input_ln_gain,
+                                                  self.input_ln_bias, cfg.ln_eps, cfg.restore_scale)
+        return torch.addmm(self.b_enc, sae_in, self.W_enc), None
 
-    def adapter_shift(
-        self, base_pre: Float[Tensor, "*batch d_sae"], positions: Int[Tensor, "*batch"]
-    ) -> Float[Tensor, "*batch d_sae"]:
-        """``D_r(p)`` for every row, each range's rows through its own adapter (one gather each)."""
+    def range_sorted_codes(
+        self, sae_in: Float[Tensor, "rows d_in"], counts: list[int], alpha: float
+    ) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, "rows d_sae"]]:
+        """(h_b, adapted pre-activation) for rows sorted by range, ``counts[r]`` rows of range r:
+        each range's block gets ``s alpha D_r`` added through its own adapter (P3); the adapted
+        codes h_r are the ReLU of the second."""
         cfg = self.cfg
-        flat = base_pre.reshape(-1, cfg.d_sae)
-        ranges = position_ranges(positions.reshape(-1), cfg.position_context, cfg.n_ranges)
-        u = torch.relu(flat)  # the scale-free base codes h_b / s
-        # Rows sorted by range once, each range's block through its adapter, then back in order:
-        # two gathers, instead of a full-size copy per range.
-        order = torch.argsort(ranges, stable=True)
-        counts = torch.bincount(ranges, minlength=cfg.n_ranges).tolist()
+        base_pre, scale = self.codes_preactivation(sae_in)
+        base_codes = torch.relu(base_pre)
+        if not cfg.adapters or alpha == 0.0:
+            return base_codes, base_pre
         with_ln = cfg.adapter_ln == "output"
-        blocks = []
-        for r, block in enumerate(u.index_select(0, order).split(counts)):
-            if block.shape[0] == 0:
+        blocks, start = [], 0
+        for r, count in enumerate(counts):
+            rows = slice(start, start + count)
+            start += count
+            if count == 0:
                 continue
-            blocks.append(range_adapter(
-                block, self.adapter_down[r], self.adapter_down_bias[r], self.adapter_up[r],
-                self.adapter_up_bias[r], self.adapter_ln_gain[r] if with_ln else None,
-                self.adapter_ln_bias[r] if with_ln else None, cfg.ln_eps,
-            ))
-        shift = torch.cat(blocks).index_select(0, torch.argsort(order))
-        return self.adapter_dropout(shift).reshape(base_pre.shape)
+            factors, up = range_adapter_shift(
+                base_codes[rows], None if scale is None else scale[rows], self.adapter_down[r],
+                self.adapter_down_bias[r], self.adapter_up[r], self.adapter_up_bias[r],
+                self.adapter_ln_gain[r] if with_ln else None, self.adapter_ln_bias[r] if with_ln else None,
+                cfg.ln_eps, alpha, self.adapter_dropout,
+            )
+            blocks.append(torch.addmm(base_pre[rows], factors, up))
+        return base_codes, torch.cat(blocks)
 
-    def adapted_preactivations(
-        self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: Tensor | float
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
-        """(h^_b, h^_b + alpha D_r(p), s): base and adapted pre-activations and the scale the codes
-        restore; the codes are ``scale_restored_relu`` of either (h_b and h_r)."""
-        base_pre, scale = self.base_preactivations(sae_in)
-        adapted_pre = base_pre
-        if self.cfg.adapters and float(alpha) != 0.0:
-            adapted_pre = base_pre + alpha * self.adapter_shift(base_pre, positions)
-        return base_pre, adapted_pre, scale
+    def adapted_preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: float
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """The adapted pre-activation (codes are its ReLU) in the input's own row order."""
+        rows = sae_in.reshape(-1, self.cfg.d_in)
+        order, counts = self.range_order(positions.reshape(-1))
+        _, adapted = self.range_sorted_codes(rows.index_select(0, order), counts, alpha)
+        return adapted.index_select(0, torch.argsort(order)).reshape(*sae_in.shape[:-1], self.cfg.d_sae)
 
     # ------------------------------------------------------------------------------- folds
 
@@ -362,8 +377,8 @@ class PositionAwareSAE(PositionAwareEncoder, SAE[PositionAwareSAEConfig]):
         self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
     ) -> Float[Tensor, "*batch d_sae"]:
         positions = self.resolve_positions(x, positions)
-        _, adapted_pre, scale = self.adapted_preactivations(self.process_sae_in(x), positions, self.alpha)
-        return self.hook_sae_acts_post(scale_restored_relu(self.hook_sae_acts_pre(adapted_pre), scale))
+        adapted_pre = self.adapted_preactivation(self.process_sae_in(x), positions, float(self.alpha))
+        return self.hook_sae_acts_post(torch.relu(self.hook_sae_acts_pre(adapted_pre)))
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
@@ -390,9 +405,9 @@ class PositionAwareTrainingSAE(
         self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
         positions = self.resolve_positions(x, positions)
-        _, adapted_pre, scale = self.adapted_preactivations(self.process_sae_in(x), positions, self.alpha)
+        adapted_pre = self.adapted_preactivation(self.process_sae_in(x), positions, float(self.alpha))
         adapted_pre = self.hook_sae_acts_pre(adapted_pre)
-        return self.hook_sae_acts_post(scale_restored_relu(adapted_pre, scale)), adapted_pre
+        return self.hook_sae_acts_post(torch.relu(adapted_pre)), adapted_pre
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
@@ -431,19 +446,23 @@ class PositionAwareTrainingSAE(
                 self.W_dec.copy_(unit_norm_rows(self.W_dec))
                 self.alpha.fill_(self.curriculum_value(step_input.n_training_steps))
         alpha = float(self.alpha)
-        base_pre, adapted_pre, scale = self.adapted_preactivations(self.process_sae_in(x), context.positions, alpha)
-        h_b = scale_restored_relu(base_pre, scale)
+        # Rows are processed grouped by range (every loss is a mean over rows, so their order is
+        # free); the step's outputs, sae_in included, are in that order.
+        order, counts = self.range_order(context.positions)
+        x = x.index_select(0, order)
+        h_b, adapted_pre = self.range_sorted_codes(self.process_sae_in(x), counts, alpha)
         # At alpha = 0 the adapted codes are the base codes: computed once.
-        h_r = h_b if adapted_pre is base_pre else scale_restored_relu(adapted_pre, scale)
+        h_r = h_b if alpha == 0.0 or not self.cfg.adapters else torch.relu(adapted_pre)
         feature_acts = self.hook_sae_acts_post(h_r)
         sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
         l1 = step_input.coefficients["l1"]
+        rows = x.shape[0]
         losses = {
             "mse_loss": (sae_out - x).pow(2).sum(dim=-1).mean(),
-            "l1_loss": l1 * h_b.sum(dim=-1).mean(),
+            "l1_loss": l1 * h_b.sum() / rows,
         }
-        if alpha > 0:
-            losses["deviation_loss"] = l1 * alpha * (h_r - h_b).abs().sum(dim=-1).mean()
+        if h_r is not h_b:
+            losses["deviation_loss"] = l1 * alpha * F.l1_loss(h_r, h_b, reduction="sum") / rows
         return TrainStepOutput(
             sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=adapted_pre,
             loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]

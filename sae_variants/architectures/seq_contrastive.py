@@ -48,14 +48,13 @@ from sae_variants.architectures.input_scale_fold import (
 )
 from sae_variants.architectures.saved_config import AcceptsSavedMetadata
 from sae_variants.architectures.seq_contrastive_functional import (
-    layer_normalize,
     masked_info_nce,
     sample_anchor_pairs,
     window_partners,
 )
 from sae_variants.functional import (
     fraction_of_variance_unexplained,
-    scale_restored_relu,
+    layer_normalized_preactivation,
     tangent_projected,
     unit_norm_rows,
 )
@@ -176,17 +175,15 @@ class SeqContrastiveEncoder:
             self.ln_gain = nn.Parameter(torch.ones(d_in, dtype=self.dtype, device=self.device))
             self.ln_bias = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
 
-    def encode_pre(
-        self, sae_in: Float[Tensor, "*batch d_in"]
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
-        """Pre-activations of ``x' = x - b_dec`` (already subtracted by ``process_sae_in``) and the
-        token scale the codes restore (None: raw codes)."""
-        x, scale = sae_in, None
-        if self.cfg.layer_norm:
-            x, token_scale = layer_normalize(sae_in, self.ln_gain, self.ln_bias, self.cfg.ln_eps)
-            if self.cfg.restore_scale:
-                scale = token_scale
-        return x @ self.W_enc + self.b_enc, scale
+    def encode_pre(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        """The pre-activation of ``x' = x - b_dec`` (subtracted by ``process_sae_in``) whose ReLU
+        are the codes (S1, with the token scale restored when ``restore_scale``)."""
+        if not self.cfg.layer_norm:
+            return sae_in @ self.W_enc + self.b_enc
+        # The restored scale rides inside the product (codes ReLU(s n) = s ReLU(n)): no
+        # [rows, d_sae] scaling pass (issue 6's step-time budget).
+        return layer_normalized_preactivation(sae_in, self.W_enc, self.b_enc, self.ln_gain, self.ln_bias,
+                                              self.cfg.ln_eps, self.cfg.restore_scale)[0]
 
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
@@ -204,8 +201,8 @@ class SeqContrastiveSAE(SeqContrastiveEncoder, SAE[SeqContrastiveSAEConfig]):
 
     @override
     def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        pre, scale = self.encode_pre(self.process_sae_in(x))
-        return self.hook_sae_acts_post(scale_restored_relu(self.hook_sae_acts_pre(pre), scale))
+        pre = self.encode_pre(self.process_sae_in(x))
+        return self.hook_sae_acts_post(torch.relu(self.hook_sae_acts_pre(pre)))
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
@@ -230,9 +227,8 @@ class SeqContrastiveTrainingSAE(
     def encode_with_hidden_pre(
         self, x: Float[Tensor, "*batch d_in"]
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        pre, scale = self.encode_pre(self.process_sae_in(x))
-        pre = self.hook_sae_acts_pre(pre)
-        return self.hook_sae_acts_post(scale_restored_relu(pre, scale)), pre
+        pre = self.hook_sae_acts_pre(self.encode_pre(self.process_sae_in(x)))
+        return self.hook_sae_acts_post(torch.relu(pre)), pre
 
     @override
     def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:

@@ -12,20 +12,6 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from sae_variants.functional import token_moments, token_scale
-
-
-def layer_normalize(
-    x: Float[Tensor, "*batch d_in"],
-    gain: Float[Tensor, " d_in"],
-    bias: Float[Tensor, " d_in"],
-    eps: float,
-) -> tuple[Float[Tensor, "*batch d_in"], Float[Tensor, "*batch 1"]]:
-    """S1: ``gain * (x - mu_x) / sigma_x + bias`` and the token scale ``sigma_x`` it removed."""
-    mean, variance = token_moments(x)
-    scale = token_scale(variance, eps)
-    return gain * (x - mean) / scale + bias, scale
-
 
 def window_partners(
     positions: Int[Tensor, " rows"],

@@ -64,17 +64,48 @@ def test_curriculum_is_base_only_then_a_linear_ramp_in_fractions_of_the_run() ->
     assert curriculum_alpha(10_000, 50_000, 0.1, 0.9) == 1.0
 
 
-def test_at_alpha_zero_the_codes_are_the_scale_restored_preactivation_layer_norm() -> None:
-    sae = _sae(alpha=0.0)
-    with torch.no_grad():
-        sae.b_dec.copy_(torch.randn(D_IN))
-        sae.base_ln_gain.copy_(torch.rand(D_SAE) + 0.5)
-    x = _contexts()
-    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-    s = torch.sqrt(pre.var(-1, keepdim=True, unbiased=False) + 1e-5)
-    expected = s * torch.relu(sae.base_ln_gain * (pre - pre.mean(-1, keepdim=True)) / s + sae.base_ln_bias)
-    with torch.no_grad():
-        torch.testing.assert_close(sae.encode(x), expected)
+def _literal_codes(sae: PositionAwareTrainingSAE, x: torch.Tensor) -> torch.Tensor:
+    """Spec §6 P1-P3 written out literally (every LayerNorm over its full axis, the scale
+    multiplied back after the ReLU): the reference the product-form encoder must equal."""
+    cfg = sae.cfg
+    x = x - sae.b_dec
+    if cfg.base_norm == "input_ln":
+        s = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + cfg.ln_eps)
+        pre = (sae.input_ln_gain * (x - x.mean(-1, keepdim=True)) / s + sae.input_ln_bias) @ sae.W_enc + sae.b_enc
+    else:
+        pre = x @ sae.W_enc + sae.b_enc
+        s = torch.ones_like(pre[..., :1])
+        if cfg.base_norm == "preact_ln":
+            s = torch.sqrt(pre.var(-1, keepdim=True, unbiased=False) + cfg.ln_eps)
+            pre = sae.base_ln_gain * (pre - pre.mean(-1, keepdim=True)) / s + sae.base_ln_bias
+    if not cfg.restore_scale:
+        s = torch.ones_like(s)
+    ranges = torch.arange(x.shape[1]) * cfg.n_ranges // cfg.position_context
+    shift = torch.zeros_like(pre)
+    for r in range(cfg.n_ranges):
+        hidden = torch.relu(torch.relu(pre[:, ranges == r]) @ sae.adapter_down[r] + sae.adapter_down_bias[r])
+        out = hidden @ sae.adapter_up[r] + sae.adapter_up_bias[r]
+        if cfg.adapter_ln == "output":
+            out = torch.nn.functional.layer_norm(out, (D_SAE,), sae.adapter_ln_gain[r], sae.adapter_ln_bias[r],
+                                                 cfg.ln_eps)
+        shift[:, ranges == r] = out
+    return s * torch.relu(pre + sae.alpha * shift)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"restore_scale": False}, {"adapter_ln": "none"}, {"base_norm": "input_ln"},
+    {"base_norm": "input_ln", "restore_scale": False}, {"base_norm": "none"}, {"base_norm": "none", "adapter_ln": "none"},
+])
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_product_form_encoder_equals_the_spec_formulas(options: dict[str, Any], alpha: float) -> None:
+    sae = _sae(alpha=alpha, **options)
+    with torch.no_grad():  # move every parameter off its initial value so each one matters
+        for parameter in sae.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+        if options.get("adapter_ln") != "none":
+            sae.adapter_ln_gain.abs_().add_(0.5)
+        x = _contexts()
+        torch.testing.assert_close(sae.encode(x), _literal_codes(sae, x), rtol=1e-4, atol=1e-4)
 
 
 def test_each_row_goes_through_its_own_ranges_adapter_only() -> None:
@@ -134,6 +165,28 @@ def test_training_step_follows_the_curriculum_and_adds_the_deviation_penalty() -
     unset.train()
     with pytest.raises(ValueError, match="total_training_steps"):
         _step(unset, x, positions, step=0)
+
+
+def test_training_step_losses_are_the_spec_loss_on_rows_grouped_by_range() -> None:
+    sae = _sae(alpha=0.0, adapter_dropout=0.0)  # no dropout: the step is deterministic
+    sae.train()
+    x = _contexts()
+    flat = x.reshape(-1, D_IN)
+    positions = torch.arange(flat.shape[0]) % CONTEXT
+    out = _step(sae, flat, positions, step=50)
+    alpha = curriculum_alpha(50, 100, 0.1, 0.9)
+    h_r = _literal_codes(sae, x).reshape(-1, D_SAE)
+    sae.alpha.fill_(0.0)
+    h_b = _literal_codes(sae, x).reshape(-1, D_SAE)
+    x_hat = h_r @ sae.W_dec + sae.b_dec
+    with torch.no_grad():
+        torch.testing.assert_close(out.losses["mse_loss"], (x_hat - flat).pow(2).sum(-1).mean())
+        torch.testing.assert_close(out.losses["l1_loss"], 0.04 * h_b.sum(-1).mean())
+        torch.testing.assert_close(out.losses["deviation_loss"], 0.04 * alpha * (h_r - h_b).abs().sum(-1).mean())
+    # The outputs are in range order, consistently: each output row is the row it came from.
+    order = torch.argsort(positions * 4 // CONTEXT, stable=True)
+    torch.testing.assert_close(out.sae_in, flat[order])
+    torch.testing.assert_close(out.feature_acts, h_r[order].detach(), rtol=1e-4, atol=1e-4)
 
 
 def test_weight_decay_is_decoupled_and_only_on_the_encoder_and_adapter_matrices() -> None:
