@@ -210,7 +210,7 @@ class PositionAwareEncoder:
         # it writes; independent draws start encoder and decoder unrelated, which left 18% of the
         # features dead at 1 M tokens (examples/results/position_aware-input_ln.md).
         self.W_dec = nn.Parameter(unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw))))
-        W_enc = self.W_dec.detach().T.clone() if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw))
+        W_enc = self.W_dec.detach().T.contiguous() if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw))
         self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))

@@ -50,6 +50,7 @@ from sae_variants.architectures.saved_config import AcceptsSavedMetadata
 from sae_variants.architectures.seq_contrastive_functional import (
     masked_info_nce,
     sample_anchor_pairs,
+    soft_support,
     window_partners,
 )
 from sae_variants.functional import (
@@ -60,6 +61,8 @@ from sae_variants.functional import (
 )
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout, TokenContext
 from sae_variants.validation import require_fields
+
+CONTRASTIVE_SIMILARITIES = ("codes", "support")
 
 
 @dataclass(kw_only=True)
@@ -119,6 +122,12 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
     """Pairs sampled per step, each used in both directions: the InfoNCE costs
     2 x pairs x batch similarities whatever the batch size (>= 1). 64 keeps the training step
     within 1.3x SAELens standard's at d_sae 4096 and batch 4096 (README, benchmark)."""
+    contrastive_similarity: str = "codes"
+    """What the InfoNCE compares: ``"codes"``, the cosine of the codes (paper, S5), or
+    ``"support"``, the cosine of their soft supports ``1 - exp(-f_i / kappa_i)`` (kappa_i: feature
+    i's mean non-zero code in the batch), which counts every active feature about equally, as the contextual
+    consistency metric (a Jaccard of active sets) does; the cosine of codes is dominated by a
+    token's few largest features."""
     positions_per_context: int | None = 8
     """P: rows per context in a training batch (paper: 8, so batch/P contexts per batch); None
     serves whole contexts."""
@@ -146,6 +155,9 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
         require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
         require_fields(self, ("l1_warm_up_steps", "contrastive_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
         require_fields(self, ("temperature",), lambda v: v > 0, "> 0")
+        if self.contrastive_similarity not in CONTRASTIVE_SIMILARITIES:
+            raise ValueError(f"contrastive_similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}; "
+                             f"got {self.contrastive_similarity!r}")
         require_fields(self, ("positive_window", "contrastive_pairs"), lambda v: v >= 1, ">= 1")
         self.sequence_layout()  # validates positions_per_context and position_sampling
 
@@ -281,7 +293,8 @@ class SeqContrastiveTrainingSAE(
         partners = window_partners(context.positions, context.sequence_ids, self.cfg.positive_window)
         has_code = (feature_acts.detach() > 0).any(dim=-1)
         anchors, mates = sample_anchor_pairs(partners, has_code, self.cfg.contrastive_pairs)
-        return masked_info_nce(feature_acts, anchors, mates, context.sequence_ids, self.cfg.temperature)
+        compared = feature_acts if self.cfg.contrastive_similarity == "codes" else soft_support(feature_acts)
+        return masked_info_nce(compared, anchors, mates, context.sequence_ids, self.cfg.temperature)
 
 
 __all__ = [

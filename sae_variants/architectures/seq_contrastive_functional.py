@@ -66,6 +66,17 @@ def sample_anchor_pairs(
     return torch.cat([candidates, mates]), torch.cat([mates, candidates])
 
 
+def soft_support(codes: Float[Tensor, "rows d_sae"]) -> Float[Tensor, "rows d_sae"]:
+    """``1 - exp(-f_i / kappa_i)``, kappa_i the mean non-zero code of feature i in the batch (a
+    constant of the step): a differentiable stand-in for the active set, about 0.63 for a feature
+    firing at its typical strength whatever that strength is, 0 for an inactive one. Cosines of
+    soft supports approach the overlap ``|A n B| / sqrt(|A| |B|)`` of the active sets."""
+    detached = codes.detach()
+    fires = (detached > 0).sum(dim=0)
+    kappa = torch.where(fires > 0, detached.sum(dim=0) / fires.clamp_min(1), torch.ones_like(detached[0]))
+    return -torch.expm1(-codes / kappa)
+
+
 def masked_info_nce(
     codes: Float[Tensor, "rows d_sae"],
     anchors: Int[Tensor, " anchors"],

@@ -18,6 +18,7 @@ from sae_variants import (
 from sae_variants.architectures.seq_contrastive_functional import (
     masked_info_nce,
     sample_anchor_pairs,
+    soft_support,
     window_partners,
 )
 from sae_variants.integrations.training import TrainRequest, build_runner_config
@@ -56,7 +57,8 @@ def _step(sae: SeqContrastiveTrainingSAE, x: torch.Tensor, context: TokenContext
 def test_config_rejects_bad_values() -> None:
     for field, value in [("ln_eps", 0.0), ("l1_coefficient", -1.0), ("contrastive_coefficient", -0.1),
                          ("temperature", 0.0), ("positive_window", 0), ("contrastive_pairs", 0),
-                         ("contrastive_warm_up_steps", -1), ("normalize_activations", "covariance_whitening")]:
+                         ("contrastive_warm_up_steps", -1), ("contrastive_similarity", "dot"),
+                         ("normalize_activations", "covariance_whitening")]:
         cfg = SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=field):
@@ -152,9 +154,23 @@ def test_info_nce_matches_a_loop_over_anchors_and_masks_self_and_same_sequence()
     assert math.isclose(float(accuracy), sum(hits) / len(hits))
 
 
-def test_contrastive_term_follows_its_coefficient_and_pulls_positives_together() -> None:
+def test_soft_support_counts_active_features_about_equally() -> None:
+    codes = torch.tensor([[0.0, 0.5, 1.0, 8.0], [0.0, 0.0, 2.0, 0.1]])
+    kappa = torch.tensor([1.0, 0.5, 1.5, 4.05])  # feature 0 never fires: its kappa is irrelevant
+    torch.testing.assert_close(soft_support(codes), 1 - torch.exp(-codes / kappa))
+    assert (soft_support(codes)[codes == 0] == 0).all()
+    # One dominant feature decides the cosine of codes, not the cosine of supports: these two rows
+    # share one of their three features, by far the largest of each.
+    a, b = torch.tensor([[9.0, 0.2, 0.2, 0.0, 0.0]]), torch.tensor([[9.0, 0.0, 0.0, 0.2, 0.2]])
+    code_cosine = torch.cosine_similarity(a, b)
+    support_cosine = torch.cosine_similarity(soft_support(torch.cat([a, b]))[:1], soft_support(torch.cat([a, b]))[1:])
+    assert code_cosine > 0.99 and support_cosine < 0.34
+
+
+@pytest.mark.parametrize("similarity", ["codes", "support"])
+def test_contrastive_term_follows_its_coefficient_and_pulls_positives_together(similarity: str) -> None:
     x, context = _batch(shared=0.4)
-    sae = _sae(contrastive_pairs=64)
+    sae = _sae(contrastive_pairs=64, contrastive_similarity=similarity)
     out = _step(sae, x, context, contrastive=0.0)
     assert "contrastive_loss" not in out.losses
     torch.manual_seed(5)
