@@ -99,8 +99,9 @@ class PositionAwareArchitectureFields:
     ln_eps: float = 1e-5
     """epsilon of the base normalization and the adapters' LayerNorm (> 0)."""
     tied_init: bool = True
-    """Initialize W_enc as the transpose of the (orthogonal, unit-row) W_dec, as SAELens and most
-    SAE recipes do; False draws W_enc as an independent orthogonal matrix (the paper's code)."""
+    """Initialize W_enc as ``decoder_init_norm`` (SAELens's 0.1) times the transpose of the
+    orthogonal, unit-row W_dec, as SAELens's standard SAE starts; False draws W_enc as an
+    independent orthogonal matrix (the paper's code)."""
 
     def rank(self) -> int:
         return self.adapter_rank or max(1, round(0.0375 * self.d_in))  # type: ignore[attr-defined]
@@ -207,10 +208,14 @@ class PositionAwareEncoder:
         kw = {"dtype": self.dtype, "device": self.device}
         # P8: orthogonal W_enc and W_dec, decoder rows renormalized (orthogonal columns leave rows
         # of norm sqrt(d_in / d_sae), spec d13). Tied: each feature starts reading the direction
-        # it writes; independent draws start encoder and decoder unrelated, which left 18% of the
-        # features dead at 1 M tokens (examples/results/position_aware-input_ln.md).
+        # it writes, at SAELens's heuristic scale (decoder_init_norm, 0.1) so that the L1 term
+        # starts as weak as in SAELens's standard SAE. An independent unit-scale W_enc (the
+        # paper's code) left 18-33% of the features dead at 1 M tokens (issue 7).
         self.W_dec = nn.Parameter(unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw))))
-        W_enc = self.W_dec.detach().T.contiguous() if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw))
+        if cfg.tied_init:
+            W_enc = self.W_dec.detach().T.contiguous() * (getattr(cfg, "decoder_init_norm", None) or 1.0)
+        else:
+            W_enc = nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw))
         self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))

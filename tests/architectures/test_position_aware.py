@@ -233,3 +233,12 @@ def test_pipeline_fills_in_the_run_length_and_context() -> None:
     runner_cfg, preset = build_runner_config(TrainRequest(architecture="position_aware", d_sae=512))
     assert runner_cfg.sae.total_training_steps == preset.training_tokens // preset.train_batch_size_tokens
     assert runner_cfg.sae.position_context == preset.context_size
+
+
+def test_tied_init_starts_like_saelens_standard() -> None:
+    sae = _sae()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
+    torch.testing.assert_close(sae.W_enc, sae.cfg.decoder_init_norm * sae.W_dec.T)
+    assert sae.W_enc.is_contiguous()  # safetensors refuses strided views on save
+    independent = _sae(tied_init=False)
+    assert independent.W_enc.T.mul(independent.W_dec).sum(1).abs().mean() < 0.5
