@@ -332,6 +332,8 @@ class PositionAwareEncoder:
     ) -> Float[Tensor, "*batch d_sae"]:
         """The adapted pre-activation (codes are its ReLU) in the input's own row order."""
         rows = sae_in.reshape(-1, self.cfg.d_in)
+        if not self.cfg.adapters or alpha == 0.0:  # position-agnostic: no reordering needed
+            return self.codes_preactivation(rows)[0].reshape(*sae_in.shape[:-1], self.cfg.d_sae)
         order, counts = self.range_order(positions.reshape(-1))
         _, adapted = self.range_sorted_codes(rows.index_select(0, order), counts, alpha)
         return adapted.index_select(0, torch.argsort(order)).reshape(*sae_in.shape[:-1], self.cfg.d_sae)
