@@ -312,19 +312,20 @@ class PositionAwareEncoder:
         if not cfg.adapters or alpha == 0.0:
             return base_codes, base_pre
         with_ln = cfg.adapter_ln == "output"
-        blocks, start = [], 0
-        for r, count in enumerate(counts):
-            rows = slice(start, start + count)
-            start += count
-            if count == 0:
+        # split() gives views whose backward is one concatenation; indexing each block instead
+        # would make autograd zero-fill and copy a full-size gradient per block.
+        scales = [None] * len(counts) if scale is None else scale.split(counts)
+        blocks = []
+        for r, (pre_r, codes_r, scale_r) in enumerate(zip(base_pre.split(counts), base_codes.split(counts), scales,
+                                                          strict=True)):
+            if pre_r.shape[0] == 0:
                 continue
             factors, up = range_adapter_shift(
-                base_codes[rows], None if scale is None else scale[rows], self.adapter_down[r],
-                self.adapter_down_bias[r], self.adapter_up[r], self.adapter_up_bias[r],
-                self.adapter_ln_gain[r] if with_ln else None, self.adapter_ln_bias[r] if with_ln else None,
-                cfg.ln_eps, alpha, self.adapter_dropout,
+                codes_r, scale_r, self.adapter_down[r], self.adapter_down_bias[r], self.adapter_up[r],
+                self.adapter_up_bias[r], self.adapter_ln_gain[r] if with_ln else None,
+                self.adapter_ln_bias[r] if with_ln else None, cfg.ln_eps, alpha, self.adapter_dropout,
             )
-            blocks.append(torch.addmm(base_pre[rows], factors, up))
+            blocks.append(torch.addmm(pre_r, factors, up))
         return base_codes, torch.cat(blocks)
 
     def adapted_preactivation(
