@@ -14,8 +14,9 @@ Paper: ``shared/seeds/004_f2378fb877f8d5c5.txt``; spec with resolutions: ``seed-
 first ``min(1000, 0.1 T)`` steps and ramps linearly to 1 at ``min(10000, 0.9 T)`` (P6); its final
 value is a buffer used at inference. Adapters have rank ``round(0.0375 d_in)`` by default, which
 gives the paper's stated ~15% parameter overhead at any width (spec d6). Both LayerNorms and
-the scale restoration are evaluated inside matrix products (``position_aware_functional``), and
-rows are processed grouped by range, so the step costs about what a plain SAE's does.
+the scale restoration are evaluated inside matrix products (``position_aware_functional``), every
+row's adapter shift enters through one block-sparse product, and the codes' penalties have a
+hand-written backward, so the step costs little more than a plain SAE's.
 
 **Positions at inference** are the index along the sequence axis of a ``[batch, pos, d_in]``
 input (what ``HookedSAETransformer`` and SAELens's evals pass), plus ``position_offset`` when set
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from sae_lens.saes.sae import (
     SAE,
@@ -53,6 +53,7 @@ from sae_variants.architectures.input_scale_fold import (
 )
 from sae_variants.architectures.optimizer_policy import attach_optimizer_policy, optimizer_holds
 from sae_variants.architectures.position_aware_functional import (
+    codes_and_penalties,
     curriculum_alpha,
     position_ranges,
     preact_ln_codes_preactivation,
@@ -280,12 +281,6 @@ class PositionAwareEncoder:
 
     # ----------------------------------------------------------------------------- encoder
 
-    def range_order(self, positions: Int[Tensor, " rows"]) -> tuple[Int[Tensor, " rows"], list[int]]:
-        """A stable order of the rows that groups them by position range, and each range's count:
-        in that order every range is one contiguous block of rows (a view, not a copy)."""
-        ranges = position_ranges(positions, self.cfg.position_context, self.cfg.n_ranges)
-        return torch.argsort(ranges, stable=True), torch.bincount(ranges, minlength=self.cfg.n_ranges).tolist()
-
     def codes_preactivation(
         self, sae_in: Float[Tensor, "rows d_in"]
     ) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, "rows 1"] | None]:
@@ -300,44 +295,31 @@ class PositionAwareEncoder:
                                                   self.input_ln_bias, cfg.ln_eps, cfg.restore_scale)
         return torch.addmm(self.b_enc, sae_in, self.W_enc), None
 
-    def range_sorted_codes(
-        self, sae_in: Float[Tensor, "rows d_in"], counts: list[int], alpha: float
+    def base_and_adapted(
+        self, sae_in: Float[Tensor, "rows d_in"], positions: Int[Tensor, " rows"], alpha: float
     ) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, "rows d_sae"]]:
-        """(h_b, adapted pre-activation) for rows sorted by range, ``counts[r]`` rows of range r:
-        each range's block gets ``s alpha D_r`` added through its own adapter (P3); the adapted
-        codes h_r are the ReLU of the second."""
+        """(h_b, adapted pre-activation): every row's ``s alpha D_r(p)`` (P3) added to its base
+        pre-activation by one product; the adapted codes h_r are the ReLU of the second."""
         cfg = self.cfg
         base_pre, scale = self.codes_preactivation(sae_in)
         base_codes = torch.relu(base_pre)
         if not cfg.adapters or alpha == 0.0:
             return base_codes, base_pre
         with_ln = cfg.adapter_ln == "output"
-        # split() gives views whose backward is one concatenation; indexing each block instead
-        # would make autograd zero-fill and copy a full-size gradient per block.
-        scales = [None] * len(counts) if scale is None else scale.split(counts)
-        blocks = []
-        for r, (pre_r, codes_r, scale_r) in enumerate(zip(base_pre.split(counts), base_codes.split(counts), scales,
-                                                          strict=True)):
-            if pre_r.shape[0] == 0:
-                continue
-            factors, up = range_adapter_shift(
-                codes_r, scale_r, self.adapter_down[r], self.adapter_down_bias[r], self.adapter_up[r],
-                self.adapter_up_bias[r], self.adapter_ln_gain[r] if with_ln else None,
-                self.adapter_ln_bias[r] if with_ln else None, cfg.ln_eps, alpha, self.adapter_dropout,
-            )
-            blocks.append(torch.addmm(pre_r, factors, up))
-        return base_codes, torch.cat(blocks)
+        factors, blocks = range_adapter_shift(
+            base_codes, scale, position_ranges(positions, cfg.position_context, cfg.n_ranges),
+            self.adapter_down, self.adapter_down_bias, self.adapter_up, self.adapter_up_bias,
+            self.adapter_ln_gain if with_ln else None, self.adapter_ln_bias if with_ln else None,
+            cfg.ln_eps, alpha, self.adapter_dropout,
+        )
+        return base_codes, torch.addmm(base_pre, factors, blocks)
 
     def adapted_preactivation(
         self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: float
     ) -> Float[Tensor, "*batch d_sae"]:
-        """The adapted pre-activation (codes are its ReLU) in the input's own row order."""
-        rows = sae_in.reshape(-1, self.cfg.d_in)
-        if not self.cfg.adapters or alpha == 0.0:  # position-agnostic: no reordering needed
-            return self.codes_preactivation(rows)[0].reshape(*sae_in.shape[:-1], self.cfg.d_sae)
-        order, counts = self.range_order(positions.reshape(-1))
-        _, adapted = self.range_sorted_codes(rows.index_select(0, order), counts, alpha)
-        return adapted.index_select(0, torch.argsort(order)).reshape(*sae_in.shape[:-1], self.cfg.d_sae)
+        """The adapted pre-activation (codes are its ReLU) for any leading shape."""
+        _, adapted = self.base_and_adapted(sae_in.reshape(-1, self.cfg.d_in), positions.reshape(-1), alpha)
+        return adapted.reshape(*sae_in.shape[:-1], self.cfg.d_sae)
 
     # ------------------------------------------------------------------------------- folds
 
@@ -454,23 +436,21 @@ class PositionAwareTrainingSAE(
                 self.W_dec.copy_(unit_norm_rows(self.W_dec))
                 self.alpha.fill_(self.curriculum_value(step_input.n_training_steps))
         alpha = float(self.alpha)
-        # Rows are processed grouped by range (every loss is a mean over rows, so their order is
-        # free); the step's outputs, sae_in included, are in that order.
-        order, counts = self.range_order(context.positions)
-        x = x.index_select(0, order)
-        h_b, adapted_pre = self.range_sorted_codes(self.process_sae_in(x), counts, alpha)
-        # At alpha = 0 the adapted codes are the base codes: computed once.
-        h_r = h_b if alpha == 0.0 or not self.cfg.adapters else torch.relu(adapted_pre)
+        h_b, adapted_pre = self.base_and_adapted(self.process_sae_in(x), context.positions, alpha)
+        rows = x.shape[0]
+        if adapted_pre is h_b or alpha == 0.0 or not self.cfg.adapters:  # alpha = 0: h_r is h_b
+            h_r, l1_sum, deviation_sum = h_b, h_b.sum(), None
+        else:
+            h_r, l1_sum, deviation_sum = codes_and_penalties(h_b, adapted_pre)
         feature_acts = self.hook_sae_acts_post(h_r)
         sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
         l1 = step_input.coefficients["l1"]
-        rows = x.shape[0]
         losses = {
             "mse_loss": (sae_out - x).pow(2).sum(dim=-1).mean(),
-            "l1_loss": l1 * h_b.sum() / rows,
+            "l1_loss": l1 * l1_sum / rows,
         }
-        if h_r is not h_b:
-            losses["deviation_loss"] = l1 * alpha * F.l1_loss(h_r, h_b, reduction="sum") / rows
+        if deviation_sum is not None:
+            losses["deviation_loss"] = l1 * alpha * deviation_sum / rows
         return TrainStepOutput(
             sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=adapted_pre,
             loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]

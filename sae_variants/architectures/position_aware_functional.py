@@ -14,7 +14,10 @@ the spec's literal formula.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -74,32 +77,82 @@ def preact_ln_codes_preactivation(
 def range_adapter_shift(
     base_codes: Float[Tensor, "rows d_sae"],
     scale: Float[Tensor, "rows 1"] | None,
-    down: Float[Tensor, "d_sae rank"],
-    down_bias: Float[Tensor, " rank"],
-    up: Float[Tensor, "rank d_sae"],
-    up_bias: Float[Tensor, " d_sae"],
-    ln_gain: Float[Tensor, " d_sae"] | None,
-    ln_bias: Float[Tensor, " d_sae"] | None,
+    ranges: Int[Tensor, " rows"],
+    down: Float[Tensor, "n_ranges d_sae rank"],
+    down_bias: Float[Tensor, "n_ranges rank"],
+    up: Float[Tensor, "n_ranges rank d_sae"],
+    up_bias: Float[Tensor, "n_ranges d_sae"],
+    ln_gain: Float[Tensor, "n_ranges d_sae"] | None,
+    ln_bias: Float[Tensor, "n_ranges d_sae"] | None,
     eps: float,
     alpha: float,
     hidden_dropout: nn.Dropout | None = None,
-) -> tuple[Float[Tensor, "rows k"], Float[Tensor, "k d_sae"]]:
-    """P3 for one range, as factors ``(Z, U)`` with ``Z @ U = s alpha LN(B z + c)``,
-    ``z = Dropout(ReLU(A (h_b / s) + a))`` (``s = 1`` when ``scale`` is None; LN skipped when
-    ``ln_gain`` is None). The LayerNorm's moments over d_sae come from a rank x rank Gram matrix,
-    so the caller adds the shift to the pre-activations in one ``addmm``."""
-    hidden = base_codes @ down
+) -> tuple[Float[Tensor, "rows factors"], Float[Tensor, "factors d_sae"]]:
+    """P3 for every row through its own range's adapter, as factors ``(Z, U)`` with
+    ``(Z @ U)[b] = s_b alpha LN_r(B_r z_b + c_r)``, ``z_b = Dropout(ReLU(A_r (h_b / s_b) + a_r))``,
+    ``r = ranges[b]`` (``s = 1`` when ``scale`` is None; no LN when ``ln_gain`` is None).
+
+    ``Z`` is block-sparse (row b is zero outside range r's block of columns) and ``U`` stacks the
+    ranges' blocks, so the caller adds every row's shift to its pre-activation in one ``addmm``:
+    the ``[rows, d_sae]`` tensors are each read or written once, rows stay in place. The
+    LayerNorm's moments over d_sae come from each range's rank x rank Gram matrix."""
+    n_ranges, d_sae, rank = down.shape
+    rows = torch.arange(base_codes.shape[0], device=base_codes.device)
+    # Every range's down-projection in one product (rank x n_ranges thin), then each row's own.
+    hidden = (base_codes @ down.permute(1, 0, 2).reshape(d_sae, n_ranges * rank)).view(-1, n_ranges, rank)
+    hidden = hidden[rows, ranges]
     if scale is not None:
         hidden = hidden / scale
-    hidden = torch.relu(hidden + down_bias)
+    hidden = torch.relu(hidden + down_bias[ranges])
     if hidden_dropout is not None:
         hidden = hidden_dropout(hidden)
     row_factor = alpha if scale is None else alpha * scale
     ones = torch.ones_like(hidden[:, :1])
     if ln_gain is None:
-        return torch.cat([hidden, ones], dim=1) * row_factor, torch.cat([up, up_bias.unsqueeze(0)])
-    assert ln_bias is not None
-    up_c, up_bias_c = _centred_over_features(up, up_bias)
-    inverse_std = torch.rsqrt(_centred_second_moment(hidden, up_c, up_bias_c) + eps)
-    factors = torch.cat([hidden * inverse_std, inverse_std, ones], dim=1) * row_factor
-    return factors, torch.cat([up_c * ln_gain, (up_bias_c * ln_gain).unsqueeze(0), ln_bias.unsqueeze(0)])
+        factors = torch.cat([hidden, ones], dim=1) * row_factor
+        blocks = torch.cat([up, up_bias.unsqueeze(1)], dim=1)
+    else:
+        assert ln_bias is not None
+        up_c, up_bias_c = up - up.mean(dim=2, keepdim=True), up_bias - up_bias.mean(dim=1, keepdim=True)
+        # mean_i (z B_c + c_c)_i^2 = (z G z + 2 z . B_c c_c + c_c . c_c) / d_sae, G = B_c B_c^T
+        gram, cross, offset = up_c @ up_c.transpose(1, 2), (up_c @ up_bias_c.unsqueeze(2)).squeeze(2), \
+            (up_bias_c * up_bias_c).sum(dim=1)
+        variance = (torch.einsum("bk,bkl,bl->b", hidden, gram[ranges], hidden)
+                    + 2.0 * (hidden * cross[ranges]).sum(dim=1) + offset[ranges]) / d_sae
+        inverse_std = torch.rsqrt(variance.clamp_min(0.0) + eps).unsqueeze(1)
+        factors = torch.cat([hidden * inverse_std, inverse_std, ones], dim=1) * row_factor
+        blocks = torch.cat([up_c * ln_gain.unsqueeze(1), (up_bias_c * ln_gain).unsqueeze(1), ln_bias.unsqueeze(1)], dim=1)
+    width = factors.shape[1]
+    placed = factors.unsqueeze(1) * F.one_hot(ranges, n_ranges).to(factors.dtype).unsqueeze(2)
+    return placed.reshape(-1, n_ranges * width), blocks.reshape(n_ranges * width, d_sae)
+
+
+class _CodesAndPenalties(torch.autograd.Function):
+    """Forward: ``h_r = ReLU(adapted_pre)``, ``sum h_b`` and ``sum |h_r - h_b|``. Backward in four
+    passes over ``[rows, d_sae]`` (autograd's own graph of relu, subtraction, abs and two sums
+    takes about twice as many, issue 7's step-time budget)."""
+
+    @staticmethod
+    def forward(ctx: Any, base_codes: Tensor, adapted_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        codes = torch.relu(adapted_pre)
+        sign = codes - base_codes
+        deviation = torch.linalg.vector_norm(sign, ord=1)
+        sign.sign_()
+        ctx.save_for_backward(sign, adapted_pre > 0)
+        return codes, base_codes.sum(), deviation
+
+    @staticmethod
+    def backward(ctx: Any, grad_codes: Tensor, grad_l1: Tensor, grad_deviation: Tensor) -> tuple[Tensor, Tensor]:
+        sign, active = ctx.saved_tensors
+        c_l1, c_dev = float(grad_l1), float(grad_deviation)
+        grad_adapted = torch.add(grad_codes, sign, alpha=c_dev).mul_(active)
+        grad_base = torch.mul(sign, -c_dev).add_(c_l1)
+        return grad_base, grad_adapted
+
+
+def codes_and_penalties(
+    base_codes: Float[Tensor, "rows d_sae"], adapted_pre: Float[Tensor, "rows d_sae"]
+) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, ""], Float[Tensor, ""]]:
+    """P5's ingredients: the adapted codes ``h_r = ReLU(adapted_pre)``, ``sum ||h_b||_1`` and
+    ``sum ||h_r - h_b||_1`` over the rows (codes are non-negative, so ``||h_b||_1 = sum h_b``)."""
+    return _CodesAndPenalties.apply(base_codes, adapted_pre)
