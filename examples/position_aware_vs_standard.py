@@ -1,6 +1,6 @@
 """PositionAwareSAE against SAELens's standard SAE on the embedded model, at matched L0.
 
-    python examples/position_aware_vs_standard.py [--tokens 2000000] [--initial-value 1.0]
+    python examples/position_aware_vs_standard.py [--tokens 1000000] [--initial-value 0.64]
 
 Both SAEs train on blocks.1.hook_resid_post with d_sae 2048 and the same token budget; the
 standard SAE at the demo's L1 coefficient, the position-aware SAE through the sequence-aware
@@ -10,7 +10,8 @@ the fraction of variance unexplained in each quarter of the context (integration
 for both SAEs, and the adapters' measured parameter overhead.
 
 Finished runs are reused on a re-run. Results go to examples/results/position_aware.{json,md}
-(``--base-norm input_ln``: position_aware-input_ln.{json,md}).
+(``--base-norm preact_ln``: position_aware-preact_ln.{json,md}; ``--set KEY=VALUE`` adds
+``-KEY=VALUE`` to the name).
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_los
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
-    parser.add_argument("--initial-value", type=float, default=1.0, help="first lambda tried")
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE")
+    parser.add_argument("--initial-value", type=float, default=0.64, help="first lambda tried")
     parser.add_argument("--max-attempts", type=int, default=4, help="calibration runs at most")
-    parser.add_argument("--base-norm", default="preact_ln", choices=["preact_ln", "input_ln", "none"],
-                        help="the base encoder's normalization (paper: preact_ln; spec fallback: input_ln)")
+    parser.add_argument("--base-norm", default="input_ln", choices=["preact_ln", "input_ln", "none"],
+                        help="the base encoder's normalization (default input_ln, the spec's fallback; "
+                             "the paper's: preact_ln)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another position_aware option (an ablation); named in the results file")
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
@@ -58,10 +60,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     extra = parse_options(args.set)
-    name = "-".join([ARCHITECTURE, *([args.base_norm] if args.base_norm != "preact_ln" else []),
+    name = "-".join([ARCHITECTURE, *([args.base_norm] if args.base_norm != "input_ln" else []),
                      *(f"{k}={v}" for k, v in sorted(extra.items()))])
     options: dict[str, Any] = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]), **extra}
-    if args.base_norm != "preact_ln":
+    if args.base_norm != "input_ln":
         options["base_norm"] = args.base_norm
     model = load_model(EMBEDDED_MODEL_NAME)
     standard = train_standard_reference(args.work_dir, args.tokens, model)

@@ -176,13 +176,11 @@ class SeqContrastiveEncoder:
     def initialize_weights(self) -> None:
         assert isinstance(self, nn.Module)
         d_in, d_sae = self.cfg.d_in, self.cfg.d_sae
-        # SAELens's standard start (W_enc = W_dec^T at decoder_init_norm, 0.1, zero biases) with
-        # unit decoder rows, so the comparison with `standard` differs only in what the paper
-        # adds: codes start small and the L1 term weak, as there. (A unit-scale W_enc left 14% of
-        # the features dead at 1 M tokens against standard's 1.5%, issue 6.)
+        # SAELens's standard start (W_enc = W_dec^T, zero biases) with unit decoder rows, so the
+        # comparison with `standard` differs mainly in what the paper adds.
         W_dec = unit_norm_rows(torch.empty(d_sae, d_in, dtype=self.dtype, device=self.device).uniform_(-1, 1))
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.contiguous() * (getattr(self.cfg, "decoder_init_norm", None) or 1.0))
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=self.dtype, device=self.device))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
         if self.cfg.layer_norm:

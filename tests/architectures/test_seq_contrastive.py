@@ -233,7 +233,7 @@ def test_pipeline_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
     assert explicit.sae.contrastive_warm_up_steps == 7
 
 
-def test_init_is_saelens_standards_start_with_unit_decoder_rows() -> None:
+def test_init_is_tied_with_unit_decoder_rows() -> None:
     sae = _sae()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
-    torch.testing.assert_close(sae.W_enc, sae.cfg.decoder_init_norm * sae.W_dec.T)
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
