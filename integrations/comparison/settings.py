@@ -72,8 +72,8 @@ ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
         # Reactivation every 100 steps: the spec's 1000-step window is longer than these runs.
         ArchitecturePlan("multiscale_norm", "paper 001", "l1_coefficient", 2.5, l0_slope=0.63,
                          options={"dead_window_steps": 100}),
-        ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.67),
-        ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 1.3),
+        ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.8),
+        ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 0.9),
     )
 }
 ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURE_PLANS)
