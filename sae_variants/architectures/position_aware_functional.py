@@ -38,23 +38,23 @@ def curriculum_alpha(step: int, total_steps: int, warm_up_fraction: float, end_f
     return float(min(1.0, max(0.0, (step - start) / (end - start))))
 
 
-def _centred_second_moment(
-    inputs: Float[Tensor, "rows k"], weight_c: Float[Tensor, "k d_sae"], bias_c: Float[Tensor, " d_sae"]
-) -> Float[Tensor, "rows 1"]:
-    """``mean_i (inputs W_c + b_c)_i^2`` without forming the ``[rows, d_sae]`` product: a
-    quadratic form in the k inputs (``W_c``, ``b_c`` centred over the d_sae axis, so this is the
-    biased variance LayerNorm uses)."""
-    d_sae = weight_c.shape[1]
-    gram = weight_c @ weight_c.T  # [k, k]
-    quadratic = ((inputs @ gram) * inputs).sum(dim=1, keepdim=True)
-    cross = 2.0 * inputs @ (weight_c @ bias_c).unsqueeze(1)
-    return ((quadratic + cross + bias_c.dot(bias_c)) / d_sae).clamp_min(0.0)
-
-
 def _centred_over_features(
-    weight: Float[Tensor, "k d_sae"], bias: Float[Tensor, " d_sae"]
-) -> tuple[Float[Tensor, "k d_sae"], Float[Tensor, " d_sae"]]:
-    return weight - weight.mean(dim=1, keepdim=True), bias - bias.mean()
+    weight: Float[Tensor, "*group k d_sae"], bias: Float[Tensor, "*group d_sae"]
+) -> tuple[Float[Tensor, "*group k d_sae"], Float[Tensor, "*group d_sae"]]:
+    """``W`` and ``b`` minus their means over the d_sae axis: ``z W_c + b_c`` is ``z W + b``
+    centred over the features, as a LayerNorm over them centres it."""
+    return weight - weight.mean(dim=-1, keepdim=True), bias - bias.mean(dim=-1, keepdim=True)
+
+
+def _second_moment_form(
+    weight_c: Float[Tensor, "*group k d_sae"], bias_c: Float[Tensor, "*group d_sae"]
+) -> tuple[Float[Tensor, "*group k k"], Float[Tensor, "*group k"], Float[Tensor, "*group"]]:
+    """``(G, l, c)`` with ``mean_i (z W_c + b_c)_i^2 = z G z + l . z + c`` for any k-vector z:
+    the biased variance a LayerNorm over the d_sae outputs uses, without forming them."""
+    d_sae = weight_c.shape[-1]
+    gram = weight_c @ weight_c.transpose(-1, -2) / d_sae
+    linear = 2.0 * (weight_c @ bias_c.unsqueeze(-1)).squeeze(-1) / d_sae
+    return gram, linear, (bias_c * bias_c).sum(dim=-1) / d_sae
 
 
 def preact_ln_codes_preactivation(
@@ -66,7 +66,9 @@ def preact_ln_codes_preactivation(
     ``(n, None)``. ``s n = x (W_c gain) + b_c gain + s bias``, with ``s`` from a d_in x d_in
     quadratic form."""
     W_c, b_c = _centred_over_features(W_enc, b_enc)
-    scale = torch.sqrt(_centred_second_moment(x, W_c, b_c) + eps)
+    gram, linear, constant = _second_moment_form(W_c, b_c)
+    variance = ((x @ gram) * x).sum(dim=1, keepdim=True) + (x @ linear).unsqueeze(1) + constant
+    scale = torch.sqrt(variance.clamp_min(0.0) + eps)
     weights = [W_c * gain, (b_c * gain).unsqueeze(0), bias.unsqueeze(0)]
     if restore_scale:
         return stacked_affine([x, torch.ones_like(scale), scale], weights), scale
@@ -113,12 +115,10 @@ def range_adapter_shift(
         blocks = torch.cat([up, up_bias.unsqueeze(1)], dim=1)
     else:
         assert ln_bias is not None
-        up_c, up_bias_c = up - up.mean(dim=2, keepdim=True), up_bias - up_bias.mean(dim=1, keepdim=True)
-        # mean_i (z B_c + c_c)_i^2 = (z G z + 2 z . B_c c_c + c_c . c_c) / d_sae, G = B_c B_c^T
-        gram, cross, offset = up_c @ up_c.transpose(1, 2), (up_c @ up_bias_c.unsqueeze(2)).squeeze(2), \
-            (up_bias_c * up_bias_c).sum(dim=1)
+        up_c, up_bias_c = _centred_over_features(up, up_bias)
+        gram, linear, constant = _second_moment_form(up_c, up_bias_c)  # one form per range
         variance = (torch.einsum("bk,bkl,bl->b", hidden, gram[ranges], hidden)
-                    + 2.0 * (hidden * cross[ranges]).sum(dim=1) + offset[ranges]) / d_sae
+                    + (hidden * linear[ranges]).sum(dim=1) + constant[ranges])
         inverse_std = torch.rsqrt(variance.clamp_min(0.0) + eps).unsqueeze(1)
         factors = torch.cat([hidden * inverse_std, inverse_std, ones], dim=1) * row_factor
         blocks = torch.cat([up_c * ln_gain.unsqueeze(1), (up_bias_c * ln_gain).unsqueeze(1), ln_bias.unsqueeze(1)], dim=1)
