@@ -295,6 +295,10 @@ class PositionAwareEncoder:
                                                   self.input_ln_bias, cfg.ln_eps, cfg.restore_scale)
         return torch.addmm(self.b_enc, sae_in, self.W_enc), None
 
+    def adapters_act(self, alpha: float) -> bool:
+        """Whether the adapters change anything: off, or at alpha = 0, h_r is h_b."""
+        return self.cfg.adapters and alpha != 0.0
+
     def base_and_adapted(
         self, sae_in: Float[Tensor, "rows d_in"], positions: Int[Tensor, " rows"], alpha: float
     ) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, "rows d_sae"]]:
@@ -303,7 +307,7 @@ class PositionAwareEncoder:
         cfg = self.cfg
         base_pre, scale = self.codes_preactivation(sae_in)
         base_codes = torch.relu(base_pre)
-        if not cfg.adapters or alpha == 0.0:
+        if not self.adapters_act(alpha):
             return base_codes, base_pre
         with_ln = cfg.adapter_ln == "output"
         factors, blocks = range_adapter_shift(
@@ -438,10 +442,10 @@ class PositionAwareTrainingSAE(
         alpha = float(self.alpha)
         h_b, adapted_pre = self.base_and_adapted(self.process_sae_in(x), context.positions, alpha)
         rows = x.shape[0]
-        if adapted_pre is h_b or alpha == 0.0 or not self.cfg.adapters:  # alpha = 0: h_r is h_b
-            h_r, l1_sum, deviation_sum = h_b, h_b.sum(), None
-        else:
+        if self.adapters_act(alpha):
             h_r, l1_sum, deviation_sum = codes_and_penalties(h_b, adapted_pre)
+        else:
+            h_r, l1_sum, deviation_sum = h_b, h_b.sum(), None
         feature_acts = self.hook_sae_acts_post(h_r)
         sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
         l1 = step_input.coefficients["l1"]
