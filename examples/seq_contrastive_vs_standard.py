@@ -10,8 +10,8 @@ consistency (integrations/consistency.py: mean Jaccard of active feature sets of
 positions apart in one context, over that of random tokens from different contexts).
 
 Variants at the calibrated lambda (``--variants``) separate what each ingredient does: the
-contrastive term off (layer normalization only), a lower temperature, a stronger term, more
-pairs, and the cosine of soft supports instead of codes. Their L0 is reported, not re-matched.
+contrastive term off (layer normalization only) and a lower temperature. Their L0 is reported,
+not re-matched.
 
 Finished runs are reused on a re-run. Results go to examples/results/seq_contrastive.{json,md}.
 """
@@ -46,14 +46,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no contrastive term (layer norm only)": {"contrastive_coefficient": 0.0},
     "temperature 0.1 (the paper's first run)": {"temperature": 0.1},
     "temperature 0.1, weight 1.0": {"temperature": 0.1, "contrastive_coefficient": 1.0},
-    "temperature 0.1, weight 1.0, 256 pairs": {"temperature": 0.1, "contrastive_coefficient": 1.0,
-                                               "contrastive_pairs": 256},
-    "soft supports, temperature 0.1, weight 1.0, 256 pairs": {
-        "contrastive_similarity": "support", "temperature": 0.1, "contrastive_coefficient": 1.0,
-        "contrastive_pairs": 256},
-    "soft supports, temperature 0.1, weight 5.0, 256 pairs": {
-        "contrastive_similarity": "support", "temperature": 0.1, "contrastive_coefficient": 5.0,
-        "contrastive_pairs": 256},
 }
 CONSISTENCY = ("contextual_consistency", "window_jaccard", "cross_sequence_jaccard")
 COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_loss_score", "kl_div_score",
@@ -90,8 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     variant_rows = []
     for name in tqdm(args.variants, desc="variants", unit="run"):
-        path = args.work_dir / f"{ARCHITECTURE}_variants" / name.split(" (")[0].replace(" ", "_").replace(",", "") \
-            / f"{args.tokens}_tokens"
+        path = args.work_dir / f"{ARCHITECTURE}_variants" / name.split(" (")[0].replace(" ", "_").replace(",", "")
         request = TrainRequest(
             architecture=ARCHITECTURE, output_path=path, overwrite=True, training_tokens=args.tokens,
             expansion_factor=8, sae_options={**options, "l1_coefficient": l1, **VARIANTS[name]},
