@@ -63,16 +63,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     extra = parse_options(args.set)
-    name = "-".join([ARCHITECTURE, *([args.base_norm] if args.base_norm != "input_ln" else []),
-                     *(f"{k}={v}" for k, v in sorted(extra.items())),
-                     *([f"standard_l1={args.standard_l1:g}"] if args.standard_l1 is not None else [])])
+    # The variant's runs are named by its own options (shared across references); the results by
+    # the options and the reference.
+    run_name = "-".join([ARCHITECTURE, *([args.base_norm] if args.base_norm != "input_ln" else []),
+                         *(f"{k}={v}" for k, v in sorted(extra.items()))])
+    name = run_name if args.standard_l1 is None else f"{run_name}-standard_l1={args.standard_l1:g}"
     options: dict[str, Any] = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]), **extra}
     if args.base_norm != "input_ln":
         options["base_norm"] = args.base_norm
     model = load_model(EMBEDDED_MODEL_NAME)
     standard = train_standard_reference(args.work_dir, args.tokens, model, l1_coefficient=args.standard_l1)
     matched = train_at_target_l0(
-        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / name.split("-standard_l1")[0], sae_options=options,
+        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / run_name, sae_options=options,
                      training_tokens=args.tokens, expansion_factor=8),
         target_l0=standard.result.metrics["l0"], initial_value=args.initial_value, model=model,
         max_attempts=args.max_attempts,
