@@ -43,13 +43,12 @@ def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor
 
 
 def stacked_affine(
-    columns: list[Float[Tensor, "rows _"]], weights: list[Float[Tensor, "_ d_sae"]],
-    bias: Float[Tensor, " d_sae"] | None = None,
+    columns: list[Float[Tensor, "rows _"]], weights: list[Float[Tensor, "_ d_sae"]]
 ) -> Float[Tensor, "rows d_sae"]:
-    """``[c_1 | c_2 | ...] @ [W_1; W_2; ...] (+ bias)``: one matrix product (one pass over the
-    ``[rows, d_sae]`` output) for a sum of terms that share the output."""
-    inputs, stacked = torch.cat(columns, dim=1), torch.cat(weights, dim=0)
-    return inputs @ stacked if bias is None else torch.addmm(bias, inputs, stacked)
+    """``[c_1 | c_2 | ...] @ [W_1; W_2; ...]``: one matrix product (one pass over the
+    ``[rows, d_sae]`` output) for a sum of terms that share the output; a bias is a column of
+    ones against it."""
+    return torch.cat(columns, dim=1) @ torch.cat(weights, dim=0)
 
 
 def layer_normalized_preactivation(
