@@ -6,7 +6,7 @@ Every run trains the sequence-contrastive SAE on the embedded model (blocks.1.ho
 d_sae 2048, the demo preset) at one fixed lambda, so the rows differ only in the contrastive term:
 off (the control), the paper's cosine of codes or the cosine of soft supports
 (``contrastive_similarity="support"``), temperature 0.1, weight 1 or 5, 64 or 256 pairs per
-step. L0 is reported, not re-matched: a term that changes L0 changes both Jaccard overlaps, so read
+step, all strangers or only the 16 hardest in the denominator (``hard_negatives``). L0 is reported, not re-matched: a term that changes L0 changes both Jaccard overlaps, so read
 the consistency ratio next to L0. Finished runs and evaluations are reused on a re-run.
 
 Results go to examples/results/seq_contrastive_sweep.{json,md}.
@@ -39,6 +39,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     "codes_t0.1_w1_p256": {"temperature": 0.1, "contrastive_coefficient": 1.0, "contrastive_pairs": 256},
     "support_t0.1_w5_p256": {"contrastive_similarity": "support", "temperature": 0.1,
                              "contrastive_coefficient": 5.0, "contrastive_pairs": 256},
+    "support_t0.1_w1_p256_hard16": {"contrastive_similarity": "support", "temperature": 0.1,
+                                    "contrastive_coefficient": 1.0, "contrastive_pairs": 256, "hard_negatives": 16},
+    "codes_t0.1_w1_p256_hard16": {"temperature": 0.1, "contrastive_coefficient": 1.0, "contrastive_pairs": 256,
+                                  "hard_negatives": 16},
 }
 COLUMNS = ("run", "l0", "explained_variance", "ce_loss_score", "dead_fraction", "contextual_consistency",
            "window_jaccard", "cross_sequence_jaccard")

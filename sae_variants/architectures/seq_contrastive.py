@@ -128,6 +128,9 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
     i's mean non-zero code in the batch), which counts every active feature about equally, as the contextual
     consistency metric (a Jaccard of active sets) does; the cosine of codes is dominated by a
     token's few largest features."""
+    hard_negatives: int | None = None
+    """k: keep only each anchor's k most similar rows of other sequences in the InfoNCE
+    denominator (spec d10, "targeted negative sampling"); None (paper) keeps them all (>= 1)."""
     positions_per_context: int | None = 8
     """P: rows per context in a training batch (paper: 8, so batch/P contexts per batch); None
     serves whole contexts."""
@@ -159,6 +162,8 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
             raise ValueError(f"contrastive_similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}; "
                              f"got {self.contrastive_similarity!r}")
         require_fields(self, ("positive_window", "contrastive_pairs"), lambda v: v >= 1, ">= 1")
+        if self.hard_negatives is not None:
+            require_fields(self, ("hard_negatives",), lambda v: v >= 1, ">= 1 (or None for all)")
         self.sequence_layout()  # validates positions_per_context and position_sampling
 
 
@@ -294,7 +299,8 @@ class SeqContrastiveTrainingSAE(
         has_code = (feature_acts.detach() > 0).any(dim=-1)
         anchors, mates = sample_anchor_pairs(partners, has_code, self.cfg.contrastive_pairs)
         compared = feature_acts if self.cfg.contrastive_similarity == "codes" else soft_support(feature_acts)
-        return masked_info_nce(compared, anchors, mates, context.sequence_ids, self.cfg.temperature)
+        return masked_info_nce(compared, anchors, mates, context.sequence_ids, self.cfg.temperature,
+                               self.cfg.hard_negatives)
 
 
 __all__ = [

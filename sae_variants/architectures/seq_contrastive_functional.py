@@ -83,11 +83,16 @@ def masked_info_nce(
     partners: Int[Tensor, " anchors"],
     sequence_ids: Int[Tensor, " rows"],
     temperature: float,
+    hard_negatives: int | None = None,
 ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
     """S5: mean over anchors with a non-zero code of ``-s(b, p(b)) + logsumexp_k(s(b, k) + M(b, k))``
     with ``s`` the cosine of codes over ``temperature``; ``M`` is ``-inf`` on the anchor itself
     and on its sequence's other rows, 0 elsewhere. Also returns the top-1 retrieval accuracy of
     the positive among the unmasked candidates (the spec's contrastive diagnostic).
+
+    ``hard_negatives=k`` (spec d10) keeps only each anchor's k most similar other-sequence rows
+    in the denominator beside its positive, so the gradient goes to the strangers the anchor is
+    most confused with rather than spreading over thousands of easy ones.
 
     Returns zeros when no anchor has a non-zero code (nothing to contrast).
     """
@@ -110,6 +115,14 @@ def masked_info_nce(
     masked[rows, anchors] = True  # ...and the anchor never pairs with itself
     logits = similarity.masked_fill(masked, float("-inf"))
     positive = logits[rows, partners]
+    if hard_negatives is not None:
+        negatives = logits.clone()
+        negatives[rows, partners] = float("-inf")
+        hardest = negatives.topk(min(hard_negatives, negatives.shape[1]), dim=-1).values
+        loss = (torch.logsumexp(torch.cat([positive.unsqueeze(1), hardest], dim=1), dim=-1) - positive).mean()
+        # Retrieved when it beats every stranger, i.e. the hardest one.
+        accuracy = (positive > hardest[:, 0]).float().mean()
+        return loss, accuracy.detach()
     loss = (torch.logsumexp(logits, dim=-1) - positive).mean()
     accuracy = (logits.argmax(dim=-1) == partners).float().mean()
     return loss, accuracy.detach()

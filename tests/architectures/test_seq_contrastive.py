@@ -57,7 +57,7 @@ def _step(sae: SeqContrastiveTrainingSAE, x: torch.Tensor, context: TokenContext
 def test_config_rejects_bad_values() -> None:
     for field, value in [("ln_eps", 0.0), ("l1_coefficient", -1.0), ("contrastive_coefficient", -0.1),
                          ("temperature", 0.0), ("positive_window", 0), ("contrastive_pairs", 0),
-                         ("contrastive_warm_up_steps", -1), ("contrastive_similarity", "dot"),
+                         ("contrastive_warm_up_steps", -1), ("contrastive_similarity", "dot"), ("hard_negatives", 0),
                          ("normalize_activations", "covariance_whitening")]:
         cfg = SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(cfg, field, value)
@@ -154,6 +154,28 @@ def test_info_nce_matches_a_loop_over_anchors_and_masks_self_and_same_sequence()
     assert math.isclose(float(accuracy), sum(hits) / len(hits))
 
 
+def test_hard_negatives_keep_only_the_most_similar_strangers() -> None:
+    generator = torch.Generator().manual_seed(3)
+    codes = torch.relu(torch.randn(12, 20, generator=generator))
+    sequences = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    anchors, partners = torch.tensor([0, 1, 3, 9]), torch.tensor([1, 0, 5, 10])
+    temperature, k = 0.5, 3
+    loss, accuracy = masked_info_nce(codes, anchors, partners, sequences, temperature, hard_negatives=k)
+    unit = codes / codes.norm(dim=-1, keepdim=True)
+    terms, hits = [], []
+    for a, p in zip(anchors.tolist(), partners.tolist(), strict=True):
+        strangers = sorted((float(unit[a] @ unit[j]) / temperature for j in range(12) if sequences[j] != sequences[a]),
+                           reverse=True)[:k]
+        positive = unit[a] @ unit[p] / temperature
+        terms.append(torch.logsumexp(torch.cat([positive.view(1), torch.tensor(strangers)]), 0) - positive)
+        hits.append(float(positive) > strangers[0])
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+    assert math.isclose(float(accuracy), sum(hits) / len(hits))
+    # With k at least the number of strangers it is the full InfoNCE.
+    full, _ = masked_info_nce(codes, anchors, partners, sequences, temperature)
+    torch.testing.assert_close(masked_info_nce(codes, anchors, partners, sequences, temperature, 50)[0], full)
+
+
 def test_soft_support_counts_active_features_about_equally() -> None:
     codes = torch.tensor([[0.0, 0.5, 1.0, 8.0], [0.0, 0.0, 2.0, 0.1]])
     kappa = torch.tensor([1.0, 0.5, 1.5, 4.05])  # feature 0 never fires: its kappa is irrelevant
@@ -168,10 +190,12 @@ def test_soft_support_counts_active_features_about_equally() -> None:
     assert support_cosine < 0.34
 
 
-@pytest.mark.parametrize("similarity", ["codes", "support"])
-def test_contrastive_term_follows_its_coefficient_and_pulls_positives_together(similarity: str) -> None:
+@pytest.mark.parametrize(("similarity", "hard_negatives"), [("codes", None), ("support", None), ("codes", 8)])
+def test_contrastive_term_follows_its_coefficient_and_pulls_positives_together(
+    similarity: str, hard_negatives: int | None
+) -> None:
     x, context = _batch(shared=0.4)
-    sae = _sae(contrastive_pairs=64, contrastive_similarity=similarity)
+    sae = _sae(contrastive_pairs=64, contrastive_similarity=similarity, hard_negatives=hard_negatives)
     out = _step(sae, x, context, contrastive=0.0)
     assert "contrastive_loss" not in out.losses
     torch.manual_seed(5)
