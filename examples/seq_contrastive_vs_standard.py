@@ -1,9 +1,9 @@
 """SeqContrastiveSAE against SAELens's standard SAE on the embedded model, at matched L0.
 
-    python examples/seq_contrastive_vs_standard.py [--tokens 2000000] [--initial-value 1.0]
+    python examples/seq_contrastive_vs_standard.py [--tokens 2000000] [--initial-value 1.0] [--layer 2]
 
-Both SAEs train on blocks.1.hook_resid_post with d_sae 2048 and the same token budget; the
-standard SAE at the demo's L1 coefficient, the sequence-contrastive SAE through the
+Both SAEs train on blocks.1.hook_resid_post (``--layer``: another block's) with d_sae 2048 and
+the same token budget; the standard SAE at the demo's L1 coefficient, the sequence-contrastive SAE through the
 sequence-aware pipeline with its lambda calibrated until held-out L0 is within 10% of the
 standard's. Both are evaluated with `sae-variants evaluate`'s metrics, which include contextual
 consistency (integrations/consistency.py: mean Jaccard of active feature sets of tokens at most 8
@@ -13,7 +13,8 @@ Variants at the calibrated lambda (``--variants``) separate what each ingredient
 contrastive term off (layer normalization only) and a lower temperature. Their L0 is reported,
 not re-matched.
 
-Finished runs are reused on a re-run. Results go to examples/results/seq_contrastive.{json,md}.
+Finished runs are reused on a re-run. Results go to examples/results/seq_contrastive.{json,md}
+(``seq_contrastive-layer{N}.{json,md}`` with ``--layer N``).
 """
 
 from __future__ import annotations
@@ -58,19 +59,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
     parser.add_argument("--initial-value", type=float, default=1.0, help="first lambda tried")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--layer", type=int, default=None,
+                        help="train on the residual stream after this block (default: the middle one, 1)")
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
-    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="default sae_runs/qucl_vs_standard, or sae_runs/layer{N}_vs_standard with --layer")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.work_dir is None:
+        args.work_dir = Path("sae_runs/qucl_vs_standard" if args.layer is None else f"sae_runs/layer{args.layer}_vs_standard")
+    stem = ARCHITECTURE if args.layer is None else f"{ARCHITECTURE}-layer{args.layer}"
 
     model = load_model(EMBEDDED_MODEL_NAME)
     warm_up = int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])
-    standard = train_standard_reference(args.work_dir, args.tokens, model)
+    standard = train_standard_reference(args.work_dir, args.tokens, model, layer=args.layer)
     target = standard.result.metrics["l0"]
     options = {"l1_warm_up_steps": warm_up}
     matched = train_at_target_l0(
         TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / ARCHITECTURE,
-                     sae_options=options, training_tokens=args.tokens, expansion_factor=8),
+                     sae_options=options, training_tokens=args.tokens, expansion_factor=8, layer=args.layer),
         target_l0=target, initial_value=args.initial_value, model=model,
     )
     l1 = matched.attempts[-1].knob_value
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         path = args.work_dir / f"{ARCHITECTURE}_variants" / name.split(" (")[0].replace(" ", "_").replace(",", "")
         request = TrainRequest(
             architecture=ARCHITECTURE, output_path=path, overwrite=True, training_tokens=args.tokens,
-            expansion_factor=8, sae_options={**options, "l1_coefficient": l1, **VARIANTS[name]},
+            expansion_factor=8, layer=args.layer, sae_options={**options, "l1_coefficient": l1, **VARIANTS[name]},
         )
         train_or_reuse(request)
         metrics = evaluate_sae(path, model=model, n_batches=8).metrics
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "date": date.today().isoformat(),
         "command": " ".join(["python examples/seq_contrastive_vs_standard.py",
                              *(sys.argv[1:] if argv is None else argv)]),
+        "hook_name": standard.result.hook_name,
         "training_tokens": args.tokens,
         "rows": rows,
         "calibration": [vars(a) for a in matched.attempts],
@@ -105,9 +113,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "variants": variant_rows,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "seq_contrastive.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     sections = [
-        f"# SeqContrastiveSAE vs standard ({report['date']})", f"`{report['command'].strip()}`",
+        f"# SeqContrastiveSAE vs standard, {report['hook_name']} ({report['date']})", f"`{report['command'].strip()}`",
         markdown_table(rows, COLUMNS),
         f"contextual consistency / standard's: {report['consistency_over_standard']:.3f}; "
         f"EV gap {report['explained_variance_gap']:+.4f}, CE-score gap {report['ce_loss_score_gap']:+.4f}, "
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"## Variants at lambda = {l1:.4g} ({args.tokens} tokens each, L0 not re-matched)",
         markdown_table(variant_rows, VARIANT_COLUMNS),
     ]
-    (args.results / "seq_contrastive.md").write_text("\n\n".join(sections) + "\n")
+    (args.results / f"{stem}.md").write_text("\n\n".join(sections) + "\n")
     print("\n\n".join(sections[2:]))
     return report
 

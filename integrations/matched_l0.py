@@ -238,14 +238,15 @@ def train_at_target_l0(
 
 def train_standard_reference(work_dir: Path, training_tokens: int,
                              model: HookedSAETransformer | None = None,
-                             l1_coefficient: float | None = None) -> MatchedRun:
+                             l1_coefficient: float | None = None, layer: int | None = None) -> MatchedRun:
     """SAELens ``standard`` at the demo's L1 settings (or ``l1_coefficient``) in
-    ``work_dir / "standard"``: the reference whose L0 a comparison matches every variant to
-    (reused when already trained)."""
+    ``work_dir / "standard"``, on the residual stream after block ``layer`` (None: the middle
+    one): the reference whose L0 a comparison matches every variant to (reused when already
+    trained)."""
     return train_at_target_l0(
         TrainRequest(architecture="standard", output_path=Path(work_dir) / "standard",
                      sae_options={"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])},
-                     training_tokens=training_tokens, expansion_factor=8),
+                     training_tokens=training_tokens, expansion_factor=8, layer=layer),
         target_l0=None, model=model,
         initial_value=float(DEMO_SAE_OPTIONS["l1_coefficient"]) if l1_coefficient is None else l1_coefficient,
     )
