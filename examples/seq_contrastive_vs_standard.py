@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from datetime import date
 from pathlib import Path
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python examples/seq_contrastive_vs_standard.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "examples/seq_contrastive_vs_standard.py",
+                               *(sys.argv[1:] if argv is None else argv)]),
         "hook_name": standard.result.hook_name,
         "training_tokens": args.tokens,
         "rows": rows,
