@@ -90,6 +90,11 @@ class PositionAwareArchitectureFields:
     """rho, the adapters' hidden width; None means round(0.0375 d_in) (about 15% overhead)."""
     adapter_ln: str = "output"
     """LayerNorm on the adapter output (eq. 3; "required" per the paper) or "none"."""
+    adapter_ln_gain_init: float = 1.0
+    """Initial gain of the adapters' output LayerNorm (PyTorch's default, 1.0). The LN'd output
+    has unit variance over the features, as large as the normalized base pre-activations, so
+    at gain 1 each adapter shifts every feature by about its own typical pre-activation once
+    the curriculum reaches it (> 0)."""
     adapter_dropout: float = 0.1
     """Dropout in training (off in eval mode) on the adapter's rank-rho hidden layer (paper: 0.1
     on its d_sae output; moved inside so that the adapter stays a rank-rho product and no
@@ -112,7 +117,7 @@ class PositionAwareArchitectureFields:
 
     def _validate_architecture(self) -> None:
         require_fields(self, ("position_context", "n_ranges"), lambda v: v >= 1, ">= 1")
-        require_fields(self, ("ln_eps",), lambda v: v > 0, "> 0")
+        require_fields(self, ("ln_eps", "adapter_ln_gain_init"), lambda v: v > 0, "> 0")
         require_fields(self, ("adapter_dropout",), lambda v: 0 <= v < 1, "in [0, 1)")
         if self.adapter_rank is not None and self.adapter_rank < 1:
             raise ValueError(f"adapter_rank must be >= 1 or None, got {self.adapter_rank}")
@@ -238,7 +243,7 @@ class PositionAwareEncoder:
             self.adapter_up = uniform(ranges, rank, d_sae, fan_in=rank)
             self.adapter_up_bias = uniform(ranges, d_sae, fan_in=rank)
             if cfg.adapter_ln == "output":
-                self.adapter_ln_gain = nn.Parameter(torch.ones(ranges, d_sae, **kw))
+                self.adapter_ln_gain = nn.Parameter(torch.full((ranges, d_sae), cfg.adapter_ln_gain_init, **kw))
                 self.adapter_ln_bias = nn.Parameter(torch.zeros(ranges, d_sae, **kw))
             self.adapter_dropout = nn.Dropout(cfg.adapter_dropout)
         # The curriculum coefficient reached in training; inference uses it (0 until trained).

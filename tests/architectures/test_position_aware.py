@@ -44,7 +44,7 @@ def _step(sae: PositionAwareTrainingSAE, x: torch.Tensor, positions: torch.Tenso
 
 def test_config_rejects_bad_values() -> None:
     for field, value in [("n_ranges", 0), ("position_context", 0), ("ln_eps", 0.0), ("adapter_dropout", 1.0),
-                         ("adapter_rank", 0), ("base_norm", "batchnorm"), ("adapter_ln", "input"),
+                         ("adapter_rank", 0), ("base_norm", "batchnorm"), ("adapter_ln", "input"), ("adapter_ln_gain_init", 0.0),
                          ("l1_coefficient", -1.0), ("weight_decay", -1.0), ("curriculum_end_fraction", 0.05),
                          ("total_training_steps", 0), ("normalize_activations", "covariance_whitening")]:
         cfg = PositionAwareTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
@@ -263,3 +263,12 @@ def test_codes_and_penalties_backward_equals_autograds() -> None:
                                     (base_codes, adapted_pre))
     for got, expected in zip(fused, reference, strict=True):
         torch.testing.assert_close(got, expected)
+
+
+def test_adapter_ln_gain_starts_at_its_configured_value() -> None:
+    sae = _sae(adapter_ln_gain_init=0.25)
+    assert torch.equal(sae.adapter_ln_gain, torch.full_like(sae.adapter_ln_gain, 0.25))
+    x = _contexts()
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), _literal_codes(sae, x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(sae.encode(x), _sae().encode(x))  # the gain reaches the codes
