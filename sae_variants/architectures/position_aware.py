@@ -94,9 +94,10 @@ class PositionAwareArchitectureFields:
     """Initial gain of the adapters' output LayerNorm (> 0; the paper's code used PyTorch's 1.0).
     The LN'd output has unit variance over the features, as large as the normalized base
     pre-activations, so at gain 1 each adapter shifts every feature by about its own typical
-    pre-activation once the curriculum reaches it: on the embedded model that left 36% of the
-    features dead and FVU 14% below SAELens standard's at matched L0; at 0.1, 12% dead and FVU
-    19% below (issue 7, README)."""
+    pre-activation once the curriculum reaches it: on the embedded model that left 37% of the
+    features dead and FVU 15% below SAELens standard's at matched L0; at 0.1, 11-12% dead and
+    FVU 19-21% below (issue 7, README). Loading a saved SAE reads the trained gain, so this only
+    matters for training."""
     adapter_dropout: float = 0.1
     """Dropout in training (off in eval mode) on the adapter's rank-rho hidden layer (paper: 0.1
     on its d_sae output; moved inside so that the adapter stays a rank-rho product and no
