@@ -66,7 +66,7 @@ def sae_row(path: Path, model: Any, tokens: torch.Tensor, special: list[int]) ->
     alive = ratios[~ratios.isnan()]
     return {
         "sae": str(path),
-        "l0": float((heldout.active & heldout.usable.unsqueeze(-1)).sum(-1)[heldout.usable].float().mean()),
+        "l0": heldout.mean_l0(),
         "contextual_consistency": contextual_consistency(heldout.active, heldout.usable).ratio,
         "median_overdispersion": float(alive.median()),
         "features_overdispersed_2x": float((alive > 2).double().mean()),

@@ -202,7 +202,7 @@ def heldout_l0(path: str | Path, model: HookedSAETransformer | None = None,
     model = model if model is not None else load_model(EMBEDDED_MODEL_NAME)
     context_size = meta.context_size or 128
     heldout = _encode_heldout(sae, model, heldout_dataset(context_size), context_size, contexts)
-    return float(heldout.active.sum(dim=-1)[heldout.usable].float().mean())
+    return heldout.mean_l0()
 
 
 def format_table(result: EvalResult) -> str:

@@ -27,6 +27,10 @@ class HeldoutCodes:
     usable: Bool[Tensor, "contexts pos"]
     """Tokens that are not special (BOS, EOS, padding)."""
 
+    def mean_l0(self) -> float:
+        """Mean number of firing features per usable token."""
+        return float(self.active.sum(dim=-1)[self.usable].float().mean())
+
 
 def usable_tokens(tokens: Tensor, special_token_ids: list[int]) -> Bool[Tensor, "contexts pos"]:
     """Tokens that are not special (BOS, EOS, padding)."""
