@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from sae_variants.integrations.evaluation import load_sae
+from sae_variants.integrations.evaluation.evaluate import load_sae
 from sae_variants.integrations.models import load_model
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.splicing import (
     ablate_feature,
     attach_sae,
     feature_activations,
     run_with_sae,
 )
-from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
 
 
 def analyse(sae_path: str, prompt: str, top: int = 5) -> dict[str, Any]:

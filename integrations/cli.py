@@ -18,29 +18,33 @@ import sys
 import time
 from pathlib import Path
 
-from sae_variants.integrations.benchmark import format_timings, time_training_step, with_peak_memory
+from sae_variants.integrations.benchmark.pipeline import (
+    format_throughput,
+    time_activation_pipelines,
+)
+from sae_variants.integrations.benchmark.step_time import (
+    format_timings,
+    time_training_step,
+    with_peak_memory,
+)
 from sae_variants.integrations.comparison import ALL_ARCHITECTURES, BenchmarkSettings
 from sae_variants.integrations.comparison.command import add_compare_arguments, run_from_args
 from sae_variants.integrations.comparison.performance import measure_performance
 from sae_variants.integrations.comparison.report import performance_table, variant_table
-from sae_variants.integrations.evaluation import evaluate_sae, format_table
+from sae_variants.integrations.evaluation.evaluate import evaluate_sae, format_table
 from sae_variants.integrations.export import export_saved_qucl
-from sae_variants.integrations.gemma2 import GEMMA2_2B_HOOK_PRESETS
-from sae_variants.integrations.hooks import HOOK_SITES
 from sae_variants.integrations.models import HubAccessError
-from sae_variants.integrations.pipeline_benchmark import (
-    format_throughput,
-    time_activation_pipelines,
-)
-from sae_variants.integrations.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
-from sae_variants.integrations.sequence_training import needs_sequence_pipeline
-from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
-from sae_variants.integrations.training import (
+from sae_variants.integrations.models.gemma2 import GEMMA2_2B_HOOK_PRESETS
+from sae_variants.integrations.models.hooks import HOOK_SITES
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.pipeline import train_sae
+from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
+from sae_variants.integrations.training.request import (
     TrainRequest,
     build_runner_config,
-    train_sae,
     training_config_class,
 )
+from sae_variants.integrations.training.runner import needs_sequence_pipeline
 from sae_variants.registry import registered_variants, training_architectures
 
 DEMO_OUTPUT = Path("sae_runs/demo")

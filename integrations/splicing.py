@@ -22,7 +22,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from sae_variants.integrations.hooks import check_hook_exists, hook_width
+from sae_variants.integrations.models.hooks import check_hook_exists, hook_width
 
 FeatureEdit = Callable[[Tensor], Tensor]
 """Maps feature activations ``[..., d_sae]`` to edited ones of the same shape."""

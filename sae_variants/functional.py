@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -99,26 +97,3 @@ def mean_max_decoder_cosine(
         block[rows, rows + start] = -1.0  # a row is not its own neighbour
         maxima[start : start + chunk] = block.max(dim=1).values
     return maxima.mean()
-
-
-class _TangentProjection(torch.autograd.Function):
-    """Identity forward; backward removes each row's radial gradient component."""
-
-    @staticmethod
-    def forward(ctx: Any, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(weight)
-        return weight.view_as(weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (weight,) = ctx.saved_tensors
-        return remove_parallel_component(grad, weight)
-
-
-def tangent_projected(weight: Float[Tensor, "rows cols"]) -> Float[Tensor, "rows cols"]:
-    """``weight`` itself, whose gradient is projected onto the tangent space of its unit rows.
-
-    Unlike a hook on the parameter, this survives ``load_state_dict(assign=True)`` (which replaces
-    parameters) because it is applied where the weight is used.
-    """
-    return _TangentProjection.apply(weight)

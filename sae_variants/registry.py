@@ -84,7 +84,3 @@ def training_architectures() -> tuple[str, ...]:
     """Every architecture SAELens can train right now: its built-ins plus registered plugins."""
     return tuple(SAE_TRAINING_CLASS_REGISTRY)
 
-
-def inference_architectures() -> tuple[str, ...]:
-    """Every architecture SAELens can load right now."""
-    return tuple(SAE_CLASS_REGISTRY)

@@ -3,31 +3,26 @@
 SAELens's ``TrainStepInput`` carries only the activations, and its store shuffles single tokens,
 so a variant whose training step needs sequence structure (seeds 003 and 004) cannot get it from
 SAELens alone. Such a variant's training config declares the batches it needs with a
-``sequence_layout()`` method returning a :class:`SequenceLayout`; the sequence-aware pipeline
-(``sae_variants.integrations.sequence_training``) builds batches that way and hands the SAE one
-:class:`TokenContext` per step, through :meth:`NeedsTokenContext.attach_token_context`.
+``sequence_layout()`` method returning a :class:`SequenceLayout`; a sequence-aware data source
+builds batches that way and hands the SAE one :class:`TokenContext` per step, through
+:meth:`NeedsTokenContext.attach_token_context`, and the step reads it as a
+:class:`SequenceStepInput`.
 
-A training step that finds no context raises :class:`MissingTokenContextError`, which names the
-entry points that can provide one: training on shuffled tokens with invented positions would
-be silently wrong.
+A training step that finds no context raises :class:`MissingTokenContextError`: training on
+shuffled tokens with invented positions would be silently wrong.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from jaxtyping import Int
+from sae_lens.saes.sae import TrainStepInput
 from torch import Tensor
 
 SAMPLINGS = ("uniform", "span", "pairs")
-
-SEQUENCE_ENTRY_POINTS = (
-    "`sae-variants train --architecture {arch}`, "
-    "sae_variants.integrations.training.train_sae(TrainRequest(architecture={arch!r}, ...)), or "
-    "sae_variants.integrations.sequence_training.SequenceAwareTrainingRunner(runner_cfg, ...).run()"
-)
 
 
 @dataclass(frozen=True)
@@ -95,6 +90,13 @@ class TokenContext:
         return TokenContext(self.positions[index], self.sequence_ids[index], self.token_ids[index])
 
 
+@dataclass
+class SequenceStepInput(TrainStepInput):
+    """A training step's input with the token context of its rows (row ``i`` of ``sae_in``)."""
+
+    token_context: TokenContext
+
+
 class MissingTokenContextError(RuntimeError):
     """A sequence-aware training step ran without the pipeline that knows where its rows are from."""
 
@@ -120,9 +122,9 @@ class NeedsTokenContext:
                 f"the {architecture!r} SAE trains on sequence-structured batches and needs each "
                 "row's sequence id and position, which SAELens's LanguageModelSAETrainingRunner "
                 "cannot provide (its store shuffles single tokens). Train it with "
-                + SEQUENCE_ENTRY_POINTS.format(arch=architecture)
-                + "; in your own loop, call sae.attach_token_context(TokenContext(...)) before "
-                "each training_forward_pass."
+                "sae_variants.integrations' variant runner or `sae-variants train`; in your own "
+                "loop, call sae.attach_token_context(TokenContext(...)) before each "
+                "training_forward_pass."
             )
         if context.n_rows != n_rows:
             raise ValueError(
@@ -130,3 +132,10 @@ class NeedsTokenContext:
                 f"{n_rows}; the context belongs to another batch"
             )
         return context.to(device)
+
+    def with_token_context(self, step_input: TrainStepInput) -> SequenceStepInput:
+        """``step_input`` with this step's token context (consumed: see :meth:`take_token_context`)."""
+        x = step_input.sae_in
+        context = self.take_token_context(x.shape[0], x.device)
+        values = {f.name: getattr(step_input, f.name) for f in fields(step_input)}
+        return SequenceStepInput(**values, token_context=context)

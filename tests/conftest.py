@@ -19,14 +19,15 @@ from datasets import Dataset
 from sae_lens import (
     HookedSAETransformer,
     LanguageModelSAERunnerConfig,
-    LanguageModelSAETrainingRunner,
     LoggingConfig,
 )
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 
-from sae_variants.integrations.tiny_gemma2 import load_tiny_gemma2, random_tiny_gemma2_config
-from sae_variants.integrations.tiny_gemma2.model import build_model
-from sae_variants.integrations.training import TrainRequest, TrainResult, train_sae
+from sae_variants.integrations.models.tiny_gemma2 import load_tiny_gemma2, random_tiny_gemma2_config
+from sae_variants.integrations.models.tiny_gemma2.model import build_model
+from sae_variants.integrations.training.pipeline import TrainResult, train_sae
+from sae_variants.integrations.training.request import TrainRequest
+from sae_variants.integrations.training.runner import VariantTrainingRunner
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +67,9 @@ def trained_standard_sae(tmp_path_factory: pytest.TempPathFactory) -> TrainResul
 
 
 class CheckpointedRuns:
-    """24 steps of 128 tokens through SAELens's own runner on the random model, writing one mid-run
-    checkpoint under ``tmp_path / "ckpt"``, optionally resuming from a checkpoint."""
+    """24 steps of 128 tokens through the variant runner (SAELens's, bound to the run and the
+    optimizer) on the random model, writing one mid-run checkpoint under ``tmp_path / "ckpt"``,
+    optionally resuming from a checkpoint."""
 
     def __init__(self, model: HookedSAETransformer, tmp_path: Path) -> None:
         self.model, self.tmp_path = model, tmp_path
@@ -83,7 +85,7 @@ class CheckpointedRuns:
             output_path=str(self.tmp_path / output), exclude_special_tokens=False, verbose=False,
             model_from_pretrained_kwargs={}, resume_from_checkpoint=resume_from,
         )
-        runner = LanguageModelSAETrainingRunner(
+        runner = VariantTrainingRunner(
             cfg, override_dataset=Dataset.from_dict({"tokens": self.tokens.tolist()}), override_model=self.model,
         )
         runner.run()

@@ -8,7 +8,8 @@ first variant lands. Each check is one a spliced or evaluated SAE relies on:
 - ``decode(encode(x))`` is the full reconstruction (SAELens splicing and evals call exactly that);
 - save -> ``SAE.load_from_disk`` gives identical outputs;
 - splicing with the error term reproduces the clean logits (and without it, changes them);
-- a few steps through SAELens's runner give a finite, decreasing loss.
+- a few steps through SAELens's runner (the variant runner, its subclass) give a finite,
+  decreasing loss.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from sae_lens import (
     SAE,
     HookedSAETransformer,
     LanguageModelSAERunnerConfig,
-    LanguageModelSAETrainingRunner,
     LoggingConfig,
 )
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
@@ -32,10 +32,7 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 
 import sae_variants
 from sae_variants import NeedsTokenContext, TokenContext
-from sae_variants.integrations.sequence_training import (
-    SequenceAwareTrainingRunner,
-    needs_sequence_pipeline,
-)
+from sae_variants.integrations.training.runner import VariantTrainingRunner
 
 HOOK = "blocks.1.hook_resid_post"
 D_IN = 64
@@ -101,10 +98,9 @@ def trained(request: pytest.FixtureRequest, random_gemma2: HookedSAETransformer,
         checkpoint_path=str(output / "ckpt"), output_path=str(output / "sae"),
         exclude_special_tokens=False, verbose=False, model_from_pretrained_kwargs={},
     )
-    # No override_sae: SAELens itself builds the SAE from the config through its registry. Variants
-    # that declare a sequence layout train through SAELens's runner with sequence-aware batches.
-    runner_class = SequenceAwareTrainingRunner if needs_sequence_pipeline(cfg.sae) else LanguageModelSAETrainingRunner
-    runner = runner_class(
+    # No override_sae: SAELens itself builds the SAE from the config through its registry; the
+    # variant runner binds the config to the run and, for a sequence layout, serves its batches.
+    runner = VariantTrainingRunner(
         cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}), override_model=random_gemma2,
     )
     sae = runner.sae

@@ -42,8 +42,8 @@ from sae_variants.integrations.comparison.settings import (
 )
 from sae_variants.integrations.comparison.synthetic import run_synthetic
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
-from sae_variants.integrations.training import TrainRequest, resolve_hook
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.request import TrainRequest, resolve_hook
 
 __all__ = [
     "ALL_ARCHITECTURES",

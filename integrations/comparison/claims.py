@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sae_variants.integrations.comparison.embedded import EmbeddedRun
-from sae_variants.integrations.evaluation import POSITION_RANGES
+from sae_variants.integrations.evaluation.evaluate import POSITION_RANGES
 
 
 @dataclass(frozen=True)

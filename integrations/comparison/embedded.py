@@ -1,6 +1,6 @@
 """Part 1 of the comparison: every architecture on the embedded model, at each target L0.
 
-Each (architecture, target) pair is a :func:`~sae_variants.integrations.matched_l0.train_at_target_l0`
+Each (architecture, target) pair is a :func:`~sae_variants.integrations.comparison.matched_l0.train_at_target_l0`
 calibration in ``work_dir/embedded/<architecture>/<knob>=<value>``: finished attempts and their
 evaluations are reused, so an interrupted comparison resumes where it stopped. In a sweep the
 attempts for one target seed the first guess for the next.
@@ -16,9 +16,13 @@ from typing import Any
 from sae_lens import HookedSAETransformer
 from tqdm.auto import tqdm
 
+from sae_variants.integrations.comparison.matched_l0 import (
+    Attempt,
+    train_at_target_l0,
+    training_seconds,
+)
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, ComparisonSettings
-from sae_variants.integrations.matched_l0 import Attempt, train_at_target_l0, training_seconds
-from sae_variants.integrations.training import TrainRequest
+from sae_variants.integrations.training.request import TrainRequest
 
 QUCL_CURRICULUM_FILENAME = "qucl_curriculum.json"
 

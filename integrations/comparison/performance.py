@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sae_variants.integrations.benchmark import time_training_step, with_peak_memory
+from sae_variants.integrations.benchmark.pipeline import time_activation_pipelines
+from sae_variants.integrations.benchmark.step_time import time_training_step, with_peak_memory
+from sae_variants.integrations.comparison.result_cache import load_result, store_result
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, BenchmarkSettings
-from sae_variants.integrations.pipeline_benchmark import time_activation_pipelines
-from sae_variants.integrations.result_cache import load_result, store_result
-from sae_variants.integrations.sequence_training import needs_sequence_pipeline
-from sae_variants.integrations.training import (
+from sae_variants.integrations.training.request import (
     build_sae_config,
     config_fields,
     training_config_class,
 )
+from sae_variants.integrations.training.runner import needs_sequence_pipeline
 
 BENCHMARK_FILENAME = "benchmark.json"
 BENCHMARK_L0 = 64

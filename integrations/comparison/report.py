@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,20 @@ from sae_variants.integrations.comparison.embedded import EmbeddedRun
 from sae_variants.integrations.comparison.performance import PerformanceRow
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
 from sae_variants.integrations.comparison.synthetic import SyntheticRun
-from sae_variants.integrations.reporting import markdown_table
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
 README_START = "<!-- compare-table:start (written by `sae-variants compare --readme README.md`) -->"
 README_END = "<!-- compare-table:end -->"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub-markdown table of ``rows`` restricted to ``columns`` (floats to 4 significant digits)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sae_variants.integrations.presets import training_preset
+from sae_variants.integrations.training.presets import training_preset
 
 DEMO_BATCH_TOKENS = training_preset("demo").train_batch_size_tokens
 

@@ -20,24 +20,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.synthetic import (
     ActivationGenerator,
     FeatureDictionary,
+    SyntheticActivationIterator,
     eval_sae_on_synthetic_data,
-    train_toy_sae,
     zipfian_firing_probabilities,
 )
+from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
+from sae_variants.architectures.base import RunInfo
+from sae_variants.integrations.comparison.matched_l0 import calibrate
+from sae_variants.integrations.comparison.result_cache import load_result, store_result
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, SyntheticSettings
-from sae_variants.integrations.matched_l0 import calibrate
-from sae_variants.integrations.result_cache import load_result, store_result
-from sae_variants.integrations.sequence_training import needs_sequence_pipeline
-from sae_variants.integrations.training import (
+from sae_variants.integrations.training.request import (
     build_sae_config,
     config_fields,
     training_config_class,
+)
+from sae_variants.integrations.training.runner import (
+    attach_to_trainer,
+    bind_sae_config,
+    needs_sequence_pipeline,
 )
 
 RESULT_FILENAME = "synthetic_result.json"
@@ -79,16 +87,44 @@ def true_l0(settings: SyntheticSettings) -> float:
         settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing).sum())
 
 
+def synthetic_run(settings: SyntheticSettings) -> RunInfo:
+    """The synthetic runs' facts: constant learning rate (no warm-up); the samples have no
+    context, so the context size is 1."""
+    return RunInfo(total_steps=settings.training_samples // settings.batch_size, lr_warm_up_steps=0,
+                   context_size=1)
+
+
+def synthetic_config(architecture: str, options: dict[str, Any], settings: SyntheticSettings) -> TrainingSAEConfig:
+    """The bound training config of ``architecture`` on the synthetic data."""
+    cfg = build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none")
+    return bind_sae_config(cfg, synthetic_run(settings))
+
+
+def train_on_synthetic(sae: TrainingSAE[Any], features: FeatureDictionary, generator: ActivationGenerator,
+                       settings: SyntheticSettings) -> None:
+    """SAELens's trainer on the synthetic stream at a constant learning rate (what
+    ``sae_lens.synthetic.train_toy_sae`` runs), built here so the SAE can be bound to the
+    trainer's optimizer, which ``train_toy_sae`` keeps to itself."""
+    steps = settings.training_samples // settings.batch_size
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * settings.batch_size, train_batch_size_samples=settings.batch_size,
+        lr=settings.lr, lr_end=settings.lr, lr_scheduler_name="constant",
+        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+    )
+    features.eval()
+    data = SyntheticActivationIterator(feature_dict=features, activations_generator=generator,
+                                       batch_size=settings.batch_size)
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
+    attach_to_trainer(trainer)
+    trainer.fit()
+
+
 def _train_and_score(architecture: str, options: dict[str, Any], settings: SyntheticSettings) -> dict[str, float]:
     features, generator = ground_truth(settings)
-    cfg = build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none")
-    steps = settings.training_samples // settings.batch_size
-    if getattr(cfg, "total_training_steps", 0) is None:
-        cfg.total_training_steps = steps
+    cfg = synthetic_config(architecture, options, settings)
     torch.manual_seed(settings.seed + 1)
     sae = SAE_TRAINING_CLASS_REGISTRY[architecture][0](cfg)
-    train_toy_sae(sae, features, generator, training_samples=steps * settings.batch_size,
-                  batch_size=settings.batch_size, lr=settings.lr)
+    train_on_synthetic(sae, features, generator, settings)
     torch.manual_seed(settings.seed + 2)  # the same evaluation samples for every SAE
     result = eval_sae_on_synthetic_data(sae, features, generator, num_samples=settings.eval_samples,
                                         batch_size=min(settings.eval_samples, 10_000))
@@ -100,7 +136,7 @@ def _train_and_score(architecture: str, options: dict[str, Any], settings: Synth
 def _cached_score(architecture: str, options: dict[str, Any], settings: SyntheticSettings,
                   folder: Path) -> dict[str, float]:
     """``_train_and_score``, read back when the same run finished before (a resumed comparison)."""
-    cfg = build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none")
+    cfg = synthetic_config(architecture, options, settings)
     key = {"architecture": architecture, "config": config_fields(cfg), "settings": dataclasses.asdict(settings)}
     stored = load_result(folder / RESULT_FILENAME, key)
     if stored is not None:

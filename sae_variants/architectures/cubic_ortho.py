@@ -1,6 +1,7 @@
 """CubicOrtho SAE: progressive feature separation by cubic-scaling orthogonality (seed 002).
 
-Paper: ``shared/seeds/002_8529204e40fd9fb8.txt``; spec with resolutions: ``seed-algorithms.md`` §4.
+Paper: seed 002; the algorithm with its resolutions is ``docs/spec.md`` §4, and the measurements
+are in ``docs/variants/cubic_ortho.md``.
 
     f = ReLU((x - b_dec) W_enc + b_enc),   x^ = f W_dec + b_dec,   ||w_i|| = 1
     L = ||x - x^||^2 + lambda * sum_i f_i + gamma(t) * alpha * Omega / N
@@ -9,9 +10,9 @@ Paper: ``shared/seeds/002_8529204e40fd9fb8.txt``; spec with resolutions: ``seed-
 ``c_ij`` is the uncentered cosine of the activation columns of features i and j over the batch,
 ``gamma(t) = min(1, t / T_warm)`` follows the learning-rate warm-up (eq. 4), and ``N = d_sae``
 ("per_feature", the default, width-portable) or 1 ("sum", the paper's literal form; both agree at
-the paper's d_sae = 2304 with alpha' = 2304 * 0.001). The spec's resolutions apply: decoder *rows*
-(the paper's code used columns), the diagonal excluded, and above ``dense_max_d_sae`` Omega is
-estimated without ever forming a d_sae x d_sae matrix (``cubic_ortho_penalty.py``).
+the paper's d_sae = 2304 with alpha' = 2304 * 0.001). Decoder *rows* (the paper's code used
+columns), the diagonal excluded, and above ``dense_max_d_sae`` Omega is estimated without ever
+forming a d_sae x d_sae matrix (``cubic_ortho_penalty.py``).
 
 Eq. 3's activation-aware tolerance and the code's later weightings are options (``act_mode``),
 off by default. At inference this is exactly SAELens's ``standard`` SAE, so it is saved as one:
@@ -20,17 +21,15 @@ tools that never import ``sae_variants`` load it unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+import warnings
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import (
     SAEConfig,
     TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -38,22 +37,34 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import Tensor, nn
 from typing_extensions import override
 
+from sae_variants.architectures.base import (
+    ArchitectureFields,
+    RunInfo,
+    VariantTrainingSAE,
+    VariantTrainingSAEConfig,
+    run_value,
+)
 from sae_variants.architectures.cubic_ortho_penalty import (
     PairTerms,
     cubic_ortho_penalty_blocks,
-    cubic_ortho_penalty_coactive,
     cubic_ortho_penalty_dense,
 )
-from sae_variants.functional import remove_parallel_component, unit_norm_rows
+from sae_variants.functional import unit_norm_rows
 from sae_variants.validation import require_fields
 
 ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"]
-PenaltyMode = Literal["auto", "dense", "coactive", "blocks"]
+PenaltyMode = Literal["auto", "dense", "blocks"]
+
+PAPER_ORTHO_WARM_UP_STEPS = 1000
+"""gamma's ramp when no run is bound: the paper's, which equals its learning-rate warm-up."""
 
 
 @dataclass
-class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
-    """Training configuration of the cubic-scaling orthogonality SAE."""
+class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
+    """Training configuration of the cubic-scaling orthogonality SAE (saved as SAELens standard)."""
+
+    architecture_name: ClassVar[str] = "cubic_ortho"
+    inference_config_class: ClassVar[type[SAEConfig]] = StandardSAEConfig
 
     l1_coefficient: float = 0.04
     """lambda, the L1 sparsity weight (paper: 0.04; calibrate it for a target L0, >= 0)."""
@@ -64,9 +75,9 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
     alpha' = 0.001 * 2304, the paper's alpha at its width; with "sum" use the paper's 0.001."""
     ortho_normalization: Literal["per_feature", "sum"] = "per_feature"
     """Divide Omega by d_sae ("per_feature", width-portable) or not ("sum", paper-literal)."""
-    ortho_warm_up_steps: int = 1000
-    """gamma(t) = min(1, t / this), in steps; the paper aligns it with the LR warm-up (1000).
-    ``sae-variants train`` sets it to the run's LR warm-up unless you set it (>= 0)."""
+    ortho_warm_up_steps: int | None = None
+    """gamma(t) = min(1, t / this), in steps (>= 0). None: the run's learning-rate warm-up, as the
+    paper ties them (bound by ``bind_run``; unbound, the paper's 1000 with a warning)."""
     exponent: float = 3.0
     """p in |c_ij|^p: 3 is the paper's cubic scaling (run 7), 2 its quadratic ablation (>= 1)."""
     act_mode: ActMode = "none"
@@ -84,32 +95,37 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
     activation_ema_decay: float = 0.99
     """Decay of the EMA of each feature's mean activation a_i used by ``act_mode`` (in [0, 1))."""
     penalty_mode: PenaltyMode = "auto"
-    """How Omega is computed: "dense" (d_sae x d_sae matrices, exact), "coactive" (exact over the
-    pairs that fire together, sparse, never a d_sae x d_sae dense tensor), "blocks" (unbiased
+    """How Omega is computed: "dense" (d_sae x d_sae matrices, exact), "blocks" (unbiased
     estimate from random blocks of the active features, exact when one block holds them all), or
-    "auto": dense up to ``dense_max_d_sae``, blocks above (see the README for the benchmark)."""
+    "auto": dense up to ``dense_max_d_sae``, blocks above."""
     dense_max_d_sae: int = 1024
     """Largest width at which "auto" uses the dense form (>= 1)."""
     block_size: int = 128
     """Features per random block in the "blocks" form (>= 2); cost grows linearly with it."""
 
-    lr_aligned_warm_ups: ClassVar[tuple[str, ...]] = ("ortho_warm_up_steps",)
+    @override
+    def bind_run(self, run: RunInfo) -> CubicOrthoTrainingSAEConfig:
+        return replace(self, ortho_warm_up_steps=run_value(self.ortho_warm_up_steps, run.lr_warm_up_steps))
+
+    def ortho_warm_up(self) -> int:
+        """gamma's ramp in steps: the bound value, or the paper's when no run was bound."""
+        if self.ortho_warm_up_steps is not None:
+            return self.ortho_warm_up_steps
+        warnings.warn(
+            "cubic_ortho: ortho_warm_up_steps is None and no run was bound (cfg.bind_run), so the "
+            f"orthogonality weight ramps over the paper's {PAPER_ORTHO_WARM_UP_STEPS} steps whatever "
+            "the run's length; set it, or train through sae_variants' runner, which aligns it with "
+            "the learning-rate warm-up",
+            stacklevel=2,
+        )
+        return PAPER_ORTHO_WARM_UP_STEPS
 
     @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "cubic_ortho"
-
-    @override
-    def get_inference_config_class(self) -> type[SAEConfig]:
-        # The inference maths is exactly SAELens's standard SAE (ReLU encoder, linear decoder).
-        return StandardSAEConfig
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def validate_training(self) -> None:
         require_fields(self, ("l1_coefficient", "ortho_coefficient", "eps0", "beta"), lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps", "ortho_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        if self.ortho_warm_up_steps is not None and self.ortho_warm_up_steps < 0:
+            raise ValueError(f"ortho_warm_up_steps must be >= 0 steps (or None), got {self.ortho_warm_up_steps}")
         if self.exponent < 1:
             # Below 1 the gradient of c^p is infinite at c = 0, i.e. at every pair that never co-fires.
             raise ValueError(f"exponent must be >= 1, got {self.exponent}")
@@ -124,10 +140,8 @@ class CubicOrthoTrainingSAEConfig(TrainingSAEConfig):
                 "act_mode must be one of none, eps_hinge, sigmoid, log1p_norm, ratio_rank; "
                 f"got {self.act_mode!r}"
             )
-        if self.penalty_mode not in ("auto", "dense", "coactive", "blocks"):
-            raise ValueError(
-                f"penalty_mode must be auto, dense, coactive or blocks; got {self.penalty_mode!r}"
-            )
+        if self.penalty_mode not in ("auto", "dense", "blocks"):
+            raise ValueError(f"penalty_mode must be auto, dense or blocks; got {self.penalty_mode!r}")
         if self.ortho_normalization not in ("per_feature", "sum"):
             raise ValueError(
                 f"ortho_normalization must be per_feature or sum; got {self.ortho_normalization!r}"
@@ -197,18 +211,17 @@ def cubic_ortho_penalty(
             i, j = torch.meshgrid(index, index, indexing="ij")
             weight, margin = terms(i, j)
         omega = cubic_ortho_penalty_dense(acts, W_dec, cfg.exponent, weight, margin)
-    elif mode == "coactive":
-        omega = cubic_ortho_penalty_coactive(acts, W_dec, cfg.exponent, terms)
     else:
         omega = cubic_ortho_penalty_blocks(acts, W_dec, cfg.exponent, cfg.block_size, terms)
     return omega / d_sae if cfg.ortho_normalization == "per_feature" else omega
 
 
-class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
+class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
     """ReLU SAE with unit-norm decoder rows trained with the cubic orthogonality penalty."""
 
     b_enc: nn.Parameter
     feature_mean_activation: Tensor
+    training_buffers: ClassVar[tuple[str, ...]] = ("feature_mean_activation",)
 
     def __init__(self, cfg: CubicOrthoTrainingSAEConfig, use_error_term: bool = False) -> None:
         super().__init__(cfg, use_error_term)
@@ -216,12 +229,6 @@ class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
             "feature_mean_activation",
             torch.zeros(cfg.d_sae, dtype=self.dtype, device=self.device),
         )
-        # Tangent-space projection: a step may rotate a decoder row but not grow it, so the
-        # renormalization before the next forward pass does not undo the optimizer's work.
-        self.W_dec.register_hook(self._project_decoder_grad)
-
-    def _project_decoder_grad(self, grad: Tensor) -> Tensor:
-        return remove_parallel_component(grad, self.W_dec.detach())
 
     @override
     def initialize_weights(self) -> None:
@@ -231,28 +238,19 @@ class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
             self.W_dec.copy_(unit_norm_rows(self.W_dec))
 
     @override
+    def preactivation(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_sae"], None]:
+        return sae_in @ self.W_enc + self.b_enc, None
+
+    @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {
             "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
             # SAELens ramps a coefficient linearly from 0: exactly gamma(t) * alpha.
-            "ortho": TrainCoefficientConfig(self.cfg.ortho_coefficient, self.cfg.ortho_warm_up_steps),
+            "ortho": TrainCoefficientConfig(self.cfg.ortho_coefficient, self.cfg.ortho_warm_up()),
         }
 
     @override
-    def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"]
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        sae_in = self.process_sae_in(x)
-        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
-        return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
-
-    @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if self.training:
-            # SAELens has no post-step hook, so the unit-norm constraint is restored here, before
-            # the step's forward pass (the JumpReLU precedent).
-            with torch.no_grad():
-                self.W_dec.copy_(unit_norm_rows(self.W_dec))
         output = super().training_forward_pass(step_input)
         # The mean-activation EMA only feeds the activation-aware modes; skip the pass otherwise.
         if self.training and self.cfg.act_mode != "none":
@@ -279,18 +277,7 @@ class CubicOrthoTrainingSAE(TrainingSAE[CubicOrthoTrainingSAEConfig]):
             "ortho_loss": step_input.coefficients["ortho"] * omega,
         }
 
-    @override
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        # The last optimizer step leaves rows slightly off the unit sphere. Fold their norms into
-        # the encoder, in place, so the saved standard SAE has exact unit rows, computes the same
-        # function, and is identical to this module.
-        self.fold_W_dec_norm()
-        return super().save_inference_model(path)
 
-    @override
-    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_saving_inference(state_dict)
-        state_dict.pop("feature_mean_activation", None)
 
 CubicOrthoSAE = StandardSAE
 """At inference a CubicOrtho SAE *is* SAELens's ``StandardSAE``; it is saved and loaded as one."""

@@ -1,20 +1,17 @@
-"""The cubic co-activation orthogonality penalty of seed 002 (eq. 2), dense and co-active forms.
+"""The cubic co-activation orthogonality penalty of seed 002 (eq. 2), in a dense and a block form.
 
     Omega = sum_{i != j} w_ij * c_ij^p * max(0, g_ij - eps_ij)
 
 with ``c_ij = |f~_i . f~_j|`` the uncentered cosine of feature i's and j's activation columns over
 the batch (``f~_i = F[:, i] / (||F[:, i]|| + 1e-6)``), ``g_ij = |w_i . w_j|`` the overlap of the
 unit decoder rows, ``p = 3``, and per-pair weights ``w_ij`` / margins ``eps_ij`` that are 1 / 0
-unless an activation-aware mode is on (seed spec §4, O6).
+unless an activation-aware mode is on (``docs/spec.md`` §4, O6).
 
 ``c_ij`` is zero unless i and j fire together on some row of the batch, so the sum only has
-co-active pairs. Three forms, none of which changes the expected value or gradient:
+co-active pairs. Two forms, which agree in expected value and gradient:
 
 - :func:`cubic_ortho_penalty_dense` forms the ``d_sae x d_sae`` matrices: the reference, fine at
   small width, ``O(batch * d_sae^2)``.
-- :func:`cubic_ortho_penalty_coactive` is exact over the pairs that fire together, found with a
-  sparse product; it never holds a dense ``d_sae x d_sae`` tensor, and costs ``O(batch * L0^2)``
-  sparse operations, which is cheap only while few pairs co-fire.
 - :func:`cubic_ortho_penalty_blocks` splits the features that fired into random blocks of
   ``block_size`` each step and sums the within-block pairs, scaled by the inverse probability that
   a pair shares a block: an unbiased estimate at ``O(batch * n_active * block_size)`` dense cost,
@@ -24,9 +21,7 @@ co-active pairs. Three forms, none of which changes the expected value or gradie
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -63,93 +58,6 @@ def cubic_ortho_penalty_dense(
     if pair_weight is not None:
         terms = terms * pair_weight
     return terms.sum() - terms.diagonal().sum()
-
-
-def coactive_pairs(
-    normalized: Float[Tensor, "batch d_sae"],
-) -> tuple[Int[Tensor, " n_pairs"], Int[Tensor, " n_pairs"], Float[Tensor, " n_pairs"]]:
-    """Off-diagonal pairs (i, j) whose columns overlap, with ``c_ij`` (both orders are kept)."""
-    with torch.no_grad(), warnings.catch_warnings():
-        # torch routes COO x COO through its CSR kernels and warns that CSR is "beta" each time.
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        sparse = normalized.detach().to_sparse_coo()
-        product = torch.sparse.mm(sparse.t().coalesce(), sparse).coalesce()
-        rows, cols = product.indices()
-        values = product.values()
-        off_diagonal = rows != cols
-    return rows[off_diagonal], cols[off_diagonal], values[off_diagonal].abs()
-
-
-def _row_dots(unit: Tensor, rows: Tensor, cols: Tensor, chunk: int = 1 << 16) -> Tensor:
-    # Chunked so that the gathered [chunk, d_in] rows stay small at millions of pairs.
-    out = torch.empty(rows.shape[0], dtype=unit.dtype, device=unit.device)
-    for start in range(0, rows.shape[0], chunk):
-        stop = start + chunk
-        out[start:stop] = (unit[rows[start:stop]] * unit[cols[start:stop]]).sum(-1)
-    return out
-
-
-def _symmetric_sparse(rows: Tensor, cols: Tensor, values: Tensor, size: int) -> Tensor:
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values, (size, size), check_invariants=False
-    ).coalesce()
-
-
-class _CoactivePenalty(torch.autograd.Function):
-    """Omega over co-active pairs with a hand-written backward (sparse products only).
-
-    With ``A_ij = dOmega/dc_ij`` and ``S_ij = dOmega/dg_ij * sign(w_i . w_j)`` (both symmetric),
-    ``dOmega/dF~ = 2 F~ A`` and ``dOmega/dW^ = 2 S W^``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        normalized: Tensor,
-        unit: Tensor,
-        exponent: float,
-        pair_terms: PairTerms | None,
-    ) -> Tensor:
-        rows, cols, coactivation = coactive_pairs(normalized)
-        dots = _row_dots(unit, rows, cols)
-        overlap = dots.abs()
-        if pair_terms is None:
-            weight = torch.ones_like(overlap)
-            margin = torch.zeros_like(overlap)
-        else:
-            weight, margin = pair_terms(rows, cols)
-        excess = torch.relu(overlap - margin)
-        powered = coactivation.pow(exponent)
-        ctx.save_for_backward(normalized, unit, rows, cols)
-        ctx.exponent = exponent
-        ctx.d_coactivation = exponent * coactivation.pow(exponent - 1) * excess * weight
-        ctx.d_overlap = powered * weight * (overlap > margin).to(powered.dtype) * torch.sign(dots)
-        return (powered * excess * weight).sum()
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        normalized, unit, rows, cols = ctx.saved_tensors
-        d_sae = unit.shape[0]
-        grad_normalized = grad_unit = None
-        if ctx.needs_input_grad[0]:
-            a = _symmetric_sparse(rows, cols, ctx.d_coactivation * grad_output, d_sae)
-            grad_normalized = 2.0 * torch.sparse.mm(normalized.to_sparse_coo(), a).to_dense()
-        if ctx.needs_input_grad[1]:
-            s = _symmetric_sparse(rows, cols, ctx.d_overlap * grad_output, d_sae)
-            grad_unit = 2.0 * torch.sparse.mm(s, unit)
-        return grad_normalized, grad_unit, None, None
-
-
-def cubic_ortho_penalty_coactive(
-    acts: Float[Tensor, "batch d_sae"],
-    W_dec: Float[Tensor, "d_sae d_in"],
-    exponent: float = 3.0,
-    pair_terms: PairTerms | None = None,
-) -> Float[Tensor, ""]:
-    """Omega over the pairs that fire together in the batch; no ``d_sae x d_sae`` dense tensor."""
-    result = _CoactivePenalty.apply(normalize_columns(acts), unit_norm_rows(W_dec), exponent, pair_terms)
-    assert isinstance(result, Tensor)
-    return result
 
 
 def _pairs_within_groups(group: Int[Tensor, " n"]) -> tuple[Int[Tensor, " m"], Int[Tensor, " m"]]:

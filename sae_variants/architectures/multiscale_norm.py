@@ -1,7 +1,8 @@
 """MultiScaleNormSAE: multi-scale normalization, EMA z-gating, slot attention, SVD reactivation
 (seed 001).
 
-Paper: ``shared/seeds/001_38ffa7f8a542f4d0.txt``; spec with resolutions: ``seed-algorithms.md`` §3.
+Paper: seed 001; the algorithm with its resolutions is ``docs/spec.md`` §3, and the measurements
+are in ``docs/variants/multiscale_norm.md``.
 
     x_c = x - b_dec                                   (centring; off with apply_b_dec_to_input=False)
     x_n = sigmoid(a) sum_s pi_s (gamma_s (x_c - mu) / sqrt(s v + eps) + beta_s)   C1, eqs. 2-3
@@ -17,8 +18,9 @@ per-feature gradients are scaled by the importance ``u``; the learning rate carr
 factor driven by pre-clip gradient-norm spikes; AdamW-style weight decay applies to ``W_enc``
 and the attention matrices only; every 100 steps features that have not fired for a window are
 revived from a rank-32 randomized SVD of the residual, and their Adam moments are zeroed. The
-optimizer-side parts reach SAELens's own Adam through torch's optimizer step hooks
-(``optimizer_policy.py``). All running state is in buffers, so it is checkpointed and resumed.
+optimizer-side parts act through the hooks of the optimizer the SAE is bound to
+(``VariantTrainingSAE.bind_optimizer``). All running state is in buffers, so it is checkpointed
+and resumed.
 
 At inference the SAE is a per-token function (eval mode never moves a statistic) saved as
 architecture ``"multiscale_norm"``; load it with ``SAE.load_from_disk`` after
@@ -27,21 +29,16 @@ architecture ``"multiscale_norm"``; load it with ``SAE.load_from_disk`` after
 
 from __future__ import annotations
 
-import json
 import math
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import (
-    SAE,
     SAEConfig,
     TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -49,7 +46,13 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.base import (
+    ArchitectureFields,
+    VariantSAE,
+    VariantSAEConfig,
+    VariantTrainingSAE,
+    VariantTrainingSAEConfig,
+)
 from sae_variants.architectures.input_scale_fold import (
     fold_input_scale,
     require_foldable_input_normalization,
@@ -67,18 +70,8 @@ from sae_variants.architectures.multiscale_norm_functional import (
     reactivation_directions,
     slot_attention,
 )
-from sae_variants.architectures.optimizer_policy import (
-    attach_optimizer_policy,
-    optimizer_holds,
-    zero_adam_moments,
-)
-from sae_variants.architectures.saved_config import AcceptsSavedMetadata
-from sae_variants.functional import (
-    fraction_of_variance_unexplained,
-    token_moments,
-    token_scale,
-    unit_norm_rows,
-)
+from sae_variants.architectures.optimizer_policy import decoupled_weight_decay, zero_adam_moments
+from sae_variants.functional import token_moments, token_scale, unit_norm_rows
 from sae_variants.validation import require_fields
 
 NORMALIZATIONS = ("multiscale", "layernorm", "none")
@@ -87,16 +80,19 @@ _GATE_EPS = 1e-5
 
 
 @dataclass(kw_only=True)
-class MultiScaleNormArchitectureFields:
+class MultiScaleNormArchitectureFields(ArchitectureFields):
     """Fields the inference SAE needs (shared by the inference and training configs).
 
     SAELens's own ``apply_b_dec_to_input`` (default True, kept) centres each token on ``b_dec``
     before the normalization. The spec drops it (§3 d3: LayerNorm centres each token over its
     dimensions), but that leaves the data's mean direction, which dominates the residual stream,
     in every normalized token, and encoder columns pointing against it never fire (the
-    dead-feature diagnosis in the README). ``b_dec`` starts at the data mean, so this centres the
-    data across tokens; it is per token, so codes never depend on the batch.
+    dead-feature diagnosis in ``docs/variants/multiscale_norm.md``). ``b_dec`` starts at the data
+    mean, so this centres the data across tokens; it is per token, so codes never depend on the
+    batch.
     """
+
+    architecture_name: ClassVar[str] = "multiscale_norm"
 
     normalization: str = "multiscale"
     """``"multiscale"``: C1 over ``scales``; ``"layernorm"``: one scale {1} (the paper's run 6);
@@ -122,9 +118,8 @@ class MultiScaleNormArchitectureFields:
     False: a plain ReLU."""
     z_threshold: float = 1.0
     """z of the one-sided gate (the paper's trainer: "mu + 2 sigma", i.e. 2.0; >= 0 is not
-    required). Default 1.0: measured on the embedded model with centred input (1 M tokens,
-    lambda1 0.2), z = 2.0 leaves 17.5% of the features dead, 1.6 7.3%, 1.0 0.1%
-    (``examples/multiscale_norm_gate_pilots.py``)."""
+    required). Default 1.0, where the paper's 2.0 left features dead on the embedded model
+    (``docs/variants/multiscale_norm.md``)."""
 
     def normalization_scales(self) -> list[float]:
         """The scales C1 uses under ``normalization`` (empty when it is off)."""
@@ -133,7 +128,8 @@ class MultiScaleNormArchitectureFields:
     def key_dim(self) -> int:
         return self.attention_key_dim or max(1, self.d_in // 4)  # type: ignore[attr-defined]
 
-    def _validate_architecture(self) -> None:
+    @override
+    def validate_architecture(self) -> None:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}"
@@ -148,24 +144,16 @@ class MultiScaleNormArchitectureFields:
 
 
 @dataclass
-class MultiScaleNormSAEConfig(AcceptsSavedMetadata, SAEConfig, MultiScaleNormArchitectureFields):
+class MultiScaleNormSAEConfig(VariantSAEConfig, MultiScaleNormArchitectureFields):
     """Inference configuration of a trained multi-scale normalization SAE."""
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "multiscale_norm"
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
 
 
 @dataclass
-class MultiScaleNormTrainingSAEConfig(TrainingSAEConfig, MultiScaleNormArchitectureFields):
+class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormArchitectureFields):
     """Training configuration; every default is the spec's resolution of the paper (§3 c), except
     the input centring and the gate's z (both measured; see the fields' docs)."""
+
+    inference_config_class: ClassVar[type[SAEConfig]] = MultiScaleNormSAEConfig
 
     l1_coefficient: float = 0.04
     """lambda1, the importance-weighted L1 weight (template: 0.04; calibrate it for a target L0)."""
@@ -209,18 +197,12 @@ class MultiScaleNormTrainingSAEConfig(TrainingSAEConfig, MultiScaleNormArchitect
     """A revived encoder column is this times the mean norm of the live columns (> 0)."""
 
     @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "multiscale_norm"
+    def needs_optimizer(self) -> bool:
+        # The adaptive learning rate, the decay and the revived features' moment resets act on it.
+        return self.adaptive_lr or self.weight_decay > 0 or self.reactivation
 
     @override
-    def get_inference_config_class(self) -> type[SAEConfig]:
-        return MultiScaleNormSAEConfig
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
+    def validate_training(self) -> None:
         require_fields(self, ("l1_coefficient", "orthogonality_coefficient", "weight_decay"),
                        lambda v: v >= 0, ">= 0")
         require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
@@ -314,9 +296,17 @@ class MultiScaleNormEncoder:
             return torch.zeros_like(self.gate_mean)
         return gate_thresholds(self.gate_mean, self.gate_var, self.cfg.z_threshold, _GATE_EPS)
 
-    def codes(
+    def preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
+        """``x_a W_enc + b_enc`` (C3) and the token scale the codes restore."""
+        encoder_input, scale = self.encoder_input(sae_in)
+        return encoder_input @ self.W_enc + self.b_enc, scale
+
+    def activation(
         self, pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
     ) -> Float[Tensor, "*batch d_sae"]:
+        """The z-gated, scale-restored codes (C4)."""
         return gated_codes(pre, self.firing_thresholds(), scale)
 
     @torch.no_grad()
@@ -345,27 +335,12 @@ class MultiScaleNormEncoder:
         raise NotImplementedError(whitening_refusal("multiscale_norm"))
 
 
-class MultiScaleNormSAE(MultiScaleNormEncoder, SAE[MultiScaleNormSAEConfig]):
+class MultiScaleNormSAE(MultiScaleNormEncoder, VariantSAE[MultiScaleNormSAEConfig]):
     """A trained multi-scale normalization SAE (inference; every token encoded on its own)."""
-
-    @override
-    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        encoder_input, scale = self.encoder_input(self.process_sae_in(x))
-        pre = self.hook_sae_acts_pre(encoder_input @ self.W_enc + self.b_enc)
-        return self.hook_sae_acts_post(self.codes(pre, scale))
-
-    @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return decode_through_hooks(self, feature_acts, self.W_dec)
 
 
 TRAINING_LOG_FILENAME = "multiscale_norm_training.json"
 """Written next to the saved SAE: reactivations and the learning-rate factor of its run."""
-
-_TRAINING_BUFFERS = (
-    "gate_initialized", "steps_since_fired", "training_step", "lr_factor", "grad_norm_ema",
-    "pending_moment_reset", "features_revived",
-)
 
 
 @dataclass
@@ -379,8 +354,16 @@ class MicroBatch:
     l1_loss: Tensor
 
 
-class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNormTrainingSAEConfig]):
+class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiScaleNormTrainingSAEConfig]):
     """The multi-scale normalization SAE with its training step and optimizer policy."""
+
+    # Unit rows are restored before each step; the paper projects no gradient (C5).
+    tangent_decoder_gradient: ClassVar[bool] = False
+    training_buffers: ClassVar[tuple[str, ...]] = (
+        "gate_initialized", "steps_since_fired", "training_step", "lr_factor", "grad_norm_ema",
+        "pending_moment_reset", "features_revived",
+    )
+    training_log_filename: ClassVar[str | None] = TRAINING_LOG_FILENAME
 
     gate_initialized: Tensor
     steps_since_fired: Tensor
@@ -402,6 +385,8 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         self.register_buffer("pending_moment_reset", torch.zeros(cfg.d_sae, dtype=torch.bool, device=device))
         self.register_buffer("features_revived", torch.tensor(0, dtype=torch.long, device=device))
         self._grad_square_norms: dict[str, Tensor] = {}
+        # id -> weak reference: a parameter is watched once; a replaced or copied one anew.
+        self._watched_parameters: dict[int, weakref.ref[Tensor]] = {}
         self._lr_before_step: list[float] = []
         self.lr_spikes = 0
         """Steps whose gradient norm shrank the learning-rate factor, in this process (a log)."""
@@ -411,14 +396,6 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
-
-    @override
-    def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"]
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        encoder_input, scale = self.encoder_input(self.process_sae_in(x))
-        pre = self.hook_sae_acts_pre(encoder_input @ self.W_enc + self.b_enc)
-        return self.hook_sae_acts_post(self.codes(pre, scale)), pre
 
     @override
     def calculate_aux_loss(
@@ -439,18 +416,11 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """Micro-batches (C9) with their own gate updates and importance scales, then C6."""
+        self.prepare_step(step_input)
         x = step_input.sae_in
-        if x.ndim != 2:
-            raise ValueError(
-                f"multiscale_norm trains on [batch, d_in={self.cfg.d_in}] activations, got "
-                f"{tuple(x.shape)}"
-            )
         if self.training:
-            attach_optimizer_policy(self)
             self._watch_gradient_norms()
-            with torch.no_grad():
-                # No post-step hook in SAELens: restore unit decoder rows before each step.
-                self.W_dec.copy_(unit_norm_rows(self.W_dec))
             if self._reactivation_due():
                 self.revive_dead_features(x)
         n_micro = min(self.cfg.grad_accumulation if self.training else 1, x.shape[0])
@@ -468,15 +438,16 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         losses.update(self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
         if self.training:
             self._count_firing(feature_acts)
-        return TrainStepOutput(
-            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
-            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]
-            metrics={
-                "multiscale_norm/lr_factor": float(self.lr_factor),
-                "multiscale_norm/features_revived": int(self.features_revived),
-                "multiscale_norm/fvu": float(fraction_of_variance_unexplained(x.detach(), sae_out.detach())),
-            },
-        )
+        return self.step_output(step_input, sae_out=sae_out, feature_acts=feature_acts,
+                                hidden_pre=hidden_pre, losses=losses)
+
+    @override
+    def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
+        return {
+            **super().step_metrics(output),
+            "multiscale_norm/lr_factor": self.lr_factor.clone(),
+            "multiscale_norm/features_revived": self.features_revived.clone(),
+        }
 
     def _micro_batch(self, x: Float[Tensor, "rows d_in"], l1_coefficient: float) -> MicroBatch:
         # Views of the per-feature parameters: their gradients get this micro-batch's importance
@@ -486,8 +457,8 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         pre = self.hook_sae_acts_pre(encoder_input @ W_enc + b_enc)
         if self.training:
             self._update_gate_statistics(pre.detach())
-        feature_acts = self.hook_sae_acts_post(self.codes(pre, scale))
-        sae_out = decode_through_hooks(self, feature_acts, W_dec)
+        feature_acts = self.hook_sae_acts_post(self.activation(pre, scale))
+        sae_out = self.decode_with(feature_acts, W_dec)
         mse_loss = (sae_out - x).pow(2).sum(dim=-1).mean()
         if self.cfg.importance_weighting:
             importance = feature_importance(feature_acts, self.W_dec.detach().norm(dim=-1))
@@ -544,7 +515,7 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         pre = encoder_input @ self.W_enc + self.b_enc
         # The residual lives in input space: undo the centring process_sae_in may have applied.
         target = sae_in + self.b_dec if self.cfg.apply_b_dec_to_input else sae_in
-        residual = target - (self.codes(pre, scale) @ self.W_dec + self.b_dec)
+        residual = target - (self.activation(pre, scale) @ self.W_dec + self.b_dec)
         directions = reactivation_directions(residual.float(), n_dead, self.cfg.reactivation_rank)
         directions = directions.to(self.dtype)
         index = dead.nonzero().squeeze(1)
@@ -568,7 +539,8 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
         before SAELens clips; hooks are re-added if parameters were replaced (e.g. on load)."""
         this = weakref.ref(self)
         for name, parameter in self.named_parameters():
-            if getattr(parameter, "_sae_variants_grad_norm_watch", None) is not None:
+            watched = self._watched_parameters.get(id(parameter))
+            if watched is not None and watched() is parameter:
                 continue
 
             def record(p: Tensor, name: str = name) -> None:
@@ -576,10 +548,8 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
                 if owner is not None and p.grad is not None:
                     owner._grad_square_norms[name] = p.grad.detach().pow(2).sum()
 
-            parameter._sae_variants_grad_norm_watch = parameter.register_post_accumulate_grad_hook(record)  # type: ignore[attr-defined]
-
-    def owns_parameters_of(self, optimizer: Optimizer) -> bool:
-        return optimizer_holds(optimizer, self.W_enc)
+            parameter.register_post_accumulate_grad_hook(record)
+            self._watched_parameters[id(parameter)] = weakref.ref(parameter)
 
     def decayed_parameters(self) -> list[nn.Parameter]:
         """The matrices AdamW's weight decay applies to (C9): W_enc and the attention's W_Q, K, V."""
@@ -588,6 +558,7 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
             decayed += [self.attention_query, self.attention_keys, self.attention_values]
         return decayed
 
+    @override
     @torch.no_grad()
     def before_optimizer_step(self, optimizer: Optimizer) -> None:
         cfg = self.cfg
@@ -596,13 +567,9 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
             self._update_lr_factor(optimizer, grad_norm)
         factor = float(self.lr_factor) if cfg.adaptive_lr else 1.0
         self._lr_before_step = [group["lr"] for group in optimizer.param_groups]
-        decayed = self.decayed_parameters()
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * factor
-            if cfg.weight_decay > 0:
-                for parameter in group["params"]:
-                    if any(parameter is d for d in decayed):
-                        parameter.mul_(1.0 - group["lr"] * cfg.weight_decay)  # AdamW's decoupled decay
+        decoupled_weight_decay(optimizer, self.decayed_parameters(), cfg.weight_decay)
         if bool(self.pending_moment_reset.any()):
             index = self.pending_moment_reset.nonzero().squeeze(1)
             zero_adam_moments(optimizer, self.W_enc, index, dim=1)
@@ -610,6 +577,7 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
             zero_adam_moments(optimizer, self.W_dec, index, dim=0)
             self.pending_moment_reset.zero_()
 
+    @override
     @torch.no_grad()
     def after_optimizer_step(self, optimizer: Optimizer) -> None:
         # Give the scheduler back the learning rate it set: chainable schedulers (cosine) update
@@ -644,14 +612,6 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
     # ------------------------------------------------------------------------------- saving
 
     @override
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        # Fold the last step's decoder-norm drift into the encoder so the saved SAE has exact
-        # unit rows and computes the same function as this module.
-        self.fold_W_dec_norm()
-        saved = super().save_inference_model(path)
-        (Path(path) / TRAINING_LOG_FILENAME).write_text(json.dumps(self.training_log(), indent=1))
-        return saved
-
     def training_log(self) -> dict[str, Any]:
         """The run's final optimizer-policy and reactivation state, as plain data for reports."""
         return {
@@ -664,13 +624,6 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, TrainingSAE[MultiScaleNor
             "lr_spikes_this_process": self.lr_spikes,
             "grad_norm_average": float(self.grad_norm_ema),
         }
-
-    @override
-    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_saving_inference(state_dict)
-        for name in _TRAINING_BUFFERS:
-            state_dict.pop(name, None)
-
 
 __all__ = [
     "NORMALIZATIONS",

@@ -1,68 +1,25 @@
-"""Let an SAE act on whichever torch optimizer steps its parameters, around each step.
-
-SAELens's trainer builds its own ``Adam`` over ``sae.parameters()`` and offers no callback, but
-seed 001 prescribes optimizer behaviour: an adaptive learning-rate factor driven by the pre-clip
-gradient norm, AdamW-style decoupled weight decay on some matrices only, and zeroed Adam moments
-for revived features. torch's *global* optimizer step hooks reach every optimizer; an SAE that
-registers here is called before and after any optimizer step whose parameters include its own,
-so the behaviour holds under SAELens's runner, the benchmark, or a user's loop alike.
-
-Policies are held weakly: a garbage-collected SAE drops out without being unregistered.
-"""
+"""What a variant does to the optimizer that steps it (the SAE is bound to it with
+``VariantTrainingSAE.bind_optimizer``): AdamW-style decoupled weight decay on chosen matrices and
+zeroed Adam moments for re-initialized features."""
 
 from __future__ import annotations
 
-import weakref
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.optimizer import (
-    register_optimizer_step_post_hook,
-    register_optimizer_step_pre_hook,
-)
 
 
-@runtime_checkable
-class OptimizerPolicy(Protocol):
-    def owns_parameters_of(self, optimizer: Optimizer) -> bool: ...
-
-    def before_optimizer_step(self, optimizer: Optimizer) -> None: ...
-
-    def after_optimizer_step(self, optimizer: Optimizer) -> None: ...
-
-
-_POLICIES: weakref.WeakSet[Any] = weakref.WeakSet()
-_HOOK_HANDLES: list[Any] = []
-
-
-def _before(optimizer: Optimizer, *_: Any) -> None:
-    for policy in list(_POLICIES):
-        if policy.owns_parameters_of(optimizer):
-            policy.before_optimizer_step(optimizer)
-
-
-def _after(optimizer: Optimizer, *_: Any) -> None:
-    for policy in list(_POLICIES):
-        if policy.owns_parameters_of(optimizer):
-            policy.after_optimizer_step(optimizer)
-
-
-def attach_optimizer_policy(policy: OptimizerPolicy) -> None:
-    """Call ``policy`` around every optimizer step that updates its parameters (idempotent)."""
-    if not _HOOK_HANDLES:
-        _HOOK_HANDLES.append(register_optimizer_step_pre_hook(_before))
-        _HOOK_HANDLES.append(register_optimizer_step_post_hook(_after))
-    _POLICIES.add(policy)
-
-
-def detach_optimizer_policy(policy: OptimizerPolicy) -> None:
-    _POLICIES.discard(policy)
-
-
-def optimizer_holds(optimizer: Optimizer, parameter: torch.Tensor) -> bool:
-    """Whether ``parameter`` (by identity) is one of ``optimizer``'s parameters."""
-    return any(p is parameter for group in optimizer.param_groups for p in group["params"])
+@torch.no_grad()
+def decoupled_weight_decay(optimizer: Optimizer, parameters: Sequence[torch.Tensor], rate: float) -> None:
+    """``p <- p (1 - lr * rate)`` for each of ``parameters`` at its group's current learning rate,
+    before the step, as AdamW decays (Adam itself would fold decay into the gradient)."""
+    if rate == 0:
+        return
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if any(parameter is p for p in parameters):
+                parameter.mul_(1.0 - group["lr"] * rate)
 
 
 def zero_adam_moments(

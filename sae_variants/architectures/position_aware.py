@@ -1,6 +1,7 @@
 """PositionAwareSAE: four position-range adapters with a curriculum (seed 004).
 
-Paper: ``shared/seeds/004_f2378fb877f8d5c5.txt``; spec with resolutions: ``seed-algorithms.md`` §6.
+Paper: seed 004; the algorithm with its resolutions is ``docs/spec.md`` §6, and the measurements
+are in ``docs/variants/position_aware.md``.
 
     x'   = x - b_dec,  s = std of x' over its d_in entries
     h^_b = (gamma (x' - mean x') / s + beta) W_enc + b_enc            P1, base_norm="input_ln" (default)
@@ -29,17 +30,14 @@ this) needs ``position_offset`` set; otherwise ``encode`` raises rather than gue
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
 from sae_lens.saes.sae import (
-    SAE,
     SAEConfig,
     TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -47,13 +45,22 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.base import (
+    ArchitectureFields,
+    RunInfo,
+    VariantModule,
+    VariantSAE,
+    VariantSAEConfig,
+    VariantTrainingSAE,
+    VariantTrainingSAEConfig,
+    run_value,
+)
 from sae_variants.architectures.input_scale_fold import (
     fold_input_scale,
     require_foldable_input_normalization,
     whitening_refusal,
 )
-from sae_variants.architectures.optimizer_policy import attach_optimizer_policy, optimizer_holds
+from sae_variants.architectures.optimizer_policy import decoupled_weight_decay
 from sae_variants.architectures.position_aware_functional import (
     codes_and_penalties,
     curriculum_alpha,
@@ -61,14 +68,8 @@ from sae_variants.architectures.position_aware_functional import (
     preact_ln_codes_preactivation,
     range_adapter_shift,
 )
-from sae_variants.architectures.saved_config import AcceptsSavedMetadata
-from sae_variants.functional import (
-    fraction_of_variance_unexplained,
-    layer_normalized_preactivation,
-    tangent_projected,
-    unit_norm_rows,
-)
-from sae_variants.token_context import NeedsTokenContext, SequenceLayout
+from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
+from sae_variants.token_context import NeedsTokenContext, SequenceLayout, SequenceStepInput
 from sae_variants.validation import require_fields
 
 BASE_NORMS = ("preact_ln", "input_ln", "none")
@@ -76,12 +77,15 @@ ADAPTER_LNS = ("output", "none")
 
 
 @dataclass(kw_only=True)
-class PositionAwareArchitectureFields:
+class PositionAwareArchitectureFields(ArchitectureFields):
     """Fields the inference SAE needs (shared by the inference and training configs)."""
 
-    position_context: int = 128
-    """L: the training context the ranges divide (paper: 128; `sae-variants train` sets it to the
-    run's context size). Positions at or beyond it use the last range."""
+    architecture_name: ClassVar[str] = "position_aware"
+
+    position_context: int | None = None
+    """L: the training context the ranges divide (paper: 128). None: the run's context size
+    (bound by ``bind_run``; a saved SAE always records it). Positions at or beyond it use the
+    last range."""
     n_ranges: int = 4
     """R: equal position ranges, one adapter each (paper: 4)."""
     adapters: bool = True
@@ -94,18 +98,17 @@ class PositionAwareArchitectureFields:
     """Initial gain of the adapters' output LayerNorm (> 0; the paper's code used PyTorch's 1.0).
     The LN'd output has unit variance over the features, as large as the normalized base
     pre-activations, so at gain 1 each adapter shifts every feature by about its own typical
-    pre-activation once the curriculum reaches it: on the embedded model that left 37% of the
-    features dead and FVU 15% below SAELens standard's at matched L0; at 0.1, 11-12% dead and
-    FVU 19-21% below (issue 7, README). Loading a saved SAE reads the trained gain, so this only
+    pre-activation once the curriculum reaches it (the measured effect on dead features is in
+    ``docs/variants/position_aware.md``). Loading a saved SAE reads the trained gain, so this only
     matters for training."""
     adapter_dropout: float = 0.1
     """Dropout in training (off in eval mode) on the adapter's rank-rho hidden layer (paper: 0.1
     on its d_sae output; moved inside so that the adapter stays a rank-rho product and no
-    [batch, d_sae] random mask is drawn: that mask alone cost 20% of a standard step, issue 7)."""
+    [batch, d_sae] random mask is drawn, which alone cost a fifth of a standard step)."""
     base_norm: str = "input_ln"
     """"input_ln": LayerNorm over the input (the spec's fallback, the default); "preact_ln": over
-    the d_sae pre-activations (paper, eq. 2), which left unexplained variance 50-80% above SAELens
-    standard's at matched L0 on the embedded model (issue 7); "none": a plain ReLU base."""
+    the d_sae pre-activations (paper, eq. 2), which reconstructed far worse on the embedded model
+    (``docs/variants/position_aware.md``); "none": a plain ReLU base."""
     restore_scale: bool = True
     """Multiply codes by the scale the normalization removed, so decoding stays linear (spec d3)."""
     ln_eps: float = 1e-5
@@ -118,8 +121,11 @@ class PositionAwareArchitectureFields:
     def rank(self) -> int:
         return self.adapter_rank or max(1, round(0.0375 * self.d_in))  # type: ignore[attr-defined]
 
-    def _validate_architecture(self) -> None:
-        require_fields(self, ("position_context", "n_ranges"), lambda v: v >= 1, ">= 1")
+    @override
+    def validate_architecture(self) -> None:
+        require_fields(self, ("n_ranges",), lambda v: v >= 1, ">= 1")
+        if self.position_context is not None and self.position_context < 1:
+            raise ValueError(f"position_context must be >= 1 (or None), got {self.position_context}")
         require_fields(self, ("ln_eps", "adapter_ln_gain_init"), lambda v: v > 0, "> 0")
         require_fields(self, ("adapter_dropout",), lambda v: 0 <= v < 1, "in [0, 1)")
         if self.adapter_rank is not None and self.adapter_rank < 1:
@@ -128,36 +134,35 @@ class PositionAwareArchitectureFields:
             raise ValueError(f"base_norm must be one of {', '.join(BASE_NORMS)}; got {self.base_norm!r}")
         if self.adapter_ln not in ADAPTER_LNS:
             raise ValueError(f"adapter_ln must be one of {', '.join(ADAPTER_LNS)}; got {self.adapter_ln!r}")
-        if self.n_ranges > self.position_context:
+        if self.position_context is not None and self.n_ranges > self.position_context:
             raise ValueError(f"n_ranges={self.n_ranges} exceeds position_context={self.position_context}")
         require_foldable_input_normalization(self)
 
 
 @dataclass
-class PositionAwareSAEConfig(AcceptsSavedMetadata, SAEConfig, PositionAwareArchitectureFields):
+class PositionAwareSAEConfig(VariantSAEConfig, PositionAwareArchitectureFields):
     """Inference configuration of a trained position-aware SAE."""
 
     @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "position_aware"
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
+    def validate_architecture(self) -> None:
+        super().validate_architecture()
+        if self.position_context is None:
+            raise ValueError("a trained position_aware SAE needs position_context (the context its ranges divide)")
 
 
 @dataclass
-class PositionAwareTrainingSAEConfig(TrainingSAEConfig, PositionAwareArchitectureFields):
+class PositionAwareTrainingSAEConfig(VariantTrainingSAEConfig, PositionAwareArchitectureFields):
     """Training configuration; every default is the spec's resolution of the paper (§6 c)."""
+
+    inference_config_class: ClassVar[type[SAEConfig]] = PositionAwareSAEConfig
 
     l1_coefficient: float = 0.04
     """lambda (paper: 0.04; calibrate it for a target L0)."""
     l1_warm_up_steps: int = 0
     """Linear warm-up of lambda from 0, in steps (>= 0)."""
     total_training_steps: int | None = None
-    """T, which the curriculum's fractions refer to; the training pipeline sets it from the run."""
+    """T, which the curriculum's fractions refer to. None: the run's length (bound by
+    ``bind_run``; training refuses to start unbound)."""
     curriculum: bool = True
     """False: alpha = 1 from the first step (the ablation "no curriculum")."""
     curriculum_warm_up_fraction: float = 0.1
@@ -169,23 +174,24 @@ class PositionAwareTrainingSAEConfig(TrainingSAEConfig, PositionAwareArchitectur
     positions_per_context: int = 8
     """P: positions per context in a training batch (uniform over the context)."""
 
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "position_aware"
-
-    @override
-    def get_inference_config_class(self) -> type[SAEConfig]:
-        return PositionAwareSAEConfig
-
     def sequence_layout(self) -> SequenceLayout:
         """Training rows need their true positions: S contexts x P uniformly drawn positions."""
         return SequenceLayout(self.positions_per_context, "uniform")
 
     @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
+    def bind_run(self, run: RunInfo) -> PositionAwareTrainingSAEConfig:
+        return replace(
+            self,
+            total_training_steps=run_value(self.total_training_steps, run.total_steps),
+            position_context=run_value(self.position_context, run.context_size),
+        )
+
+    @override
+    def needs_optimizer(self) -> bool:
+        return self.weight_decay > 0  # the decoupled decay acts on the optimizer's step
+
+    @override
+    def validate_training(self) -> None:
         require_fields(self, ("l1_coefficient", "weight_decay"), lambda v: v >= 0, ">= 0")
         require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
         require_fields(self, ("positions_per_context",), lambda v: v >= 1, ">= 1")
@@ -219,10 +225,9 @@ class PositionAwareEncoder:
         cfg, d_in, d_sae = self.cfg, self.cfg.d_in, self.cfg.d_sae
         kw = {"dtype": self.dtype, "device": self.device}
         # P8: orthogonal W_enc and W_dec, decoder rows renormalized (orthogonal columns leave rows
-        # of norm sqrt(d_in / d_sae), spec d13). Tied: each feature starts reading the direction
-        # it writes. Measured on the embedded model at 1 M tokens, input_ln base (issue 7): an
-        # independent W_enc (the paper's code) gave FVU 13% worse than SAELens standard's; tied
-        # at unit scale 3-5% better; tied at SAELens's decoder_init_norm scale 0.1 9% worse.
+        # of norm sqrt(d_in / d_sae), docs/spec.md §6 d13). Tied: each feature starts reading the
+        # direction it writes (the measured comparison of the three starts is in
+        # docs/variants/position_aware.md).
         self.W_dec = nn.Parameter(unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw))))
         tied = self.W_dec.detach().T.contiguous()
         self.W_enc = nn.Parameter(tied if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw)))
@@ -303,6 +308,31 @@ class PositionAwareEncoder:
                                                   self.input_ln_bias, cfg.ln_eps, cfg.restore_scale)
         return torch.addmm(self.b_enc, sae_in, self.W_enc), None
 
+    def context_length(self) -> int:
+        """L, the context the position ranges divide (a training config must be bound first)."""
+        if self.cfg.position_context is None:
+            raise ValueError(
+                "position_aware: position_context is None; bind the config to its run first "
+                "(cfg.bind_run(RunInfo(...)), which sae_variants' runner does) or set it"
+            )
+        return int(self.cfg.position_context)
+
+    def encode(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """Codes of ``x``; ``positions`` as the module docstring says (needed for 2-D input)."""
+        return self.encode_with_hidden_pre(x, positions)[0]
+
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        """``(codes, adapted pre-activation)`` through SAELens's hooks, at each row's position."""
+        assert isinstance(self, VariantModule)
+        positions = self.resolve_positions(x, positions)
+        adapted_pre = self.adapted_preactivation(self.process_sae_in(x), positions, float(self.alpha))
+        adapted_pre = self.hook_sae_acts_pre(adapted_pre)
+        return self.hook_sae_acts_post(torch.relu(adapted_pre)), adapted_pre
+
     def adapters_act(self, alpha: float) -> bool:
         """Whether the adapters change anything: off, or at alpha = 0, h_r is h_b."""
         return self.cfg.adapters and alpha != 0.0
@@ -319,7 +349,7 @@ class PositionAwareEncoder:
             return base_codes, base_pre
         with_ln = cfg.adapter_ln == "output"
         factors, blocks = range_adapter_shift(
-            base_codes, scale, position_ranges(positions, cfg.position_context, cfg.n_ranges),
+            base_codes, scale, position_ranges(positions, self.context_length(), cfg.n_ranges),
             self.adapter_down, self.adapter_down_bias, self.adapter_up, self.adapter_up_bias,
             self.adapter_ln_gain if with_ln else None, self.adapter_ln_bias if with_ln else None,
             cfg.ln_eps, alpha, self.adapter_dropout,
@@ -371,24 +401,12 @@ class PositionAwareEncoder:
         raise NotImplementedError(whitening_refusal("position_aware"))
 
 
-class PositionAwareSAE(PositionAwareEncoder, SAE[PositionAwareSAEConfig]):
+class PositionAwareSAE(PositionAwareEncoder, VariantSAE[PositionAwareSAEConfig]):
     """A trained position-aware SAE (inference; positions from the sequence axis or the caller)."""
-
-    @override
-    def encode(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
-    ) -> Float[Tensor, "*batch d_sae"]:
-        positions = self.resolve_positions(x, positions)
-        adapted_pre = self.adapted_preactivation(self.process_sae_in(x), positions, float(self.alpha))
-        return self.hook_sae_acts_post(torch.relu(self.hook_sae_acts_pre(adapted_pre)))
-
-    @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return decode_through_hooks(self, feature_acts, self.W_dec)
 
 
 class PositionAwareTrainingSAE(
-    NeedsTokenContext, PositionAwareEncoder, TrainingSAE[PositionAwareTrainingSAEConfig]
+    NeedsTokenContext, PositionAwareEncoder, VariantTrainingSAE[PositionAwareTrainingSAEConfig]
 ):
     """The position-aware SAE with its curriculum training step (positions from the pipeline)."""
 
@@ -397,29 +415,14 @@ class PositionAwareTrainingSAE(
         return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
     @override
-    def encode(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
-    ) -> Float[Tensor, "*batch d_sae"]:
-        return self.encode_with_hidden_pre(x, positions)[0]
-
-    @override
-    def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        positions = self.resolve_positions(x, positions)
-        adapted_pre = self.adapted_preactivation(self.process_sae_in(x), positions, float(self.alpha))
-        adapted_pre = self.hook_sae_acts_pre(adapted_pre)
-        return self.hook_sae_acts_post(torch.relu(adapted_pre)), adapted_pre
-
-    @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return decode_through_hooks(self, feature_acts, self.W_dec)
-
-    @override
     def calculate_aux_loss(
         self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
-        return {}  # the deviation penalty needs h_b, so training_forward_pass computes it
+        raise NotImplementedError(
+            "position_aware's penalties (P5) read the base codes h_b, which SAELens's "
+            "calculate_aux_loss(feature_acts, hidden_pre, ...) does not carry; its "
+            "training_forward_pass computes them with the codes in one fused pass"
+        )
 
     def curriculum_value(self, step: int) -> float:
         cfg = self.cfg
@@ -427,35 +430,35 @@ class PositionAwareTrainingSAE(
             return 1.0 if cfg.adapters else 0.0
         if cfg.total_training_steps is None:
             raise ValueError(
-                "position_aware's curriculum is defined as fractions of the run: set "
-                "total_training_steps in its config (sae-variants train and "
-                "SequenceAwareTrainingRunner set it from the runner config)"
+                "position_aware's curriculum is defined as fractions of the run: bind the config "
+                "to its run (cfg.bind_run(RunInfo(...)), which sae_variants' runner does) or set "
+                "total_training_steps"
             )
         return curriculum_alpha(step, cfg.total_training_steps, cfg.curriculum_warm_up_fraction,
                                 cfg.curriculum_end_fraction)
 
     @override
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        x = step_input.sae_in
-        if x.ndim != 2:
-            raise ValueError(
-                f"position_aware trains on [batch, d_in={self.cfg.d_in}] activations, got {tuple(x.shape)}"
-            )
-        context = self.take_token_context(x.shape[0], x.device)
+    def prepare_step(self, step_input: TrainStepInput) -> SequenceStepInput:
+        step_input = self.with_token_context(super().prepare_step(step_input))
         if self.training:
-            attach_optimizer_policy(self)
             with torch.no_grad():
-                self.W_dec.copy_(unit_norm_rows(self.W_dec))
                 self.alpha.fill_(self.curriculum_value(step_input.n_training_steps))
+        return step_input
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """P5 with the codes and both penalties from one fused pass (``codes_and_penalties``)."""
+        step_input = self.prepare_step(step_input)
+        x = step_input.sae_in
         alpha = float(self.alpha)
-        h_b, adapted_pre = self.base_and_adapted(self.process_sae_in(x), context.positions, alpha)
+        h_b, adapted_pre = self.base_and_adapted(self.process_sae_in(x), step_input.token_context.positions, alpha)
         rows = x.shape[0]
         if self.adapters_act(alpha):
             h_r, l1_sum, deviation_sum = codes_and_penalties(h_b, adapted_pre)
         else:
             h_r, l1_sum, deviation_sum = h_b, h_b.sum(), None
         feature_acts = self.hook_sae_acts_post(h_r)
-        sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
+        sae_out = self.decode(feature_acts)
         l1 = step_input.coefficients["l1"]
         losses = {
             "mse_loss": (sae_out - x).pow(2).sum(dim=-1).mean(),
@@ -463,36 +466,22 @@ class PositionAwareTrainingSAE(
         }
         if deviation_sum is not None:
             losses["deviation_loss"] = l1 * alpha * deviation_sum / rows
-        return TrainStepOutput(
-            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=adapted_pre,
-            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]
-            metrics={
-                "position_aware/alpha": alpha,
-                "position_aware/fvu": float(fraction_of_variance_unexplained(x.detach(), sae_out.detach())),
-            },
-        )
+        return self.step_output(step_input, sae_out=sae_out, feature_acts=feature_acts,
+                                hidden_pre=adapted_pre, losses=losses)
+
+    @override
+    def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
+        return {**super().step_metrics(output), "position_aware/alpha": self.alpha.clone()}
 
     # ------------------------------------------------- optimizer policy (AdamW decay, P7)
-
-    def owns_parameters_of(self, optimizer: Optimizer) -> bool:
-        return optimizer_holds(optimizer, self.W_enc)
 
     def decayed_parameters(self) -> list[nn.Parameter]:
         """W_enc and the adapters' A_r, B_r: the matrices the paper's AdamW decays."""
         return [self.W_enc, self.adapter_down, self.adapter_up] if self.cfg.adapters else [self.W_enc]
 
-    @torch.no_grad()
+    @override
     def before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if self.cfg.weight_decay == 0:
-            return
-        decayed = self.decayed_parameters()
-        for group in optimizer.param_groups:
-            for parameter in group["params"]:
-                if any(parameter is d for d in decayed):
-                    parameter.mul_(1.0 - group["lr"] * self.cfg.weight_decay)
-
-    def after_optimizer_step(self, optimizer: Optimizer) -> None:
-        pass
+        decoupled_weight_decay(optimizer, self.decayed_parameters(), self.cfg.weight_decay)
 
     def parameter_overhead(self) -> float:
         """Adapter parameters over the base SAE's (encoder, decoder, biases, base normalization),

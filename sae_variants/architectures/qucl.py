@@ -1,6 +1,7 @@
 """QuCL-SAE: quantized Johnson-Lindenstrauss curriculum SAE (seed 000).
 
-Paper: ``shared/seeds/000_f68dd5b1233999a2.txt``; spec with resolutions: ``seed-algorithms.md`` §2.
+Paper: seed 000; the algorithm with its resolutions is ``docs/spec.md`` §2, and the measurements
+are in ``docs/variants/qucl.md``.
 
     u = (x - b_dec) P[:, :r]            P ~ N(0, 1/d_in), frozen; r = the curriculum's rank
     q = Q4(u)                           per-token 4-bit min-max fake quantization, straight-through
@@ -23,20 +24,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import (
-    SAE,
     SAEConfig,
     TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -44,7 +40,13 @@ from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import Tensor, nn
 from typing_extensions import override
 
-from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.base import (
+    ArchitectureFields,
+    VariantSAE,
+    VariantSAEConfig,
+    VariantTrainingSAE,
+    VariantTrainingSAEConfig,
+)
 from sae_variants.architectures.qucl_functional import (
     RankSchedule,
     batch_diversity,
@@ -59,18 +61,15 @@ from sae_variants.architectures.qucl_functional import (
     rank_schedule,
     scale_ranks,
 )
-from sae_variants.architectures.saved_config import AcceptsSavedMetadata
-from sae_variants.functional import (
-    fraction_of_variance_unexplained,
-    tangent_projected,
-    unit_norm_rows,
-)
+from sae_variants.functional import fraction_of_variance_unexplained, unit_norm_rows
 from sae_variants.validation import check_activations, require_fields
 
 
 @dataclass(kw_only=True)
-class QuCLArchitectureFields:
+class QuCLArchitectureFields(ArchitectureFields):
     """Fields the inference SAE needs (shared by the inference and training configs)."""
+
+    architecture_name: ClassVar[str] = "qucl"
 
     quantization_bits: int = 4
     """Bits of the fake quantizer on the projected activations (paper: 4, i.e. 16 levels)."""
@@ -82,7 +81,8 @@ class QuCLArchitectureFields:
     projection_seed: int = 0
     """Seed of the frozen JL projection (it is also saved with the weights)."""
 
-    def _validate_architecture(self) -> None:
+    @override
+    def validate_architecture(self) -> None:
         if not 1 <= self.quantization_bits <= 16:
             raise ValueError(f"quantization_bits must be in [1, 16], got {self.quantization_bits}")
         if not 0.0 < self.max_rank_fraction <= 1.0:
@@ -90,23 +90,15 @@ class QuCLArchitectureFields:
 
 
 @dataclass
-class QuCLSAEConfig(AcceptsSavedMetadata, SAEConfig, QuCLArchitectureFields):
+class QuCLSAEConfig(VariantSAEConfig, QuCLArchitectureFields):
     """Inference configuration of a trained QuCL SAE."""
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "qucl"
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
 
 
 @dataclass
-class QuCLTrainingSAEConfig(TrainingSAEConfig, QuCLArchitectureFields):
+class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
     """Training configuration of QuCL-SAE; every default is the spec's resolution of the paper."""
+
+    inference_config_class: ClassVar[type[SAEConfig]] = QuCLSAEConfig
 
     l1_coefficient: float = 0.04
     """lambda0 of eq. 6, the base L1 weight (paper: 0.04; calibrate it for a target L0, >= 0)."""
@@ -159,18 +151,7 @@ class QuCLTrainingSAEConfig(TrainingSAEConfig, QuCLArchitectureFields):
     """Anchor rows per step; keys are the whole batch, so the cost is anchors x batch (>= 1)."""
 
     @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "qucl"
-
-    @override
-    def get_inference_config_class(self) -> type[SAEConfig]:
-        return QuCLSAEConfig
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
+    def validate_training(self) -> None:
         require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
         require_fields(self, ("l1_warm_up_steps", "contrastive_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
         require_fields(self, ("curriculum_window", "curriculum_interval", "diversity_batches",
@@ -245,10 +226,9 @@ class QuCLEncoder:
         """``Q4((x - b_dec) P[:, :r])``; ``sae_in`` has already had ``b_dec`` removed."""
         return fake_quantize(sae_in @ self.projection[:, : self.current_rank], self.cfg.quantization_bits)
 
-    def pre_activations(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        return pyramid_pre_activations(
-            self.quantized_projection(sae_in), self.W_r, self.b_enc, self.cfg.multiscale
-        )
+    def preactivation(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_sae"], None]:
+        pre = pyramid_pre_activations(self.quantized_projection(sae_in), self.W_r, self.b_enc, self.cfg.multiscale)
+        return pre, None
 
     @property
     def W_enc(self) -> Float[Tensor, "d_in d_sae"]:
@@ -279,18 +259,8 @@ class QuCLEncoder:
         self.cfg.normalize_activations = "none"
 
 
-class QuCLSAE(QuCLEncoder, SAE[QuCLSAEConfig]):
+class QuCLSAE(QuCLEncoder, VariantSAE[QuCLSAEConfig]):
     """A trained QuCL SAE: quantized-projection encoder at the rank training ended with."""
-
-    @override
-    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        sae_in = self.process_sae_in(x)
-        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))
-        return self.hook_sae_acts_post(self.activation_fn(hidden_pre))
-
-    @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return decode_through_hooks(self, feature_acts, self.W_dec)
 
 
 @dataclass
@@ -307,14 +277,21 @@ class RankEvent:
 CURRICULUM_LOG_FILENAME = "qucl_curriculum.json"
 """Written next to the saved SAE: the rank trajectory of the run that trained it."""
 
-_TRAINING_BUFFERS = (
-    "curriculum_threshold", "diversity_sum", "diversity_count", "fvu_window", "fvu_count",
-    "curriculum_step",
-)
+
+def weighted_squared_error(preds: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
+    """Eq. 5's reconstruction error: ``(x^ - x)^2`` weighted per input dim by the batch's
+    feature importance (SAELens's ``mse_loss_fn`` slot: summed over d_in, averaged over rows)."""
+    return (preds - target).pow(2) * feature_importance_weights(target)
 
 
-class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
+class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
     """QuCL-SAE with its rank curriculum, adaptive sparsity and InfoNCE term."""
+
+    training_buffers: ClassVar[tuple[str, ...]] = (
+        "curriculum_threshold", "diversity_sum", "diversity_count", "fvu_window", "fvu_count",
+        "curriculum_step",
+    )
+    training_log_filename: ClassVar[str | None] = CURRICULUM_LOG_FILENAME
 
     curriculum_threshold: Tensor
     diversity_sum: Tensor
@@ -343,6 +320,8 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
         self.register_buffer("curriculum_step", buffer(0, torch.long))
         self.rank_trajectory: list[RankEvent] = []
         """Every curriculum decision of this process (a log for reports, not resumable state)."""
+        if cfg.feature_weight:
+            self.mse_loss_fn = weighted_squared_error
 
     @override
     def initialize_weights(self) -> None:
@@ -361,21 +340,6 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
                 self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up_steps
             ),
         }
-
-    @override
-    def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"]
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        sae_in = self.process_sae_in(x)
-        hidden_pre = self.hook_sae_acts_pre(self.pre_activations(sae_in))
-        return self.hook_sae_acts_post(self.activation_fn(hidden_pre)), hidden_pre
-
-    @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        # While training, a step may rotate a decoder row but not grow it, so the renormalization
-        # before the next step does not undo the optimizer's work.
-        W_dec = tangent_projected(self.W_dec) if self.training else self.W_dec
-        return decode_through_hooks(self, feature_acts, W_dec)
 
     @property
     def threshold_ready(self) -> bool:
@@ -396,33 +360,21 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        output = super().training_forward_pass(step_input)
         if self.training:
-            # SAELens has no post-step hook; the unit-norm constraint is restored before each step.
-            with torch.no_grad():
-                self.W_dec.copy_(unit_norm_rows(self.W_dec))
-        x = step_input.sae_in
-        feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
-        sae_out = self.decode(feature_acts)
+            # The curriculum needs this step's FVU whether or not the step is logged.
+            x = step_input.sae_in.detach()
+            self._advance_curriculum(x, fraction_of_variance_unexplained(x, output.sae_out.detach()))
+        return output
 
-        squared_error = (sae_out - x).pow(2)
-        if self.cfg.feature_weight:
-            squared_error = squared_error * feature_importance_weights(x)
-        losses = {"mse_loss": squared_error.sum(dim=-1).mean()}
-        losses.update(self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
-
-        fvu = fraction_of_variance_unexplained(x.detach(), sae_out.detach())
-        if self.training:
-            self._advance_curriculum(x.detach(), fvu)
-        return TrainStepOutput(
-            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
-            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,
-            metrics={
-                "qucl/rank": self.current_rank,
-                "qucl/threshold": float(self.curriculum_threshold),
-                "qucl/fvu": float(fvu),
-                "qucl/sparsity_scale": self.sparsity_scale(),
-            },
-        )
+    @override
+    def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
+        return {
+            **super().step_metrics(output),
+            "qucl/rank": self.current_rank,
+            "qucl/threshold": self.curriculum_threshold.clone(),
+            "qucl/sparsity_scale": self.sparsity_scale(),
+        }
 
     @override
     def calculate_aux_loss(
@@ -470,15 +422,7 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
         self.rank_trajectory.append(RankEvent(step, before, after, windowed, threshold))
 
     @override
-    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        # Fold the last step's small decoder-norm drift into the encoder, in place, so the saved
-        # SAE has exact unit rows and computes the same function as this module.
-        self.fold_W_dec_norm()
-        saved = super().save_inference_model(path)
-        (Path(path) / CURRICULUM_LOG_FILENAME).write_text(json.dumps(self.curriculum_log(), indent=1))
-        return saved
-
-    def curriculum_log(self) -> dict[str, Any]:
+    def training_log(self) -> dict[str, Any]:
         """The curriculum's final state and every rank decision of this process, as plain data."""
         return {
             "final_rank": self.current_rank,
@@ -487,13 +431,6 @@ class QuCLTrainingSAE(QuCLEncoder, TrainingSAE[QuCLTrainingSAEConfig]):
             "steps": int(self.curriculum_step),
             "decisions": [dataclasses.asdict(event) for event in self.rank_trajectory],
         }
-
-    @override
-    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        super().process_state_dict_for_saving_inference(state_dict)
-        for name in _TRAINING_BUFFERS:
-            state_dict.pop(name, None)
-
 
 @dataclass
 class StandardExport:

@@ -1,6 +1,7 @@
 """SeqContrastiveSAE: contrastive sparse coding with sequence-aware positive pairs (seed 003).
 
-Paper: ``shared/seeds/003_b6198863f6e9a6d6.txt``; spec with resolutions: ``seed-algorithms.md`` §5.
+Paper: seed 003; the algorithm with its resolutions is ``docs/spec.md`` §5, and the measurements
+are in ``docs/variants/seq_contrastive.md``.
 
     x_n = gamma * (x' - mu) / sigma + beta,  sigma = sqrt(var(x') + eps),  x' = x - b_dec    S1
     f   = sigma * ReLU(x_n W_enc + b_enc)                       (scale-restored, so decoding is linear)
@@ -9,8 +10,8 @@ Paper: ``shared/seeds/003_b6198863f6e9a6d6.txt``; spec with resolutions: ``seed-
     L_c = symmetric masked InfoNCE over codes: the positive of a row is another row of the same
           sequence at most w positions away; negatives are all rows of other sequences.   S4, S5
 
-The contrastive weight ramps linearly from 0 (SAELens coefficient warm-up, aligned with the
-learning-rate warm-up by ``sae-variants train``, as the paper ties them). Decoder rows stay unit:
+The contrastive weight ramps linearly from 0 (SAELens coefficient warm-up, bound to the
+learning-rate warm-up by ``bind_run``, as the paper ties them). Decoder rows stay unit:
 their gradient is projected onto the sphere's tangent space and the rows are renormalized before
 every step. The contrastive cost is bounded by sampling ``contrastive_pairs`` pairs per step.
 
@@ -23,51 +24,61 @@ the step refuses to run. At inference the SAE is a per-token function saved as a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import (
-    SAE,
     SAEConfig,
     TrainCoefficientConfig,
-    TrainingSAE,
-    TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
 from torch import Tensor, nn
 from typing_extensions import override
 
-from sae_variants.architectures.decoding import decode_through_hooks
+from sae_variants.architectures.base import (
+    ArchitectureFields,
+    RunInfo,
+    VariantSAE,
+    VariantSAEConfig,
+    VariantTrainingSAE,
+    VariantTrainingSAEConfig,
+    run_value,
+)
 from sae_variants.architectures.input_scale_fold import (
     fold_input_scale,
     require_foldable_input_normalization,
     whitening_refusal,
 )
-from sae_variants.architectures.saved_config import AcceptsSavedMetadata
 from sae_variants.architectures.seq_contrastive_functional import (
     masked_info_nce,
     sample_anchor_pairs,
     soft_support,
     window_partners,
 )
-from sae_variants.functional import (
-    fraction_of_variance_unexplained,
-    layer_normalized_preactivation,
-    tangent_projected,
-    unit_norm_rows,
+from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
+from sae_variants.token_context import (
+    NeedsTokenContext,
+    SequenceLayout,
+    SequenceStepInput,
+    TokenContext,
 )
-from sae_variants.token_context import NeedsTokenContext, SequenceLayout, TokenContext
 from sae_variants.validation import require_fields
 
 CONTRASTIVE_SIMILARITIES = ("codes", "support")
 
+PAPER_CONTRASTIVE_WARM_UP_STEPS = 1000
+"""gamma's ramp when no run is bound: the paper's, which equals its learning-rate warm-up."""
+
 
 @dataclass(kw_only=True)
-class SeqContrastiveArchitectureFields:
+class SeqContrastiveArchitectureFields(ArchitectureFields):
     """Fields the inference SAE needs (shared by the inference and training configs)."""
+
+    architecture_name: ClassVar[str] = "seq_contrastive"
 
     layer_norm: bool = True
     """Layer-normalize the encoder's input with a learnable gain and bias (S1); False: a plain
@@ -79,31 +90,22 @@ class SeqContrastiveArchitectureFields:
     """epsilon of the layer normalization (> 0). Folding an input scale c into the SAE divides it
     by c^2, which keeps the function exact."""
 
-    def _validate_architecture(self) -> None:
+    @override
+    def validate_architecture(self) -> None:
         require_fields(self, ("ln_eps",), lambda v: v > 0, "> 0")
         require_foldable_input_normalization(self)
 
 
 @dataclass
-class SeqContrastiveSAEConfig(AcceptsSavedMetadata, SAEConfig, SeqContrastiveArchitectureFields):
+class SeqContrastiveSAEConfig(VariantSAEConfig, SeqContrastiveArchitectureFields):
     """Inference configuration of a trained sequence-contrastive SAE."""
-
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "seq_contrastive"
-
-    @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
 
 
 @dataclass
-class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitectureFields):
+class SeqContrastiveTrainingSAEConfig(VariantTrainingSAEConfig, SeqContrastiveArchitectureFields):
     """Training configuration; every default is the spec's resolution of the paper (§5 c)."""
 
-    lr_aligned_warm_ups: ClassVar[tuple[str, ...]] = ("contrastive_warm_up_steps",)
+    inference_config_class: ClassVar[type[SAEConfig]] = SeqContrastiveSAEConfig
 
     l1_coefficient: float = 0.04
     """lambda (paper: beta = 0.04; calibrate it for a target L0)."""
@@ -111,9 +113,10 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
     """Linear warm-up of lambda from 0, in steps (>= 0)."""
     contrastive_coefficient: float = 0.1
     """gamma, the final weight of the InfoNCE term (paper: 0.1; 0 switches it off)."""
-    contrastive_warm_up_steps: int = 1000
-    """gamma ramps linearly from 0 over this many steps (paper: 1000, with the learning rate;
-    `sae-variants train` sets it to the run's LR warm-up unless you set it)."""
+    contrastive_warm_up_steps: int | None = None
+    """gamma ramps linearly from 0 over this many steps (>= 0). None: the run's learning-rate
+    warm-up, as the paper ties them (bound by ``bind_run``; unbound, the paper's 1000 with a
+    warning)."""
     temperature: float = 1.0
     """tau of the InfoNCE similarities (paper: 1.0; > 0)."""
     positive_window: int = 8
@@ -121,7 +124,7 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
     contrastive_pairs: int = 64
     """Pairs sampled per step, each used in both directions: the InfoNCE costs
     2 x pairs x batch similarities whatever the batch size (>= 1). 64 keeps the training step
-    within 1.3x SAELens standard's at d_sae 4096 and batch 4096 (README, benchmark)."""
+    within 1.3x SAELens standard's at d_sae 4096 and batch 4096 (``sae-variants benchmark``)."""
     contrastive_similarity: str = "codes"
     """What the InfoNCE compares: ``"codes"``, the cosine of the codes (paper, S5), or
     ``"support"``, the cosine of their soft supports ``1 - exp(-f_i / kappa_i)`` (kappa_i: feature
@@ -130,7 +133,8 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
     token's few largest features."""
     hard_negatives: int | None = None
     """k: keep only each anchor's k most similar rows of other sequences in the InfoNCE
-    denominator (spec d10, "targeted negative sampling"); None (paper) keeps them all (>= 1)."""
+    denominator (``docs/spec.md`` §5 d10, "targeted negative sampling"); None (paper) keeps them
+    all (>= 1)."""
     positions_per_context: int | None = 8
     """P: rows per context in a training batch (paper: 8, so batch/P contexts per batch); None
     serves whole contexts."""
@@ -138,25 +142,36 @@ class SeqContrastiveTrainingSAEConfig(TrainingSAEConfig, SeqContrastiveArchitect
     """How the pipeline picks a context's P positions: ``"pairs"`` (P/2 pairs at most
     ``positive_window`` apart, spec S3), ``"span"`` or ``"uniform"``."""
 
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return "seq_contrastive"
-
-    @override
-    def get_inference_config_class(self) -> type[SAEConfig]:
-        return SeqContrastiveSAEConfig
-
     def sequence_layout(self) -> SequenceLayout:
         """The sequence-structured batches this SAE trains on (read by the pipeline)."""
         return SequenceLayout(self.positions_per_context, self.position_sampling, self.positive_window)
 
     @override
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._validate_architecture()
+    def bind_run(self, run: RunInfo) -> SeqContrastiveTrainingSAEConfig:
+        warm_up = run_value(self.contrastive_warm_up_steps, run.lr_warm_up_steps)
+        return replace(self, contrastive_warm_up_steps=warm_up)
+
+    def contrastive_warm_up(self) -> int:
+        """gamma's ramp in steps: the bound value, or the paper's when no run was bound."""
+        if self.contrastive_warm_up_steps is not None:
+            return self.contrastive_warm_up_steps
+        warnings.warn(
+            "seq_contrastive: contrastive_warm_up_steps is None and no run was bound "
+            f"(cfg.bind_run), so the contrastive weight ramps over the paper's "
+            f"{PAPER_CONTRASTIVE_WARM_UP_STEPS} steps whatever the run's length; set it, or train "
+            "through sae_variants' runner, which aligns it with the learning-rate warm-up",
+            stacklevel=2,
+        )
+        return PAPER_CONTRASTIVE_WARM_UP_STEPS
+
+    @override
+    def validate_training(self) -> None:
         require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps", "contrastive_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        if self.contrastive_warm_up_steps is not None and self.contrastive_warm_up_steps < 0:
+            raise ValueError(
+                f"contrastive_warm_up_steps must be >= 0 steps (or None), got {self.contrastive_warm_up_steps}"
+            )
         require_fields(self, ("temperature",), lambda v: v > 0, "> 0")
         if self.contrastive_similarity not in CONTRASTIVE_SIMILARITIES:
             raise ValueError(f"contrastive_similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}; "
@@ -192,15 +207,16 @@ class SeqContrastiveEncoder:
             self.ln_gain = nn.Parameter(torch.ones(d_in, dtype=self.dtype, device=self.device))
             self.ln_bias = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
 
-    def encode_pre(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+    def preactivation(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_sae"], None]:
         """The pre-activation of ``x' = x - b_dec`` (subtracted by ``process_sae_in``) whose ReLU
         are the codes (S1, with the token scale restored when ``restore_scale``)."""
         if not self.cfg.layer_norm:
-            return sae_in @ self.W_enc + self.b_enc
+            return sae_in @ self.W_enc + self.b_enc, None
         # The restored scale rides inside the product (codes ReLU(s n) = s ReLU(n)): no
-        # [rows, d_sae] scaling pass (issue 6's step-time budget).
-        return layer_normalized_preactivation(sae_in, self.W_enc, self.b_enc, self.ln_gain, self.ln_bias,
-                                              self.cfg.ln_eps, self.cfg.restore_scale)[0]
+        # [rows, d_sae] scaling pass.
+        pre, _ = layer_normalized_preactivation(sae_in, self.W_enc, self.b_enc, self.ln_gain, self.ln_bias,
+                                                self.cfg.ln_eps, self.cfg.restore_scale)
+        return pre, None
 
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
@@ -213,21 +229,12 @@ class SeqContrastiveEncoder:
         raise NotImplementedError(whitening_refusal("seq_contrastive"))
 
 
-class SeqContrastiveSAE(SeqContrastiveEncoder, SAE[SeqContrastiveSAEConfig]):
+class SeqContrastiveSAE(SeqContrastiveEncoder, VariantSAE[SeqContrastiveSAEConfig]):
     """A trained sequence-contrastive SAE (inference: every token encoded on its own)."""
-
-    @override
-    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
-        pre = self.encode_pre(self.process_sae_in(x))
-        return self.hook_sae_acts_post(torch.relu(self.hook_sae_acts_pre(pre)))
-
-    @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return decode_through_hooks(self, feature_acts, self.W_dec)
 
 
 class SeqContrastiveTrainingSAE(
-    NeedsTokenContext, SeqContrastiveEncoder, TrainingSAE[SeqContrastiveTrainingSAEConfig]
+    NeedsTokenContext, SeqContrastiveEncoder, VariantTrainingSAE[SeqContrastiveTrainingSAEConfig]
 ):
     """The sequence-contrastive SAE with its training step (needs a TokenContext per step)."""
 
@@ -235,60 +242,33 @@ class SeqContrastiveTrainingSAE(
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {
             "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
-            "contrastive": TrainCoefficientConfig(
-                self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up_steps
-            ),
+            "contrastive": TrainCoefficientConfig(self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up()),
         }
 
-    @override
-    def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"]
-    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        pre = self.hook_sae_acts_pre(self.encode_pre(self.process_sae_in(x)))
-        return self.hook_sae_acts_post(torch.relu(pre)), pre
+    _positive_retrieval: Tensor = torch.zeros(())
+    """Top-1 retrieval accuracy of the positives in this step (0 without a contrastive term)."""
 
     @override
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
-        return decode_through_hooks(self, feature_acts, self.W_dec)
+    def prepare_step(self, step_input: TrainStepInput) -> SequenceStepInput:
+        self._positive_retrieval = torch.zeros(())
+        return self.with_token_context(super().prepare_step(step_input))
 
     @override
     def calculate_aux_loss(
         self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
-        # The contrastive term needs the batch's token context, so training_forward_pass adds it.
-        return {}
-
-    @override
-    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        x = step_input.sae_in
-        if x.ndim != 2:
-            raise ValueError(
-                f"seq_contrastive trains on [batch, d_in={self.cfg.d_in}] activations, got {tuple(x.shape)}"
-            )
-        context = self.take_token_context(x.shape[0], x.device)
-        if self.training:
-            with torch.no_grad():
-                # No post-step hook in SAELens: restore unit decoder rows before each step.
-                self.W_dec.copy_(unit_norm_rows(self.W_dec))
-        feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
-        sae_out = decode_through_hooks(self, feature_acts, tangent_projected(self.W_dec))
-        losses = {
-            "mse_loss": (sae_out - x).pow(2).sum(dim=-1).mean(),
-            "l1_loss": step_input.coefficients["l1"] * feature_acts.sum(dim=-1).mean(),
-        }
-        accuracy = torch.zeros(())
+        """lambda mean sum_i f_i, and the contrastive term once its weight is above 0 (S6)."""
+        losses = {"l1_loss": step_input.coefficients["l1"] * feature_acts.sum(dim=-1).mean()}
         weight = step_input.coefficients["contrastive"]
         if weight > 0:
-            contrastive, accuracy = self.contrastive_loss(feature_acts, context)
+            assert isinstance(step_input, SequenceStepInput)  # training_forward_pass builds it
+            contrastive, self._positive_retrieval = self.contrastive_loss(feature_acts, step_input.token_context)
             losses["contrastive_loss"] = weight * contrastive
-        return TrainStepOutput(
-            sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
-            loss=sum(losses.values(), torch.zeros((), device=x.device)), losses=losses,  # type: ignore[arg-type]
-            metrics={
-                "seq_contrastive/positive_retrieval": float(accuracy),
-                "seq_contrastive/fvu": float(fraction_of_variance_unexplained(x.detach(), sae_out.detach())),
-            },
-        )
+        return losses
+
+    @override
+    def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
+        return {**super().step_metrics(output), "seq_contrastive/positive_retrieval": self._positive_retrieval}
 
     def contrastive_loss(
         self, feature_acts: Float[Tensor, "rows d_sae"], context: TokenContext

@@ -19,7 +19,6 @@ from sae_variants.architectures.cubic_ortho import (
 )
 from sae_variants.architectures.cubic_ortho_penalty import (
     cubic_ortho_penalty_blocks,
-    cubic_ortho_penalty_coactive,
     cubic_ortho_penalty_dense,
 )
 
@@ -35,7 +34,8 @@ def test_penalty_by_hand_for_two_features() -> None:
     # Decoder rows at 60 degrees: |<w_0, w_1>| = 0.5.
     W_dec = torch.tensor([[1.0, 0.0], [0.5, 3**0.5 / 2]])
     expected = 2 * (2**-0.5) ** 3 * 0.5  # both orders (0,1) and (1,0)
-    for penalty in (cubic_ortho_penalty_dense, cubic_ortho_penalty_coactive):
+    # One block holds both features, so the block form is exact too.
+    for penalty in (cubic_ortho_penalty_dense, cubic_ortho_penalty_blocks):
         torch.testing.assert_close(penalty(acts, W_dec), torch.tensor(expected), atol=1e-5, rtol=1e-5)
 
 
@@ -46,12 +46,11 @@ def test_penalty_vanishes_for_orthonormal_rows_and_for_features_that_never_cofir
     disjoint[torch.arange(4), torch.arange(4)] = 1.0  # each row fires exactly one feature
     W = torch.randn(4, 3)
     assert cubic_ortho_penalty_dense(disjoint, W).item() == pytest.approx(0.0, abs=1e-6)
-    assert cubic_ortho_penalty_coactive(disjoint, W).item() == pytest.approx(0.0, abs=1e-6)
+    assert cubic_ortho_penalty_blocks(disjoint, W).item() == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("scalable", ["coactive", "blocks"])
 @pytest.mark.parametrize("act_mode", ["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"])
-def test_scalable_forms_equal_dense_form_in_value_and_gradient(act_mode: str, scalable: str) -> None:
+def test_block_form_equals_dense_form_in_value_and_gradient(act_mode: str) -> None:
     d_sae = 48  # one block of 64 holds every feature, so the block form is exact here
     # Gradients are compared at the pre-activations: codes come out of a ReLU, so a form may skip
     # the gradient at zero codes (the block form does), which the ReLU would zero anyway.
@@ -59,14 +58,14 @@ def test_scalable_forms_equal_dense_form_in_value_and_gradient(act_mode: str, sc
     W_dec = torch.randn(d_sae, 8, requires_grad=True)
     mean_acts = torch.rand(d_sae)
     results = []
-    for mode in ("dense", scalable):
+    for mode in ("dense", "blocks"):
         cfg = CubicOrthoTrainingSAEConfig(
             d_in=8, d_sae=d_sae, act_mode=act_mode, penalty_mode=mode, block_size=64
         )
         omega = cubic_ortho_penalty(torch.relu(hidden_pre), W_dec, mean_acts, cfg)
         results.append((omega, *torch.autograd.grad(omega, [hidden_pre, W_dec])))
-    for dense, coactive in zip(*results, strict=True):
-        torch.testing.assert_close(coactive, dense, atol=1e-5, rtol=1e-4)
+    for dense, blocks in zip(*results, strict=True):
+        torch.testing.assert_close(blocks, dense, atol=1e-5, rtol=1e-4)
     assert results[0][0] > 0
 
 
@@ -97,7 +96,6 @@ def test_auto_mode_switches_to_the_scalable_form_by_width(monkeypatch: pytest.Mo
         return record
 
     monkeypatch.setattr(module, "cubic_ortho_penalty_dense", recorder("dense"))
-    monkeypatch.setattr(module, "cubic_ortho_penalty_coactive", recorder("coactive"))
     monkeypatch.setattr(module, "cubic_ortho_penalty_blocks", recorder("blocks"))
     for d_sae in (16, 32):
         cfg = CubicOrthoTrainingSAEConfig(d_in=4, d_sae=d_sae, dense_max_d_sae=16)
@@ -105,15 +103,13 @@ def test_auto_mode_switches_to_the_scalable_form_by_width(monkeypatch: pytest.Mo
     assert calls == ["dense", "blocks"]
 
 
-@pytest.mark.parametrize("form", ["coactive", "blocks"])
-def test_scalable_forms_never_allocate_a_dense_square(form: str) -> None:
+def test_block_form_never_allocates_a_dense_square() -> None:
     d_sae = 4096
     # batch * d_sae tensors (the codes and their gradient) are unavoidable; d_sae^2 is 64x larger.
     acts = _sparse_acts(64, d_sae, 8 / d_sae).requires_grad_()
     W_dec = torch.randn(d_sae, 16, requires_grad=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        penalty = cubic_ortho_penalty_coactive if form == "coactive" else cubic_ortho_penalty_blocks
-        penalty(acts, W_dec).backward()
+        cubic_ortho_penalty_blocks(acts, W_dec).backward()
     largest = max(event.cpu_memory_usage for event in prof.events())
     square_bytes = d_sae * d_sae * 4
     assert largest < square_bytes / 16, f"an op allocated {largest} bytes (a d_sae^2 matrix is {square_bytes})"

@@ -19,6 +19,7 @@ from sae_variants import (
     MultiScaleNormTrainingSAE,
     MultiScaleNormTrainingSAEConfig,
 )
+from sae_variants.architectures.base import OptimizerNotBoundError
 from sae_variants.architectures.multiscale_norm import TRAINING_LOG_FILENAME
 from sae_variants.architectures.multiscale_norm_functional import (
     feature_importance,
@@ -35,8 +36,11 @@ D_IN, D_SAE = 32, 128
 
 
 def _sae(**options: Any) -> MultiScaleNormTrainingSAE:
+    """A fresh SAE bound to an Adam of its own (its training steps act on their optimizer)."""
     torch.manual_seed(0)
-    return MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options))
+    sae = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options))
+    sae.bind_optimizer(torch.optim.Adam(sae.parameters(), lr=1e-3))
+    return sae
 
 
 def _activations(n: int = 256, seed: int = 0) -> torch.Tensor:
@@ -54,7 +58,9 @@ def _step(sae: MultiScaleNormTrainingSAE, x: torch.Tensor, step: int = 0, l1: fl
 
 def _train(sae: MultiScaleNormTrainingSAE, steps: int, optimizer: torch.optim.Optimizer | None = None,
            x: torch.Tensor | None = None) -> torch.optim.Optimizer:
-    optimizer = optimizer or torch.optim.Adam(sae.parameters(), lr=1e-3)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+        sae.bind_optimizer(optimizer)
     sae.train()
     for step in range(steps):
         out = _step(sae, _activations(seed=step) if x is None else x, step)
@@ -205,6 +211,7 @@ def test_adaptive_lr_factor_shrinks_on_spikes_recovers_and_respects_the_floor() 
 def test_optimizer_policy_reads_the_preclip_norm_scales_and_restores_the_lr() -> None:
     sae = _sae()
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae.bind_optimizer(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 0.5)
     used: list[float] = []
     optimizer.register_step_pre_hook(lambda opt, *_: used.append(opt.param_groups[0]["lr"]))
@@ -285,6 +292,20 @@ def test_reactivation_directions_are_unit_and_follow_the_residual() -> None:
     directions = reactivation_directions(residual, 10, rank=3)
     torch.testing.assert_close(directions.norm(dim=-1), torch.ones(10))
     torch.testing.assert_close(directions @ basis @ basis.T, directions, atol=1e-4, rtol=1e-4)
+
+
+def test_a_training_step_without_a_bound_optimizer_is_refused() -> None:
+    sae = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE))
+    sae.train()
+    with pytest.raises(OptimizerNotBoundError, match=r"bind_optimizer\(optimizer\)"):
+        _step(sae, _activations())
+    # Without the adaptive learning rate, the decay and reactivation there is nothing to bind.
+    plain = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, adaptive_lr=False, weight_decay=0.0, reactivation=False))
+    plain.train()
+    assert torch.isfinite(_step(plain, _activations()).loss)
+    with pytest.raises(ValueError, match="does not hold this SAE's parameters"):
+        sae.bind_optimizer(torch.optim.Adam(plain.parameters()))
 
 
 def test_training_step_refuses_positions() -> None:

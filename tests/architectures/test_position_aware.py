@@ -9,13 +9,15 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_variants import PositionAwareTrainingSAE, PositionAwareTrainingSAEConfig, TokenContext
+from sae_variants.architectures.base import RunInfo
 from sae_variants.architectures.position_aware import parameter_overhead
 from sae_variants.architectures.position_aware_functional import (
     codes_and_penalties,
     curriculum_alpha,
     position_ranges,
 )
-from sae_variants.integrations.training import TrainRequest, build_runner_config
+from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+from sae_variants.integrations.training.runner import bind_run
 
 D_IN, D_SAE, CONTEXT = 32, 128, 16
 
@@ -27,6 +29,8 @@ def _sae(alpha: float = 1.0, **options: Any) -> PositionAwareTrainingSAE:
         d_in=D_IN, d_sae=D_SAE, position_context=CONTEXT, **options))
     sae.alpha.fill_(alpha)
     sae.eval()
+    # Its decoupled weight decay acts on the optimizer, so training steps need one bound.
+    sae.bind_optimizer(torch.optim.Adam(sae.parameters(), lr=0.1))
     return sae
 
 
@@ -195,8 +199,9 @@ def test_weight_decay_is_decoupled_and_only_on_the_encoder_and_adapter_matrices(
     sae = _sae()
     sae.train()
     optimizer = torch.optim.Adam(sae.parameters(), lr=0.1)
+    sae.bind_optimizer(optimizer)
     x = _contexts().reshape(-1, D_IN)
-    _step(sae, x, torch.arange(x.shape[0]) % CONTEXT, step=60)  # attaches the optimizer policy
+    _step(sae, x, torch.arange(x.shape[0]) % CONTEXT, step=60)
     before = {n: p.detach().clone() for n, p in sae.named_parameters()}
     for p in sae.parameters():
         p.grad = torch.zeros_like(p)  # Adam with zero gradients moves nothing by itself
@@ -231,10 +236,22 @@ def test_parameter_overhead_is_near_the_papers_fifteen_percent() -> None:
     assert 0.145 < parameter_overhead(gemma) < 0.155
 
 
-def test_pipeline_fills_in_the_run_length_and_context() -> None:
+def test_binding_the_run_fills_in_its_length_and_context() -> None:
     runner_cfg, preset = build_runner_config(TrainRequest(architecture="position_aware", d_sae=512))
-    assert runner_cfg.sae.total_training_steps == preset.training_tokens // preset.train_batch_size_tokens
-    assert runner_cfg.sae.position_context == preset.context_size
+    bound = bind_run(runner_cfg).sae
+    assert bound.total_training_steps == preset.training_tokens // preset.train_batch_size_tokens
+    assert bound.position_context == preset.context_size
+    assert bind_run(bind_run(runner_cfg)).sae == bound  # binding twice changes nothing
+    explicit, _ = build_runner_config(TrainRequest(architecture="position_aware", d_sae=512,
+                                                   sae_options={"position_context": 64}))
+    assert bind_run(explicit).sae.position_context == 64
+    # The bound config is validated again: a run shorter than the ranges is refused.
+    with pytest.raises(ValueError, match="n_ranges=4 exceeds position_context=2"):
+        runner_cfg.sae.bind_run(RunInfo(total_steps=10, lr_warm_up_steps=0, context_size=2))
+    unbound = PositionAwareTrainingSAE(runner_cfg.sae)
+    unbound.alpha.fill_(1.0)  # adapters on: their ranges need the context
+    with pytest.raises(ValueError, match="position_context is None"):
+        unbound.encode(torch.zeros(1, 4, 256))
 
 
 def test_tied_init_reads_the_direction_each_feature_writes() -> None:

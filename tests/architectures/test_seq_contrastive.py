@@ -11,6 +11,7 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_variants import (
+    MissingTokenContextError,
     SeqContrastiveTrainingSAE,
     SeqContrastiveTrainingSAEConfig,
     TokenContext,
@@ -21,7 +22,8 @@ from sae_variants.architectures.seq_contrastive_functional import (
     soft_support,
     window_partners,
 )
-from sae_variants.integrations.training import TrainRequest, build_runner_config
+from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+from sae_variants.integrations.training.runner import bind_run
 
 D_IN, D_SAE = 32, 128
 SEQUENCES, POSITIONS = 16, 8
@@ -51,7 +53,7 @@ def _step(sae: SeqContrastiveTrainingSAE, x: torch.Tensor, context: TokenContext
         sae.attach_token_context(context)
     return sae.training_forward_pass(TrainStepInput(
         sae_in=x, coefficients={"l1": l1, "contrastive": contrastive}, dead_neuron_mask=None,
-        n_training_steps=0, is_logging_step=False))
+        n_training_steps=0, is_logging_step=True))
 
 
 def test_config_rejects_bad_values() -> None:
@@ -233,7 +235,7 @@ def test_training_step_needs_its_token_context_and_two_dimensional_rows() -> Non
     with pytest.raises(ValueError, match="describes 128 rows but the training batch has 64"):
         _step(sae, x[:64], context)
     _step(sae, x, context)
-    with pytest.raises(RuntimeError, match="sae-variants train --architecture seq_contrastive"):
+    with pytest.raises(MissingTokenContextError, match=r"sae.attach_token_context\(TokenContext"):
         _step(sae, x, None)  # a context is consumed by its step, never reused
     with pytest.raises(ValueError, match=r"trains on \[batch, d_in=32\] activations, got \(2, 4, 32\)"):
         _step(sae, torch.randn(2, 4, D_IN), context)
@@ -249,12 +251,16 @@ def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_f
     check_folds_keep_the_function(sae, _batch(seed=3)[0])
 
 
-def test_pipeline_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
+def test_binding_the_run_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
     runner_cfg, preset = build_runner_config(TrainRequest(architecture="seq_contrastive", d_sae=512))
-    assert runner_cfg.sae.contrastive_warm_up_steps == preset.lr_warm_up_steps
+    assert runner_cfg.sae.contrastive_warm_up_steps is None  # not bound yet
+    assert bind_run(runner_cfg).sae.contrastive_warm_up_steps == preset.lr_warm_up_steps
     explicit, _ = build_runner_config(TrainRequest(
         architecture="seq_contrastive", d_sae=512, sae_options={"contrastive_warm_up_steps": 7}))
-    assert explicit.sae.contrastive_warm_up_steps == 7
+    assert bind_run(explicit).sae.contrastive_warm_up_steps == 7
+    # Unbound, the SAE falls back to the paper's ramp and says so.
+    with pytest.warns(UserWarning, match="contrastive_warm_up_steps is None"):
+        assert SeqContrastiveTrainingSAE(runner_cfg.sae).get_coefficients()["contrastive"].warm_up_steps == 1000
 
 
 def test_init_is_tied_with_unit_decoder_rows() -> None:

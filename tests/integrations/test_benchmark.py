@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from sae_variants import SeqContrastiveTrainingSAE, SeqContrastiveTrainingSAEConfig
-from sae_variants.integrations.benchmark import synthetic_token_context, time_training_step
+from sae_variants.integrations.benchmark.step_time import (
+    synthetic_token_context,
+    time_training_step,
+)
 
 
 def test_synthetic_contexts_have_the_pipelines_shape() -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from sae_variants.integrations import cli, matched_l0
+from sae_variants.integrations import cli
 from sae_variants.integrations.comparison import (
     ALL_ARCHITECTURES,
     BenchmarkSettings,
     ComparisonReport,
     ComparisonSettings,
     SyntheticSettings,
+    matched_l0,
     performance,
     run_comparison,
     synthetic,
@@ -24,6 +25,7 @@ from sae_variants.integrations.comparison import (
 from sae_variants.integrations.comparison.claims import claim_rows
 from sae_variants.integrations.comparison.command import add_compare_arguments, settings_from_args
 from sae_variants.integrations.comparison.embedded import EmbeddedRun
+from sae_variants.integrations.comparison.matched_l0 import Attempt, calibrate
 from sae_variants.integrations.comparison.report import (
     README_END,
     README_START,
@@ -31,7 +33,6 @@ from sae_variants.integrations.comparison.report import (
     update_readme,
     variant_table,
 )
-from sae_variants.integrations.matched_l0 import Attempt, calibrate
 
 TINY = ComparisonSettings(
     training_tokens=60 * 512, train_batch_size_tokens=512, expansion_factor=1, eval_batches=1,

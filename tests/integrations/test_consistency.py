@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_variants.integrations.consistency import contextual_consistency
-from sae_variants.integrations.evaluation import evaluate_sae
+from sae_variants.integrations.evaluation.consistency import contextual_consistency
+from sae_variants.integrations.evaluation.evaluate import evaluate_sae
 
 
 def test_within_window_and_cross_sequence_jaccard_by_hand() -> None:

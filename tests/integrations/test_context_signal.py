@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sae_variants.integrations.context_signal import (
+from sae_variants.integrations.evaluation.context_signal import (
     activation_context_signal,
     feature_context_overdispersion,
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sae_variants.integrations import cli
-from sae_variants.integrations.evaluation import evaluate_sae, load_sae
+from sae_variants.integrations.evaluation.evaluate import evaluate_sae, load_sae
 
 EXPECTED = {
     "explained_variance", "l0", "l1", "dead_fraction", "dense_fraction", "ce_loss_score",

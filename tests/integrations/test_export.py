@@ -11,7 +11,7 @@ from sae_lens.saes.standard_sae import StandardSAE
 
 from sae_variants import QuCLTrainingSAE, QuCLTrainingSAEConfig
 from sae_variants.integrations import cli
-from sae_variants.integrations.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 
 
 def _saved_qucl(path: Path, bits: int) -> Path:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sae_variants.integrations import gemma2
-from sae_variants.integrations.presets import TRAINING_PRESETS, training_preset
+from sae_variants.integrations.models import gemma2
+from sae_variants.integrations.training.presets import TRAINING_PRESETS, training_preset
 
 
 def test_known_sizes_match_transformer_lens() -> None:

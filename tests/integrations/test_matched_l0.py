@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from sae_variants.integrations import matched_l0
-from sae_variants.integrations.evaluation import EvalResult
-from sae_variants.integrations.matched_l0 import Attempt, _next_value, train_at_target_l0
-from sae_variants.integrations.training import TrainRequest
+from sae_variants.integrations.comparison import matched_l0
+from sae_variants.integrations.comparison.matched_l0 import Attempt, _next_value, train_at_target_l0
+from sae_variants.integrations.evaluation.evaluate import EvalResult
+from sae_variants.integrations.training.request import TrainRequest
 
 
 def test_first_step_assumes_l0_inversely_proportional_to_the_knob() -> None:

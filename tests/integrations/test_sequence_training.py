@@ -24,10 +24,10 @@ from sae_variants import (
     SequenceLayout,
     TokenContext,
 )
-from sae_variants.integrations.sequence_batches import plan_groups
-from sae_variants.integrations.sequence_training import SequenceAwareTrainingRunner
-from sae_variants.integrations.tiny_gemma2 import random_tiny_gemma2_config
-from sae_variants.integrations.tiny_gemma2.model import build_model
+from sae_variants.integrations.models.tiny_gemma2 import random_tiny_gemma2_config
+from sae_variants.integrations.models.tiny_gemma2.model import build_model
+from sae_variants.integrations.training.runner import VariantTrainingRunner
+from sae_variants.integrations.training.sequence_batches import plan_groups
 
 HOOK = "blocks.1.hook_resid_post"
 CONTEXT = 32
@@ -80,8 +80,8 @@ def seq_config(**fields: Any) -> SeqContrastiveTrainingSAEConfig:
 
 
 def sequence_runner(sae_cfg: TrainingSAEConfig, tmp_path: Path, model: HookedSAETransformer | None = None,
-                    layout: SequenceLayout | None = None, **overrides: Any) -> SequenceAwareTrainingRunner:
-    return SequenceAwareTrainingRunner(
+                    layout: SequenceLayout | None = None, **overrides: Any) -> VariantTrainingRunner:
+    return VariantTrainingRunner(
         runner_config(sae_cfg, tmp_path, **overrides),
         override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
         override_model=model or marked_model(), layout=layout,
@@ -163,7 +163,7 @@ def test_group_plans_follow_their_sampling() -> None:
 
 
 def test_pairs_are_within_the_window() -> None:
-    from sae_variants.integrations.sequence_batches import greedy_window_pairs
+    from sae_variants.integrations.training.sequence_batches import greedy_window_pairs
 
     usable = torch.rand(30, 40, generator=torch.Generator().manual_seed(1)) > 0.2
     pairs, counts = greedy_window_pairs(usable, 3, torch.Generator().manual_seed(2))
@@ -211,7 +211,7 @@ def test_plain_saelens_runner_refuses_with_the_entry_points(tmp_path: Path) -> N
         override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
         override_model=marked_model(),
     )
-    with pytest.raises(MissingTokenContextError, match="sae-variants train --architecture seq_contrastive"):
+    with pytest.raises(MissingTokenContextError, match="variant runner or `sae-variants train`"):
         runner.run()
 
 
@@ -224,8 +224,9 @@ def test_bad_layouts_are_clear_errors(tmp_path: Path) -> None:
         SequenceLayout(8, "random")
     with pytest.raises(ValueError, match="seqpos_slice"):
         sequence_runner(seq_config(), tmp_path, seqpos_slice=(1, None))
-    with pytest.raises(ValueError, match="declares no sequence layout"):
-        SequenceAwareTrainingRunner(runner_config(StandardTrainingSAEConfig(d_in=64, d_sae=128), tmp_path))
+    plain = VariantTrainingRunner(runner_config(StandardTrainingSAEConfig(d_in=64, d_sae=128), tmp_path),
+                                  override_model=marked_model(), override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}))
+    assert plain.sequence_batches is None  # a per-token config trains on SAELens's shuffled store
 
 
 def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(tmp_path: Path) -> None:
@@ -255,7 +256,8 @@ def test_train_sae_picks_the_sequence_pipeline_from_the_config(tmp_path: Path) -
     from sae_lens import SAE
 
     from sae_variants import SeqContrastiveSAE, SeqContrastiveTrainingSAE
-    from sae_variants.integrations.training import TrainRequest, train_sae
+    from sae_variants.integrations.training.pipeline import train_sae
+    from sae_variants.integrations.training.request import TrainRequest
 
     result = train_sae(TrainRequest(
         architecture="seq_contrastive", d_sae=256, training_tokens=52 * 1024, train_batch_size_tokens=1024,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_variants.integrations.evaluation import load_sae
+from sae_variants.integrations.evaluation.evaluate import load_sae
 from sae_variants.integrations.splicing import (
     ablate_feature,
     attach_sae,

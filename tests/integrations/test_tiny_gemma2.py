@@ -9,7 +9,7 @@ import torch
 from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 
-from sae_variants.integrations.tiny_gemma2 import (
+from sae_variants.integrations.models.tiny_gemma2 import (
     CONTEXT_SIZE,
     corpus,
     heldout_loss,
@@ -17,8 +17,8 @@ from sae_variants.integrations.tiny_gemma2 import (
     random_tiny_gemma2_config,
     tiny_gemma2_config,
 )
-from sae_variants.integrations.tiny_gemma2.config import GEMMA2_ARCHITECTURE_FIELDS
-from sae_variants.integrations.tiny_gemma2.model import REPORT_PATH, build_model
+from sae_variants.integrations.models.tiny_gemma2.config import GEMMA2_ARCHITECTURE_FIELDS
+from sae_variants.integrations.models.tiny_gemma2.model import REPORT_PATH, build_model
 
 
 @pytest.mark.parametrize("cfg", [tiny_gemma2_config(), random_tiny_gemma2_config()], ids=["embedded", "random"])

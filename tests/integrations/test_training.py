@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from sae_variants.integrations import cli
-from sae_variants.integrations.training import (
+from sae_variants.integrations.training.request import (
     TrainRequest,
-    _CheckedActivationStream,
     build_runner_config,
     build_sae_config,
 )
+from sae_variants.integrations.training.runner import CheckedActivationStream, bind_run
 
 
 def test_gemma_2_2b_layer_12_builds_the_papers_config() -> None:
@@ -86,13 +86,13 @@ def test_unknown_model_is_a_clear_error() -> None:
 
 def test_nan_activations_stop_training_at_the_first_batch() -> None:
     batches = iter([torch.tensor([[1.0, float("nan")]])])
-    stream = _CheckedActivationStream(batches, d_in=2, hook="blocks.0.hook_resid_post")
+    stream = CheckedActivationStream(batches, d_in=2, hook="blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match=r"training activations at blocks.0.hook_resid_post.*NaN"):
         next(stream)
 
 
 def test_wrong_width_activations_stop_training() -> None:
-    stream = _CheckedActivationStream(iter([torch.zeros(4, 3)]), d_in=2, hook="h")
+    stream = CheckedActivationStream(iter([torch.zeros(4, 3)]), d_in=2, hook="h")
     with pytest.raises(ValueError, match=r"d_in=2.*\(4, 3\)"):
         next(stream)
 
@@ -126,8 +126,14 @@ def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_warm_up_longer_than_the_run_is_refused() -> None:
+    cfg, _ = build_runner_config(TrainRequest(training_tokens=60 * 4096, sae_options={"l1_warm_up_steps": "1000"}))
     with pytest.raises(ValueError, match=r"l1_warm_up_steps=1000 is longer than the whole run \(60 steps\)"):
-        build_runner_config(TrainRequest(training_tokens=60 * 4096, sae_options={"l1_warm_up_steps": "1000"}))
+        bind_run(cfg)
+    # A warm-up the run fills in is checked too: an explicit one above the run, refused.
+    cfg, _ = build_runner_config(TrainRequest(architecture="cubic_ortho", training_tokens=60 * 4096,
+                                              sae_options={"ortho_warm_up_steps": "61"}))
+    with pytest.raises(ValueError, match=r"ortho_warm_up_steps=61 is longer"):
+        bind_run(cfg)
     with pytest.raises(ValueError, match=r"warms the learning rate up over 1000 steps"):
         build_runner_config(TrainRequest(preset="paper", training_tokens=100_000))
 
@@ -152,7 +158,7 @@ class _FakeStore:
 def test_b_dec_starts_at_the_scaled_mean_of_non_special_tokens() -> None:
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
-    from sae_variants.integrations.training import initialize_b_dec_to_mean
+    from sae_variants.integrations.training.pipeline import initialize_b_dec_to_mean
 
     store = _FakeStore()
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=2, d_sae=4))

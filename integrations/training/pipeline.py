@@ -1,0 +1,91 @@
+"""Train any registered SAE architecture from a :class:`~.request.TrainRequest`, offline on the
+embedded model or on any model TransformerLens loads: :func:`train_sae` builds the runner config,
+trains with :class:`~.runner.VariantTrainingRunner` and saves the SAE in SAELens's format.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from sae_lens import LanguageModelSAERunnerConfig
+from sae_lens.saes.sae import TrainingSAE
+
+from sae_variants.integrations.models import load_model
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
+from sae_variants.integrations.models.tiny_gemma2.corpus import (
+    contexts_dataset,
+    corpus_split,
+    token_contexts,
+)
+from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+from sae_variants.integrations.training.runner import VariantTrainingRunner
+from sae_variants.validation import check_activations
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def initialize_b_dec_to_mean(
+    sae: TrainingSAE[Any], store: Any, normalize_activations: str, n_batches: int = 4
+) -> None:
+    """Set ``b_dec`` to the mean of a few store batches, in the space the SAE trains in.
+
+    With ``expected_average_only_in`` the trainer scales inputs by sqrt(d_in) / E||x||, so the
+    mean is scaled the same way. The contexts are drawn from the store's own stream, so training
+    starts that many contexts later in the data (they come round again in later epochs).
+    """
+    tokens = store.get_batch_tokens(n_batches * store.store_batch_size_prompts)
+    acts = store.get_activations(tokens).reshape(-1, sae.cfg.d_in)
+    if store.exclude_special_tokens is not None:
+        keep = ~torch.isin(tokens.reshape(-1), store.exclude_special_tokens.to(tokens.device))
+        acts = acts[keep]
+    check_activations(acts, sae.cfg.d_in, where="activations for the b_dec initialization")
+    mean = acts.mean(dim=0)
+    if normalize_activations == "expected_average_only_in":
+        mean = mean * (sae.cfg.d_in**0.5 / acts.norm(dim=-1).mean())
+    sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
+
+
+def embedded_training_dataset(context_size: int) -> Dataset:
+    """The Austen train split as pretokenized ``[BOS] + text`` contexts."""
+    return contexts_dataset(token_contexts(corpus_split("train"), load_tokenizer(), context_size))
+
+
+def _refuse_to_overwrite(output: Path, overwrite: bool) -> None:
+    if (output / "cfg.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds a trained SAE; choose another --output or pass --overwrite"
+        )
+
+
+@dataclass
+class TrainResult:
+    output_path: Path
+    sae: TrainingSAE[Any]
+    runner_config: LanguageModelSAERunnerConfig[Any]
+
+
+def train_sae(request: TrainRequest) -> TrainResult:
+    """Train as requested with :class:`VariantTrainingRunner`; the SAE is saved to
+    ``request.output_path``."""
+    runner_cfg, _ = build_runner_config(request)
+    output = Path(request.output_path)
+    _refuse_to_overwrite(output, request.overwrite)
+    torch.manual_seed(request.seed)
+    model = load_model(request.model_name, device=request.device)
+    dataset = (
+        embedded_training_dataset(runner_cfg.context_size)
+        if request.model_name == EMBEDDED_MODEL_NAME
+        else None
+    )
+    runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+    if request.init_b_dec_to_mean:
+        initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
+    sae = runner.run()
+    logger.info("saved the trained SAE to %s", output)
+    return TrainResult(output, sae, runner.cfg)

@@ -1,0 +1,220 @@
+"""What a training run is: :class:`TrainRequest` (the user's choices, with presets for the rest)
+and the SAELens ``LanguageModelSAERunnerConfig`` it resolves to, for any model, without weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainingSAEConfig
+from transformer_lens import HookedTransformerConfig
+
+import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
+from sae_variants.integrations.models import model_config
+from sae_variants.integrations.models.hooks import hook_name as site_hook_name
+from sae_variants.integrations.models.hooks import hook_width
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.presets import TrainingPreset, training_preset
+
+PAPER_DATASET = "monology/pile-uncopyrighted"
+"""The dataset the seed papers streamed for Gemma-2-2B (needs the hub)."""
+
+# Fields of TrainingSAEConfig that the request sets itself; users may not override them by name.
+_MANAGED_SAE_FIELDS = frozenset({"d_in", "d_sae", "metadata", "device", "dtype"})
+
+
+@dataclass
+class TrainRequest:
+    """Everything a training run needs; defaults give the embedded-model demo."""
+
+    architecture: str = "standard"
+    """A registered SAELens training architecture (built-in or from ``sae_variants``)."""
+    model_name: str = EMBEDDED_MODEL_NAME
+    layer: int | None = None
+    """Block index; ``None`` picks the middle of the model (``n_layers // 2 - 1``)."""
+    site: str = "resid_post"
+    hook_name: str | None = None
+    """An explicit TransformerLens hook name; overrides ``layer`` and ``site``."""
+    expansion_factor: int = 8
+    """``d_sae = expansion_factor * d_in`` unless ``d_sae`` is given."""
+    d_sae: int | None = None
+    preset: str | None = None
+    """A training preset name; ``None`` means ``demo`` for the embedded model, ``paper`` otherwise."""
+    training_tokens: int | None = None
+    train_batch_size_tokens: int | None = None
+    lr: float | None = None
+    sae_options: dict[str, Any] = field(default_factory=dict)
+    """Architecture hyperparameters, e.g. ``{"l1_coefficient": 5.0}``."""
+    output_path: Path = Path("sae_runs/latest")
+    overwrite: bool = False
+    dataset_path: str | None = None
+    """Text or pretokenized dataset for non-embedded models (default: the papers' Pile)."""
+    n_checkpoints: int = 0
+    normalize_activations: str = "expected_average_only_in"
+    init_b_dec_to_mean: bool = True
+    """Start ``b_dec`` at the mean activation (seed spec §1.3) instead of SAELens's zeros: the
+    residual stream has a large mean, and an SAE that must first learn it wastes features on it."""
+    seed: int = 42
+    device: str = "cpu"
+
+
+def middle_layer(cfg: HookedTransformerConfig) -> int:
+    """The block whose output sits halfway through the model's depth."""
+    return max(0, cfg.n_layers // 2 - 1)
+
+
+def resolve_hook(request: TrainRequest, cfg: HookedTransformerConfig) -> tuple[str, int]:
+    """(hook name, d_in) for the request, validated against the model's config."""
+    if request.hook_name is not None:
+        name = request.hook_name
+    else:
+        layer = middle_layer(cfg) if request.layer is None else request.layer
+        name = site_hook_name(cfg, layer, request.site)
+    return name, hook_width(cfg, name)
+
+
+def training_config_class(architecture: str) -> type[TrainingSAEConfig]:
+    """The training config class of a registered architecture, or an error listing them all."""
+    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; registered training architectures: "
+            f"{', '.join(sorted(SAE_TRAINING_CLASS_REGISTRY))}"
+        )
+    return SAE_TRAINING_CLASS_REGISTRY[architecture][1]
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert a CLI string to the annotated type of a config field (int, float, bool, str, ...)."""
+    if not isinstance(value, str):
+        return value
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    if value.lower() in ("none", "null") and type(None) in options:
+        return None
+    for option in options:
+        if option is bool or option == "bool":
+            if value.lower() in ("true", "1", "yes"):
+                return True
+            if value.lower() in ("false", "0", "no"):
+                return False
+        elif option in (int, "int"):
+            try:
+                return int(value)
+            except ValueError:
+                continue
+        elif option in (float, "float"):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        elif option in (str, "str") or typing.get_origin(option) is typing.Literal:
+            return value
+    raise ValueError(f"option {name}={value!r} cannot be read as {annotation}")
+
+
+def build_sae_config(
+    architecture: str, d_in: int, d_sae: int, options: Mapping[str, Any], normalize_activations: str
+) -> TrainingSAEConfig:
+    """Instantiate the architecture's training config; unknown or managed options are refused."""
+    cfg_class = training_config_class(architecture)
+    fields = {f.name: f for f in dataclasses.fields(cfg_class)}
+    hints = typing.get_type_hints(cfg_class)
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in _MANAGED_SAE_FIELDS:
+            raise ValueError(f"option {key!r} is set by the training pipeline and cannot be overridden")
+        if key not in fields:
+            settable = sorted(set(fields) - _MANAGED_SAE_FIELDS)
+            raise ValueError(f"{architecture!r} has no option {key!r}; its options are: {', '.join(settable)}")
+        kwargs[key] = _coerce(value, hints.get(key, fields[key].type), key)
+    kwargs.setdefault("normalize_activations", normalize_activations)
+    return cfg_class(d_in=d_in, d_sae=d_sae, **kwargs)
+
+
+def config_fields(cfg: TrainingSAEConfig) -> dict[str, Any]:
+    """Every field of an SAE config but its metadata: what decides the SAE a run builds (used, on
+    the bound config, as the key under which finished work is reused, so a changed default is
+    never reused)."""
+    return {k: v for k, v in vars(cfg).items() if k != "metadata"}
+
+
+def _buffer_batches(batch_tokens: int, context_size: int) -> int:
+    # SAELens's mixing buffer holds n_batches_in_buffer * context_size tokens and refuses a batch
+    # larger than that (saelens-host pitfall 1); twice the batch keeps shuffling meaningful.
+    return max(16, 2 * math.ceil(batch_tokens / context_size))
+
+
+def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerConfig[Any], TrainingPreset]:
+    """The SAELens runner config for ``request`` (needs no weights, so it works offline for any
+    model). Its SAE config is not yet bound to the run: :func:`~.runner.bind_run` does that, once,
+    when the runner is built (``bind_run(cfg)`` shows the result)."""
+    cfg = model_config(request.model_name)
+    name, d_in = resolve_hook(request, cfg)
+    embedded = request.model_name == EMBEDDED_MODEL_NAME
+    preset = training_preset(request.preset or ("demo" if embedded else "paper"))
+    d_sae = request.d_sae if request.d_sae is not None else request.expansion_factor * d_in
+    if d_sae <= 0:
+        raise ValueError(f"d_sae must be positive, got {d_sae}")
+    sae_cfg = build_sae_config(
+        request.architecture, d_in, d_sae, request.sae_options, request.normalize_activations
+    )
+    batch_tokens = request.train_batch_size_tokens or preset.train_batch_size_tokens
+    training_tokens = request.training_tokens or preset.training_tokens
+    if training_tokens < batch_tokens:
+        raise ValueError(
+            f"training_tokens={training_tokens} is smaller than one batch ({batch_tokens} tokens)"
+        )
+    lr_warm_up_steps = preset.lr_warm_up_steps
+    total_steps = training_tokens // batch_tokens
+    if lr_warm_up_steps > total_steps:
+        raise ValueError(
+            f"the {preset.name!r} preset warms the learning rate up over {lr_warm_up_steps} steps, "
+            f"longer than the whole run ({total_steps} steps); train for more tokens or pick "
+            "another preset"
+        )
+    lr = request.lr or preset.lr
+    output = Path(request.output_path)
+    runner_cfg = LanguageModelSAERunnerConfig(
+        sae=sae_cfg,
+        model_name=request.model_name,
+        model_class_name="HookedTransformer",
+        hook_name=name,
+        dataset_path="" if embedded else (request.dataset_path or PAPER_DATASET),
+        is_dataset_tokenized=embedded,
+        streaming=not embedded,
+        context_size=preset.context_size,
+        training_tokens=training_tokens,
+        train_batch_size_tokens=batch_tokens,
+        store_batch_size_prompts=max(1, min(32, batch_tokens // preset.context_size)),
+        n_batches_in_buffer=_buffer_batches(batch_tokens, preset.context_size),
+        lr=lr,
+        lr_warm_up_steps=lr_warm_up_steps,
+        lr_decay_steps=int(preset.lr_decay_fraction * total_steps),
+        # SAELens's decay phase starts at lr_end (default lr / 10); start it at the full lr.
+        lr_end=lr,
+        # BOS activations are extreme outliers that dominate a squared loss (seed spec §1.3).
+        exclude_special_tokens=True,
+        n_checkpoints=request.n_checkpoints,
+        checkpoint_path=str(output / "checkpoints"),
+        output_path=str(output),
+        logger=LoggingConfig(log_to_wandb=False),
+        device=request.device,
+        seed=request.seed,
+        n_batches_for_norm_estimate=max(1, min(100, training_tokens // batch_tokens // 10)),
+        verbose=False,
+        # The embedded model is built in code, not from_pretrained, so no loading kwargs apply;
+        # SAELens's default ({"center_writing_weights": False}) would make every load warn.
+        model_from_pretrained_kwargs={} if embedded else None,
+    )
+    return runner_cfg, preset
+
+

@@ -1,0 +1,179 @@
+"""One SAELens runner for every architecture: :class:`VariantTrainingRunner`.
+
+It is SAELens's ``LanguageModelSAETrainingRunner`` plus what a variant needs from the run, all
+through seams SAELens exposes:
+
+1. before anything is built, the SAE config is bound to the run (:func:`bind_run`: the variant
+   receives its run's facts once, and the warm-ups are checked against the run's length);
+2. the activation store is wrapped: every batch is checked (finite, of width ``d_in``), and for
+   a config that declares a sequence layout the batches come from a
+   :class:`~sae_variants.integrations.training.sequence_batches.SequenceBatchSource` over that
+   same store (the runner reads batches and saves/restores checkpoints through
+   ``runner.activations_store``);
+3. once SAELens's trainer exists, the SAE is bound to *its* optimizer (``bind_optimizer``), and
+   ``trainer.step`` (its documented per-batch seam, called by ``fit`` with each batch exactly as
+   the data provider returned it) hands a sequence-aware SAE the batch's token context first.
+
+Everything else (the model, Adam, schedules, clipping, checkpoints, normalization and its fold,
+saving) is SAELens's own; ``tests/integrations/test_sequence_training.py`` pins the SAELens
+behaviour this relies on.
+
+    runner = VariantTrainingRunner(LanguageModelSAERunnerConfig(
+        sae=SeqContrastiveTrainingSAEConfig(d_in=2304, d_sae=16384), ...))
+    sae = runner.run()
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
+from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
+from sae_lens.training.sae_trainer import SAETrainer
+
+from sae_variants.architectures.base import RunInfo, VariantTrainingSAE, VariantTrainingSAEConfig
+from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
+from sae_variants.token_context import NeedsTokenContext, SequenceLayout
+from sae_variants.validation import check_activations
+
+
+def sequence_layout_of(sae_cfg: TrainingSAEConfig) -> SequenceLayout | None:
+    """The batches a training config declares it needs, or None for per-token SAEs."""
+    declare = getattr(sae_cfg, "sequence_layout", None)
+    return declare() if callable(declare) else None
+
+
+def needs_sequence_pipeline(sae_cfg: TrainingSAEConfig | type[TrainingSAEConfig]) -> bool:
+    """Whether a training config (or config class) declares a sequence layout."""
+    return callable(getattr(sae_cfg, "sequence_layout", None))
+
+
+def run_info(cfg: LanguageModelSAERunnerConfig[Any]) -> RunInfo:
+    """The facts of the run ``cfg`` describes."""
+    return RunInfo(
+        total_steps=cfg.training_tokens // cfg.train_batch_size_tokens,
+        lr_warm_up_steps=cfg.lr_warm_up_steps,
+        context_size=cfg.context_size,
+    )
+
+
+def check_warm_ups_fit(sae_cfg: TrainingSAEConfig, run: RunInfo) -> None:
+    """``ValueError`` for any ``*_warm_up_steps`` field longer than the whole run."""
+    for f in dataclasses.fields(sae_cfg):
+        value = getattr(sae_cfg, f.name)
+        if f.name.endswith("_warm_up_steps") and isinstance(value, int) and value > run.total_steps:
+            raise ValueError(
+                f"{f.name}={value} is longer than the whole run ({run.total_steps} steps); "
+                "shorten the warm-up or train for more tokens"
+            )
+
+
+def bind_sae_config(sae_cfg: TrainingSAEConfig, run: RunInfo) -> TrainingSAEConfig:
+    """``sae_cfg`` bound to ``run`` (a variant's ``bind_run``; SAELens's built-ins take nothing)."""
+    return sae_cfg.bind_run(run) if isinstance(sae_cfg, VariantTrainingSAEConfig) else sae_cfg
+
+
+def bind_run(cfg: LanguageModelSAERunnerConfig[Any]) -> LanguageModelSAERunnerConfig[Any]:
+    """A copy of ``cfg`` whose SAE config is bound to the run and whose warm-ups fit in it.
+    Binding a bound config changes nothing."""
+    run = run_info(cfg)
+    sae_cfg = bind_sae_config(cfg.sae, run)
+    check_warm_ups_fit(sae_cfg, run)
+    bound = copy.copy(cfg)
+    bound.sae = sae_cfg
+    return bound
+
+
+class CheckedActivationStream:
+    """The runner's activation store, with every training batch checked before the SAE sees it.
+
+    SAELens trains happily on NaN activations or a wrongly sized hook; this turns both into an
+    error on the first batch. Everything but iteration is delegated to the wrapped store.
+    """
+
+    def __init__(self, store: Any, d_in: int, hook: str) -> None:
+        self._store = store
+        self._d_in = d_in
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_store":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        batch = next(self._store)
+        check_activations(batch, self._d_in, where=f"training activations at {self._hook}")
+        return batch
+
+
+def deliver_token_contexts(trainer: SAETrainer[Any, Any], sae: TrainingSAE[Any], source: SequenceBatchSource) -> None:
+    """Make ``trainer`` hand ``sae`` each batch's token context right before stepping on it."""
+    step = trainer.step
+
+    def step_with_context(batch: Any) -> Any:
+        context = source.context_of(batch)
+        if isinstance(sae, NeedsTokenContext):
+            sae.attach_token_context(context)
+        return step(batch)
+
+    trainer.step = step_with_context  # type: ignore[method-assign]
+
+
+def attach_to_trainer(trainer: SAETrainer[Any, Any], sequence_batches: SequenceBatchSource | None = None) -> None:
+    """Give the trainer's SAE what SAELens's trainer does not: its optimizer (for variants that
+    act on it) and, with a sequence source, each batch's token context."""
+    if isinstance(trainer.sae, VariantTrainingSAE):
+        trainer.sae.bind_optimizer(trainer.optimizer)
+    if sequence_batches is not None:
+        deliver_token_contexts(trainer, trainer.sae, sequence_batches)
+
+
+class VariantTrainingRunner(LanguageModelSAETrainingRunner):
+    """``LanguageModelSAETrainingRunner`` for every architecture (see the module docstring).
+
+    ``layout`` defaults to what the SAE's config declares (``sequence_layout()``); a per-token
+    SAE (e.g. SAELens ``standard``) may be trained on sequence-structured batches by passing one.
+    ``pool_contexts`` sets how many contexts a sequence source keeps for mixing (default: twice
+    a batch's).
+    """
+
+    sequence_batches: SequenceBatchSource | None
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[Any],
+        override_dataset: Any = None,
+        override_model: Any = None,
+        override_sae: TrainingSAE[Any] | None = None,
+        *,
+        layout: SequenceLayout | None = None,
+        pool_contexts: int | None = None,
+    ) -> None:
+        cfg = bind_run(cfg)
+        super().__init__(cfg, override_dataset=override_dataset, override_model=override_model,
+                         override_sae=override_sae)
+        layout = layout or sequence_layout_of(cfg.sae)
+        self.sequence_batches = None
+        if layout is not None:
+            self.sequence_batches = SequenceBatchSource(
+                self.activations_store, layout, cfg.train_batch_size_tokens,
+                pool_contexts=pool_contexts, seed=cfg.seed,
+            )
+            # The source checks every batch itself.
+            self.activations_store = self.sequence_batches  # type: ignore[assignment]
+        else:
+            self.activations_store = CheckedActivationStream(  # type: ignore[assignment]
+                self.activations_store, cfg.sae.d_in, cfg.hook_name
+            )
+
+    def run_trainer_with_interruption_handling(self, trainer: SAETrainer[Any, Any]) -> Any:
+        attach_to_trainer(trainer, self.sequence_batches)
+        return super().run_trainer_with_interruption_handling(trainer)

@@ -1,0 +1,365 @@
+"""What every variant of this package shares: its configs' life cycle, its encode/decode path,
+its decoder constraint, its training-step output and its saving.
+
+A variant module defines four public classes, as SAELens's own architectures do, on these bases:
+
+- :class:`VariantSAEConfig` / :class:`VariantTrainingSAEConfig`: the inference and training
+  configs. The variant's *architecture fields* (those the inference SAE needs) sit in a
+  :class:`ArchitectureFields` dataclass mixed into both, whose ``validate_architecture`` runs in
+  both ``__post_init__``; the architecture name is stated once, on that mixin.
+- :class:`VariantSAE` / :class:`VariantTrainingSAE`: the inference and training SAEs. The
+  variant's encoder is a mixin with ``preactivation`` (and, if not ReLU, ``activation``); the
+  bases run it through SAELens's hooks and decode through SAELens's decode chain.
+
+The training contract is one-way: a training pipeline hands the config its run's facts once,
+``cfg.bind_run(RunInfo(...))``, which returns a re-validated config; the SAE is built from that.
+Everything the training SAE needs around the optimizer it gets from ``bind_optimizer``, called
+by whoever owns the optimizer (never through process-global hooks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from jaxtyping import Float
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    SAEMetadata,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from sae_variants.functional import (
+    fraction_of_variance_unexplained,
+    remove_parallel_component,
+    unit_norm_rows,
+)
+
+C = TypeVar("C", bound=SAEConfig)
+TC = TypeVar("TC", bound=TrainingSAEConfig)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The facts of one training run that a variant's schedules are defined against."""
+
+    total_steps: int
+    """Optimizer steps in the run (training tokens // batch tokens)."""
+    lr_warm_up_steps: int
+    """Steps of the learning-rate warm-up (schedules the papers tie to it follow it)."""
+    context_size: int
+    """Tokens per context the activations were computed on."""
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or self.context_size < 1 or self.lr_warm_up_steps < 0:
+            raise ValueError(
+                "RunInfo needs total_steps >= 1, lr_warm_up_steps >= 0 and context_size >= 1; got "
+                f"{self.total_steps}, {self.lr_warm_up_steps}, {self.context_size}"
+            )
+
+
+def run_value(value: int | None, from_run: int) -> int:
+    """A run-bound field's value: what the user set, or else the run's."""
+    return from_run if value is None else value
+
+
+@dataclass(kw_only=True)
+class ArchitectureFields:
+    """Base of a variant's architecture fields (shared by its inference and training configs)."""
+
+    architecture_name: ClassVar[str]
+    """The SAELens architecture key both configs report."""
+
+    def validate_architecture(self) -> None:
+        """Raise ``ValueError`` naming the first invalid architecture field (none by default)."""
+
+
+def _check_finite_numbers(cfg: object) -> None:
+    # A NaN or inf hyperparameter passes every ">= 0"-style range check and trains a NaN SAE.
+    for f in fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+
+
+@dataclass
+class VariantSAEConfig(SAEConfig):
+    """Inference config of a variant: validates its architecture fields on construction.
+
+    ``metadata`` also admits the plain dict ``SAEConfig.from_dict`` passes when SAELens loads a
+    saved SAE (it builds ``cfg_class(**saved)`` and only then replaces it); it is converted to
+    ``SAEMetadata`` at once, so run-time type checks hold.
+    """
+
+    metadata: SAEMetadata | dict[str, Any] = field(default_factory=SAEMetadata)  # type: ignore[assignment]
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return cls.architecture_name  # type: ignore[attr-defined]
+
+    @override
+    def __post_init__(self) -> None:
+        if isinstance(self.metadata, dict):
+            self.metadata = SAEMetadata(**self.metadata)
+        super().__post_init__()
+        _check_finite_numbers(self)
+        self.validate_architecture()  # type: ignore[attr-defined]
+
+
+@dataclass
+class VariantTrainingSAEConfig(TrainingSAEConfig):
+    """Training config of a variant: validates everything on construction and on ``bind_run``."""
+
+    inference_config_class: ClassVar[type[SAEConfig]]
+    """The config the trained SAE is saved with (its own, or a SAELens built-in's)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return cls.architecture_name  # type: ignore[attr-defined]
+
+    @override
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return self.inference_config_class
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_finite_numbers(self)
+        self.validate_architecture()  # type: ignore[attr-defined]
+        self.validate_training()
+
+    def validate_training(self) -> None:
+        """Raise ``ValueError`` naming the first invalid training field (none by default)."""
+
+    def bind_run(self, run: RunInfo) -> VariantTrainingSAEConfig:
+        """This config with the fields defined by the run filled in (those the user left at
+        ``None``), re-validated. Binding a bound config changes nothing."""
+        del run
+        return self
+
+    def needs_optimizer(self) -> bool:
+        """Whether training acts on the optimizer (the SAE must then be ``bind_optimizer``-ed)."""
+        return False
+
+
+class OptimizerNotBoundError(RuntimeError):
+    """A variant whose training acts on the optimizer trained without being bound to one."""
+
+
+class VariantModule:
+    """The encode/decode path shared by a variant's inference and training SAEs.
+
+    A variant's encoder mixin provides :meth:`preactivation` (and :meth:`activation` when its
+    codes are not the ReLU of the pre-activation); SAELens's hooks run around both exactly where
+    they run in SAELens's standard SAE, so splicing and caching behave the same.
+    """
+
+    cfg: Any
+    W_dec: torch.nn.Parameter
+    b_dec: torch.nn.Parameter
+    d_head: int | None
+    process_sae_in: Callable[[Tensor], Tensor]
+    hook_sae_acts_pre: Callable[[Tensor], Tensor]
+    hook_sae_acts_post: Callable[[Tensor], Tensor]
+    hook_sae_recons: Callable[[Tensor], Tensor]
+    run_time_activation_norm_fn_out: Callable[[Tensor], Tensor]
+    reshape_fn_out: Callable[[Tensor, int | None], Tensor]
+
+    def preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
+        """The pre-activation of ``sae_in`` (``process_sae_in`` already applied) and the per-token
+        scale the codes restore (``None``: they restore none)."""
+        raise NotImplementedError
+
+    def activation(
+        self, pre: Float[Tensor, "*batch d_sae"], scale: Float[Tensor, "*batch 1"] | None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """The codes of a pre-activation: ReLU by default (a restored scale is inside ``pre``)."""
+        del scale
+        return torch.relu(pre)
+
+    def encode_with_hidden_pre(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
+        """``(codes, pre-activation)`` through ``hook_sae_acts_pre`` and ``hook_sae_acts_post``."""
+        pre, scale = self.preactivation(self.process_sae_in(x))
+        pre = self.hook_sae_acts_pre(pre)
+        return self.hook_sae_acts_post(self.activation(pre, scale)), pre
+
+    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+        """``f W_dec + b_dec`` through ``hook_sae_recons``, output normalization and the hook_z
+        reshape: SAELens's own decode chain."""
+        return self.decode_with(feature_acts, self.W_dec)
+
+    def decode_with(
+        self, feature_acts: Float[Tensor, "*batch d_sae"], W_dec: Float[Tensor, "d_sae d_in"]
+    ) -> Float[Tensor, "*batch d_in"]:
+        """:meth:`decode` with another view of the decoder (one whose gradient a step rescales)."""
+        sae_out = self.hook_sae_recons(feature_acts @ W_dec + self.b_dec)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out)
+        return self.reshape_fn_out(sae_out, self.d_head)
+
+
+class VariantSAE(VariantModule, SAE[C]):
+    """Inference SAE of a variant: a per-token function of its input (no mode dependence)."""
+
+    @override
+    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+        return self.encode_with_hidden_pre(x)[0]
+
+
+class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
+    """Training SAE of a variant: the decoder constraint, the step's output, saving.
+
+    Subclasses set the class attributes below, extend :meth:`training_forward_pass` through
+    ``super()`` where SAELens's loss template fits (MSE + ``calculate_aux_loss``), and report
+    their own figures in :meth:`step_metrics`, which runs on logging steps only.
+    """
+
+    unit_norm_decoder: ClassVar[bool] = True
+    """Decoder rows are kept at unit norm: restored before every training step and folded
+    exactly into the encoder when the SAE is saved."""
+    tangent_decoder_gradient: ClassVar[bool] = True
+    """The decoder's gradient loses its radial part, so a step rotates a row but does not grow
+    it and the renormalization before the next step does not undo the optimizer's work."""
+    training_buffers: ClassVar[tuple[str, ...]] = ()
+    """Buffers that only training reads (left out of the saved inference SAE)."""
+    training_log_filename: ClassVar[str | None] = None
+    """File written beside the saved SAE with :meth:`training_log`, if any."""
+
+    _optimizer_hooks: tuple[RemovableHandle, ...] = ()
+    _tangent_hooked: Callable[[], Tensor | None] = staticmethod(lambda: None)
+
+    # ----------------------------------------------------------------------- the training step
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """SAELens's template (MSE + ``calculate_aux_loss``) behind :meth:`prepare_step`."""
+        step_input = self.prepare_step(step_input)
+        return self.finish_step(step_input, super().training_forward_pass(step_input))
+
+    def prepare_step(self, step_input: TrainStepInput) -> TrainStepInput:
+        """What runs before every training forward pass: the input check, the optimizer check
+        and, in training mode, the decoder constraint. Returns the step input the pass uses
+        (a subclass may return it enriched, e.g. with the rows' token context)."""
+        x = step_input.sae_in
+        if x.ndim != 2 or x.shape[-1] != self.cfg.d_in:
+            raise ValueError(
+                f"{self.cfg.architecture()} trains on [batch, d_in={self.cfg.d_in}] activations, "
+                f"got {tuple(x.shape)}"
+            )
+        if not self.training:
+            return step_input
+        if self.cfg.needs_optimizer() and not self._optimizer_hooks:
+            raise OptimizerNotBoundError(
+                f"the {self.cfg.architecture()!r} SAE acts on its optimizer during training (see "
+                "its config's needs_optimizer()), and no optimizer is bound to it. SAELens's "
+                "LanguageModelSAETrainingRunner does not expose its optimizer; train with "
+                "sae_variants.integrations' variant runner (or `sae-variants train`), or call "
+                "sae.bind_optimizer(optimizer) in your own loop."
+            )
+        if self.unit_norm_decoder:
+            with torch.no_grad():
+                self.W_dec.copy_(unit_norm_rows(self.W_dec))
+            if self.tangent_decoder_gradient:
+                self._project_decoder_gradients()
+        return step_input
+
+    def finish_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> TrainStepOutput:
+        """Attach :meth:`step_metrics` on logging steps (nothing is synchronized otherwise)."""
+        if step_input.is_logging_step:
+            output.metrics.update(self.step_metrics(output))
+        return output
+
+    def step_output(
+        self,
+        step_input: TrainStepInput,
+        *,
+        sae_out: Tensor,
+        feature_acts: Tensor,
+        hidden_pre: Tensor,
+        losses: dict[str, Tensor],
+    ) -> TrainStepOutput:
+        """A step's output for a variant that computes its own losses: their sum is the loss."""
+        loss = sum(losses.values(), torch.zeros((), device=sae_out.device))
+        output = TrainStepOutput(
+            sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts,
+            hidden_pre=hidden_pre, loss=loss, losses=losses,  # type: ignore[arg-type]
+        )
+        return self.finish_step(step_input, output)
+
+    def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
+        """Figures logged beside SAELens's own on logging steps, under ``<architecture>/``;
+        values may be tensors or zero-argument callables (read only when logged)."""
+        x, x_hat = output.sae_in.detach(), output.sae_out.detach()
+        return {f"{self.cfg.architecture()}/fvu": lambda: fraction_of_variance_unexplained(x, x_hat)}
+
+    def _project_decoder_gradients(self) -> None:
+        # Installed once per Parameter object (a load that replaces the parameter, or a deepcopy
+        # of the module, gets its own); a weak reference, so a copy never inherits the mark.
+        weight = self.W_dec
+        if self._tangent_hooked() is not weight:
+            weight.register_hook(lambda grad: remove_parallel_component(grad, weight.detach()))
+            self._tangent_hooked = weakref.ref(weight)
+
+    # ------------------------------------------------------------------------- the optimizer
+
+    def bind_optimizer(self, optimizer: Optimizer) -> None:
+        """Have ``optimizer`` call :meth:`before_optimizer_step` / :meth:`after_optimizer_step`
+        around each of its steps (once per optimizer; the owner of the optimizer calls this)."""
+        if not any(p is self.W_dec for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError("bind_optimizer: the optimizer does not hold this SAE's parameters")
+        for handle in self._optimizer_hooks:
+            handle.remove()
+        self._optimizer_hooks = (
+            optimizer.register_step_pre_hook(lambda opt, *_: self.before_optimizer_step(opt)),
+            optimizer.register_step_post_hook(lambda opt, *_: self.after_optimizer_step(opt)),
+        )
+
+    def before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Runs right before each step of the bound optimizer (nothing by default)."""
+
+    def after_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Runs right after each step of the bound optimizer (nothing by default)."""
+
+    # ----------------------------------------------------------------------------- saving
+
+    @override
+    def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
+        """Save the inference SAE; unit decoder rows are first made exact by folding the last
+        step's drift into the encoder (in place: the module computes the same function), and
+        :meth:`training_log` is written beside it."""
+        if self.unit_norm_decoder:
+            self.fold_W_dec_norm()
+        saved = super().save_inference_model(path)
+        if self.training_log_filename is not None:
+            log = json.dumps(self.training_log(), indent=1)
+            (Path(path) / self.training_log_filename).write_text(log)
+        return saved
+
+    def training_log(self) -> dict[str, Any]:
+        """Plain data about the run, written beside the saved SAE (see ``training_log_filename``)."""
+        return {}
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving_inference(state_dict)
+        for name in self.training_buffers:
+            state_dict.pop(name, None)
