@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_compare_arguments(parser)
     raw = sys.argv[1:] if argv is None else argv
-    report = run_from_args(parser.parse_args(raw), " ".join(["python examples/compare_variants.py", *raw]))
+    report = run_from_args(
+        parser.parse_args(raw), " ".join(["python examples/compare_variants.py", *raw])
+    )
     print(variant_table(report))
 
 

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("top features at the last token (index: activation):")
     for index, value in report["top_features"]:
         print(f"  {index:>6}: {value:.3f}")
-    print(f"splice with error term, max |logit - clean logit|: {report['splice_max_logit_diff']:.2e}")
+    print(
+        f"splice with error term, max |logit - clean logit|: {report['splice_max_logit_diff']:.2e}"
+    )
     print(f"ablating feature {report['ablated_feature']} moves these next-token logits most:")
     for token, delta in report["logit_changes"]:
         print(f"  {token!r:>14}: {delta:+.3f}")

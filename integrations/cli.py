@@ -1,12 +1,12 @@
 """The ``sae-variants`` command: train, evaluate, demo, and list what is available.
 
-    sae-variants demo                                   # train + evaluate on the embedded model
-    sae-variants train --architecture standard --set l1_coefficient=5 --output runs/std
-    sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs the hub)
-    sae-variants evaluate runs/std [--json]
-    sae-variants export-standard runs/qucl runs/qucl-as-standard [--tolerance 0.01]
-    sae-variants compare [--quick] [--sweep] [--readme README.md]
-    sae-variants architectures | presets
+sae-variants demo                                   # train + evaluate on the embedded model
+sae-variants train --architecture standard --set l1_coefficient=5 --output runs/std
+sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs the hub)
+sae-variants evaluate runs/std [--json]
+sae-variants export-standard runs/qucl runs/qucl-as-standard [--tolerance 0.01]
+sae-variants compare [--quick] [--sweep] [--readme README.md]
+sae-variants architectures | presets
 """
 
 from __future__ import annotations
@@ -61,34 +61,68 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--architecture", default="standard",
-                        help="a registered training architecture (see `sae-variants architectures`)")
-    parser.add_argument("--model", default=EMBEDDED_MODEL_NAME,
-                        help=f"the embedded {EMBEDDED_MODEL_NAME!r} (default) or a TransformerLens name, e.g. gemma-2-2b")
-    parser.add_argument("--layer", type=int, default=None, help="block index (default: the middle block)")
-    parser.add_argument("--site", default="resid_post", choices=list(HOOK_SITES), help="hook site in the block")
+    parser.add_argument(
+        "--architecture",
+        default="standard",
+        help="a registered training architecture (see `sae-variants architectures`)",
+    )
+    parser.add_argument(
+        "--model",
+        default=EMBEDDED_MODEL_NAME,
+        help=f"the embedded {EMBEDDED_MODEL_NAME!r} (default) or a TransformerLens name, e.g. gemma-2-2b",
+    )
+    parser.add_argument(
+        "--layer", type=int, default=None, help="block index (default: the middle block)"
+    )
+    parser.add_argument(
+        "--site", default="resid_post", choices=list(HOOK_SITES), help="hook site in the block"
+    )
     parser.add_argument("--hook", default=None, help="explicit hook name; overrides --layer/--site")
     parser.add_argument("--expansion-factor", type=int, default=8, help="d_sae = factor * d_in")
-    parser.add_argument("--d-sae", type=int, default=None, help="dictionary width (overrides --expansion-factor)")
-    parser.add_argument("--preset", default=None, choices=list(TRAINING_PRESETS),
-                        help="training recipe (default: demo for the embedded model, paper otherwise)")
+    parser.add_argument(
+        "--d-sae", type=int, default=None, help="dictionary width (overrides --expansion-factor)"
+    )
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=list(TRAINING_PRESETS),
+        help="training recipe (default: demo for the embedded model, paper otherwise)",
+    )
     parser.add_argument("--training-tokens", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="training batch in tokens")
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an architecture hyperparameter, e.g. --set l1_coefficient=5 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an architecture hyperparameter, e.g. --set l1_coefficient=5 (repeatable)",
+    )
     parser.add_argument("--dataset", default=None, help="dataset path for non-embedded models")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--overwrite", action="store_true", help="replace an SAE already at --output")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an SAE already at --output"
+    )
 
 
 def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) -> TrainRequest:
     return TrainRequest(
-        architecture=args.architecture, model_name=args.model, layer=args.layer, site=args.site,
-        hook_name=args.hook, expansion_factor=args.expansion_factor, d_sae=args.d_sae,
-        preset=args.preset, training_tokens=args.training_tokens,
-        train_batch_size_tokens=args.batch_size, lr=args.lr, sae_options=options,
-        output_path=output, overwrite=args.overwrite, dataset_path=args.dataset, seed=args.seed,
+        architecture=args.architecture,
+        model_name=args.model,
+        layer=args.layer,
+        site=args.site,
+        hook_name=args.hook,
+        expansion_factor=args.expansion_factor,
+        d_sae=args.d_sae,
+        preset=args.preset,
+        training_tokens=args.training_tokens,
+        train_batch_size_tokens=args.batch_size,
+        lr=args.lr,
+        sae_options=options,
+        output_path=output,
+        overwrite=args.overwrite,
+        dataset_path=args.dataset,
+        seed=args.seed,
     )
 
 
@@ -96,8 +130,10 @@ def _print_plan(request: TrainRequest) -> None:
     cfg, preset = build_runner_config(request)
     print(f"architecture {cfg.sae.architecture()}  d_in {cfg.sae.d_in}  d_sae {cfg.sae.d_sae}")
     print(f"model {cfg.model_name}  hook {cfg.hook_name}  preset {preset.name}")
-    print(f"tokens {cfg.training_tokens:,}  batch {cfg.train_batch_size_tokens}  "
-          f"context {cfg.context_size}  lr {cfg.lr}  warm-up {cfg.lr_warm_up_steps}")
+    print(
+        f"tokens {cfg.training_tokens:,}  batch {cfg.train_batch_size_tokens}  "
+        f"context {cfg.context_size}  lr {cfg.lr}  warm-up {cfg.lr_warm_up_steps}"
+    )
 
 
 def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> None:
@@ -111,7 +147,12 @@ def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> N
     if evaluate:
         report = evaluate_sae(result.output_path)
         if as_json:
-            print(json.dumps({"path": report.path, "train_seconds": seconds, "metrics": report.metrics}, indent=2))
+            print(
+                json.dumps(
+                    {"path": report.path, "train_seconds": seconds, "metrics": report.metrics},
+                    indent=2,
+                )
+            )
         else:
             print(format_table(report))
 
@@ -132,9 +173,20 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_sae(args.path, n_batches=args.batches)
     if args.json:
-        print(json.dumps({"path": result.path, "architecture": result.architecture,
-                          "hook_name": result.hook_name, "model_name": result.model_name,
-                          "metrics": result.metrics, "run_evals": result.run_evals}, indent=2, default=float))
+        print(
+            json.dumps(
+                {
+                    "path": result.path,
+                    "architecture": result.architecture,
+                    "hook_name": result.hook_name,
+                    "model_name": result.model_name,
+                    "metrics": result.metrics,
+                    "run_evals": result.run_evals,
+                },
+                indent=2,
+                default=float,
+            )
+        )
     else:
         print(format_table(result))
 
@@ -142,20 +194,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     if args.architecture == "all":
         if args.set:
-            raise ValueError("--set applies to one architecture; with --architecture all each uses "
-                             "its comparison plan (integrations/comparison/settings.py)")
+            raise ValueError(
+                "--set applies to one architecture; with --architecture all each uses "
+                "its comparison plan (integrations/comparison/settings.py)"
+            )
         for d_sae in args.d_sae:
-            settings = BenchmarkSettings(d_in=args.d_in, d_sae=d_sae, batch_size=args.batch_size,
-                                         repeats=args.repeats, steps=args.steps, memory=args.memory,
-                                         pipeline=args.pipeline is not False)
+            settings = BenchmarkSettings(
+                d_in=args.d_in,
+                d_sae=d_sae,
+                batch_size=args.batch_size,
+                repeats=args.repeats,
+                steps=args.steps,
+                memory=args.memory,
+                pipeline=args.pipeline is not False,
+            )
             print(performance_table(measure_performance(ALL_ARCHITECTURES, settings)))
         return
     options = parse_options(args.set)
     timings = []
     for d_sae in args.d_sae:
-        timing = time_training_step(args.architecture, d_in=args.d_in, d_sae=d_sae,
-                                    batch_size=args.batch_size, options=options,
-                                    target_l0=args.target_l0, steps=args.steps, repeats=args.repeats)
+        timing = time_training_step(
+            args.architecture,
+            d_in=args.d_in,
+            d_sae=d_sae,
+            batch_size=args.batch_size,
+            options=options,
+            target_l0=args.target_l0,
+            steps=args.steps,
+            repeats=args.repeats,
+        )
         if args.memory:
             timing = with_peak_memory(timing, options, args.target_l0)
         timings.append(timing)
@@ -168,16 +235,20 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
 
 def _cmd_export_standard(args: argparse.Namespace) -> None:
     export = export_saved_qucl(args.path, args.output, args.tolerance, args.contexts)
-    print(f"explained variance {export.explained_variance_qucl:.4f} (qucl) -> "
-          f"{export.explained_variance_standard:.4f} (standard), change {export.change:+.4f}; "
-          f"saved the standard SAE to {Path(args.output).resolve()}")
+    print(
+        f"explained variance {export.explained_variance_qucl:.4f} (qucl) -> "
+        f"{export.explained_variance_standard:.4f} (standard), change {export.change:+.4f}; "
+        f"saved the standard SAE to {Path(args.output).resolve()}"
+    )
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     report = run_from_args(args, "sae-variants " + " ".join(args.raw_argv))
     print(variant_table(report))
-    print(f"report: {Path(report.settings['report_dir']) / 'report.md'}  "
-          f"(wall time {report.wall_seconds / 60:.1f} min)")
+    print(
+        f"report: {Path(report.settings['report_dir']) / 'report.md'}  "
+        f"(wall time {report.wall_seconds / 60:.1f} min)"
+    )
 
 
 def _cmd_architectures(_: argparse.Namespace) -> None:
@@ -189,7 +260,10 @@ def _cmd_architectures(_: argparse.Namespace) -> None:
 def _cmd_presets(_: argparse.Namespace) -> None:
     for preset in TRAINING_PRESETS.values():
         print(f"{preset.name:<10} {preset.description}")
-    print("gemma-2-2b hook presets: " + ", ".join(f"layer {layer} {site}" for layer, site in GEMMA2_2B_HOOK_PRESETS))
+    print(
+        "gemma-2-2b hook presets: "
+        + ", ".join(f"layer {layer} {site}" for layer, site in GEMMA2_2B_HOOK_PRESETS)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,12 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an SAE with SAELens's runner")
     _add_train_arguments(train)
     train.add_argument("--output", default="sae_runs/latest", help="where the trained SAE is saved")
-    train.add_argument("--evaluate", action="store_true", help="evaluate on held-out text afterwards")
+    train.add_argument(
+        "--evaluate", action="store_true", help="evaluate on held-out text afterwards"
+    )
     train.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
     train.add_argument("--json", action="store_true", help="print the evaluation as JSON")
     train.set_defaults(run=_cmd_train)
 
-    demo = commands.add_parser("demo", help="train the standard SAE on the embedded model and evaluate it")
+    demo = commands.add_parser(
+        "demo", help="train the standard SAE on the embedded model and evaluate it"
+    )
     _add_train_arguments(demo)
     demo.add_argument("--output", default=str(DEMO_OUTPUT))
     demo.add_argument("--json", action="store_true")
@@ -216,41 +294,71 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.set_defaults(run=_cmd_evaluate)
 
-    bench = commands.add_parser("benchmark", help="training-step time against SAELens standard, side by side")
-    bench.add_argument("--architecture", required=True,
-                       help="a registered architecture, or 'all': every architecture of the comparison "
-                       "in one table (time, memory, pipeline throughput against standard)")
+    bench = commands.add_parser(
+        "benchmark", help="training-step time against SAELens standard, side by side"
+    )
+    bench.add_argument(
+        "--architecture",
+        required=True,
+        help="a registered architecture, or 'all': every architecture of the comparison "
+        "in one table (time, memory, pipeline throughput against standard)",
+    )
     bench.add_argument("--d-in", type=int, default=256)
     bench.add_argument("--d-sae", type=int, nargs="+", default=[4096, 16384])
     bench.add_argument("--batch-size", type=int, default=4096)
-    bench.add_argument("--target-l0", type=int, default=64, help="features firing per row in both SAEs")
+    bench.add_argument(
+        "--target-l0", type=int, default=64, help="features firing per row in both SAEs"
+    )
     bench.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
-    bench.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the median ratio is reported")
+    bench.add_argument(
+        "--repeats", type=int, default=5, help="interleaved repeats; the median ratio is reported"
+    )
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    bench.add_argument("--pipeline", dest="pipeline", action="store_true", default=None,
-                       help="also time the sequence-aware activation pipeline against SAELens's store "
-                       "(default: when the architecture trains on sequence-structured batches)")
+    bench.add_argument(
+        "--pipeline",
+        dest="pipeline",
+        action="store_true",
+        default=None,
+        help="also time the sequence-aware activation pipeline against SAELens's store "
+        "(default: when the architecture trains on sequence-structured batches)",
+    )
     bench.add_argument("--no-pipeline", dest="pipeline", action="store_false")
-    bench.add_argument("--no-memory", dest="memory", action="store_false",
-                       help="skip the peak-memory measurement (one subprocess per architecture)")
+    bench.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the peak-memory measurement (one subprocess per architecture)",
+    )
     bench.set_defaults(run=_cmd_benchmark)
 
     export = commands.add_parser(
-        "export-standard", help="save a QuCL SAE as SAELens standard (projection folded, quantizer dropped)")
+        "export-standard",
+        help="save a QuCL SAE as SAELens standard (projection folded, quantizer dropped)",
+    )
     export.add_argument("path", help="a saved 'qucl' SAE")
     export.add_argument("output", help="where the standard SAE is written")
-    export.add_argument("--tolerance", type=float, default=0.01,
-                        help="largest |explained-variance change| accepted (default 0.01)")
+    export.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="largest |explained-variance change| accepted (default 0.01)",
+    )
     export.add_argument("--contexts", type=int, default=64, help="held-out contexts to measure on")
     export.set_defaults(run=_cmd_export_standard)
 
     compare = commands.add_parser(
-        "compare", help="every variant against SAELens standard/topk/matryoshka_batchtopk: report + plots")
+        "compare",
+        help="every variant against SAELens standard/topk/matryoshka_batchtopk: report + plots",
+    )
     add_compare_arguments(compare)
     compare.set_defaults(run=_cmd_compare)
 
-    commands.add_parser("architectures", help="list trainable architectures").set_defaults(run=_cmd_architectures)
-    commands.add_parser("presets", help="list training and hook presets").set_defaults(run=_cmd_presets)
+    commands.add_parser("architectures", help="list trainable architectures").set_defaults(
+        run=_cmd_architectures
+    )
+    commands.add_parser("presets", help="list training and hook presets").set_defaults(
+        run=_cmd_presets
+    )
     return parser
 
 

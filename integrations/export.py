@@ -14,14 +14,22 @@ from sae_variants.integrations.evaluation.evaluate import load_sae
 from sae_variants.integrations.evaluation.heldout import heldout_activations
 
 
-def export_saved_qucl(path: str | Path, output: str | Path, max_explained_variance_change: float = 0.01,
-                      n_contexts: int = 64) -> StandardExport:
+def export_saved_qucl(
+    path: str | Path,
+    output: str | Path,
+    max_explained_variance_change: float = 0.01,
+    n_contexts: int = 64,
+) -> StandardExport:
     """Load the QuCL SAE at ``path``, export it, and save the ``standard`` SAE to ``output``."""
     sae = load_sae(path)
     if not isinstance(sae, QuCLSAE):
-        raise ValueError(f"{path} holds a {sae.cfg.architecture()!r} SAE; export-standard takes a 'qucl' SAE")
+        raise ValueError(
+            f"{path} holds a {sae.cfg.architecture()!r} SAE; export-standard takes a 'qucl' SAE"
+        )
     meta = sae.cfg.metadata
-    activations = heldout_activations(meta.model_name, meta.hook_name, meta.context_size or 128, n_contexts)
+    activations = heldout_activations(
+        meta.model_name, meta.hook_name, meta.context_size or 128, n_contexts
+    )
     export = export_to_standard(sae, activations, max_explained_variance_change)
     export.sae.save_model(str(output))
     return export

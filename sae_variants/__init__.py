@@ -56,20 +56,29 @@ register_variant("cubic_ortho", CubicOrthoTrainingSAE, CubicOrthoTrainingSAEConf
 register_variant("qucl", QuCLTrainingSAE, QuCLTrainingSAEConfig, QuCLSAE, QuCLSAEConfig)
 # MultiScaleNormSAE (seed 001) trains and saves as "multiscale_norm" (normalizing, gated encoder).
 register_variant(
-    "multiscale_norm", MultiScaleNormTrainingSAE, MultiScaleNormTrainingSAEConfig,
-    MultiScaleNormSAE, MultiScaleNormSAEConfig,
+    "multiscale_norm",
+    MultiScaleNormTrainingSAE,
+    MultiScaleNormTrainingSAEConfig,
+    MultiScaleNormSAE,
+    MultiScaleNormSAEConfig,
 )
 # SeqContrastiveSAE (seed 003) trains through the sequence-aware pipeline (positives from the same
 # sequence) and saves as "seq_contrastive" (a layer-normalizing encoder).
 register_variant(
-    "seq_contrastive", SeqContrastiveTrainingSAE, SeqContrastiveTrainingSAEConfig,
-    SeqContrastiveSAE, SeqContrastiveSAEConfig,
+    "seq_contrastive",
+    SeqContrastiveTrainingSAE,
+    SeqContrastiveTrainingSAEConfig,
+    SeqContrastiveSAE,
+    SeqContrastiveSAEConfig,
 )
 # PositionAwareSAE (seed 004) trains through the sequence-aware pipeline (true positions) and saves
 # as "position_aware" (range adapters; positions come from the sequence axis at inference).
 register_variant(
-    "position_aware", PositionAwareTrainingSAE, PositionAwareTrainingSAEConfig,
-    PositionAwareSAE, PositionAwareSAEConfig,
+    "position_aware",
+    PositionAwareTrainingSAE,
+    PositionAwareTrainingSAEConfig,
+    PositionAwareSAE,
+    PositionAwareSAEConfig,
 )
 
 __all__ = [

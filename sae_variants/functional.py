@@ -50,8 +50,13 @@ def stacked_affine(
 
 
 def layer_normalized_preactivation(
-    x: Float[Tensor, "*batch d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"],
-    gain: Float[Tensor, " d_in"], bias: Float[Tensor, " d_in"], eps: float, restore_scale: bool,
+    x: Float[Tensor, "*batch d_in"],
+    W_enc: Float[Tensor, "d_in d_sae"],
+    b_enc: Float[Tensor, " d_sae"],
+    gain: Float[Tensor, " d_in"],
+    bias: Float[Tensor, " d_in"],
+    eps: float,
+    restore_scale: bool,
 ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
     """A linear encoder behind an input LayerNorm: ``n = (gain (x - mu) / s + bias) W + b`` with
     ``s = sqrt(var(x) + eps)`` per token. Returns ``(s n, s)`` when the codes restore the scale

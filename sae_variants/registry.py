@@ -83,4 +83,3 @@ def registered_variants() -> tuple[Variant, ...]:
 def training_architectures() -> tuple[str, ...]:
     """Every architecture SAELens can train right now: its built-ins plus registered plugins."""
     return tuple(SAE_TRAINING_CLASS_REGISTRY)
-

@@ -45,9 +45,13 @@ class SequenceLayout:
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}")
+            raise ValueError(
+                f"sampling must be one of {', '.join(SAMPLINGS)}; got {self.sampling!r}"
+            )
         if self.positions_per_context is not None and self.positions_per_context < 1:
-            raise ValueError(f"positions_per_context must be >= 1 or None, got {self.positions_per_context}")
+            raise ValueError(
+                f"positions_per_context must be >= 1 or None, got {self.positions_per_context}"
+            )
         if self.sampling == "pairs":
             if self.positions_per_context is None or self.positions_per_context % 2:
                 raise ValueError(

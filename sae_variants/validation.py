@@ -33,7 +33,9 @@ def check_activations(x: Tensor, d_in: int, *, where: str = "SAE input") -> None
         )
 
 
-def require_fields(cfg: object, names: tuple[str, ...], holds: Callable[[Any], bool], requirement: str) -> None:
+def require_fields(
+    cfg: object, names: tuple[str, ...], holds: Callable[[Any], bool], requirement: str
+) -> None:
     """Raise ``ValueError("<name> must be <requirement>, got <value>")`` for the first field of
     ``cfg`` named in ``names`` whose value fails ``holds`` (the configs' shared range check)."""
     for name in names:

@@ -65,7 +65,6 @@ def trained_standard_sae(tmp_path_factory: pytest.TempPathFactory) -> TrainResul
     return train_sae(request)
 
 
-
 class CheckpointedRuns:
     """24 steps of 128 tokens through the variant runner (SAELens's, bound to the run and the
     optimizer) on the random model, writing one mid-run checkpoint under ``tmp_path / "ckpt"``,
@@ -73,28 +72,49 @@ class CheckpointedRuns:
 
     def __init__(self, model: HookedSAETransformer, tmp_path: Path) -> None:
         self.model, self.tmp_path = model, tmp_path
-        self.tokens = torch.randint(1, model.cfg.d_vocab, (256, 16), generator=torch.Generator().manual_seed(2))
+        self.tokens = torch.randint(
+            1, model.cfg.d_vocab, (256, 16), generator=torch.Generator().manual_seed(2)
+        )
 
-    def run(self, sae_cfg: TrainingSAEConfig, output: str, resume_from: str | None = None) -> TrainingSAE[Any]:
+    def run(
+        self, sae_cfg: TrainingSAEConfig, output: str, resume_from: str | None = None
+    ) -> TrainingSAE[Any]:
         cfg = LanguageModelSAERunnerConfig(
-            sae=sae_cfg, model_name="random-tiny-gemma2",
-            hook_name="blocks.1.hook_resid_post", is_dataset_tokenized=True, streaming=False,
-            context_size=16, training_tokens=24 * 128, train_batch_size_tokens=128,
-            store_batch_size_prompts=8, n_batches_in_buffer=8, lr=1e-3, n_checkpoints=1,
-            logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(self.tmp_path / "ckpt"),
-            output_path=str(self.tmp_path / output), exclude_special_tokens=False, verbose=False,
-            model_from_pretrained_kwargs={}, resume_from_checkpoint=resume_from,
+            sae=sae_cfg,
+            model_name="random-tiny-gemma2",
+            hook_name="blocks.1.hook_resid_post",
+            is_dataset_tokenized=True,
+            streaming=False,
+            context_size=16,
+            training_tokens=24 * 128,
+            train_batch_size_tokens=128,
+            store_batch_size_prompts=8,
+            n_batches_in_buffer=8,
+            lr=1e-3,
+            n_checkpoints=1,
+            logger=LoggingConfig(log_to_wandb=False),
+            checkpoint_path=str(self.tmp_path / "ckpt"),
+            output_path=str(self.tmp_path / output),
+            exclude_special_tokens=False,
+            verbose=False,
+            model_from_pretrained_kwargs={},
+            resume_from_checkpoint=resume_from,
         )
         runner = VariantTrainingRunner(
-            cfg, override_dataset=Dataset.from_dict({"tokens": self.tokens.tolist()}), override_model=self.model,
+            cfg,
+            override_dataset=Dataset.from_dict({"tokens": self.tokens.tolist()}),
+            override_model=self.model,
         )
         runner.run()
         return runner.sae
 
     def mid_run_checkpoints(self) -> list[Path]:
         """The checkpoint folders written so far, oldest first (not the final one)."""
-        return sorted(p.parent for p in (self.tmp_path / "ckpt").rglob("sae_weights.safetensors")
-                      if not p.parent.name.startswith("final"))
+        return sorted(
+            p.parent
+            for p in (self.tmp_path / "ckpt").rglob("sae_weights.safetensors")
+            if not p.parent.name.startswith("final")
+        )
 
 
 @pytest.fixture

@@ -46,12 +46,17 @@ def _step_input(sae: TrainingSAE[Any], x: torch.Tensor) -> TrainStepInput:
     if isinstance(sae, NeedsTokenContext):
         # The probe is 8 whole contexts, row-major, so these are its rows' true provenance.
         rows = torch.arange(x.shape[0])
-        sae.attach_token_context(TokenContext(rows % CONTEXT, rows // CONTEXT, torch.zeros_like(rows)))
+        sae.attach_token_context(
+            TokenContext(rows % CONTEXT, rows // CONTEXT, torch.zeros_like(rows))
+        )
     coefficients = {
         name: (c if isinstance(c, float) else c.value) for name, c in sae.get_coefficients().items()
     }
     return TrainStepInput(
-        sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0,
+        sae_in=x,
+        coefficients=coefficients,
+        dead_neuron_mask=None,
+        n_training_steps=0,
         is_logging_step=False,
     )
 
@@ -79,8 +84,11 @@ def _loss(sae: TrainingSAE[Any], x: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module", params=CONTRACT_ARCHITECTURES)
-def trained(request: pytest.FixtureRequest, random_gemma2: HookedSAETransformer,
-            tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def trained(
+    request: pytest.FixtureRequest,
+    random_gemma2: HookedSAETransformer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
     """Train each architecture briefly through SAELens's runner, then load what it saved."""
     architecture: str = request.param
     generator = torch.Generator().manual_seed(1)
@@ -91,26 +99,44 @@ def trained(request: pytest.FixtureRequest, random_gemma2: HookedSAETransformer,
     training_cfg_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
     output = tmp_path_factory.mktemp(architecture)
     cfg = LanguageModelSAERunnerConfig(
-        sae=training_cfg_class(d_in=D_IN, d_sae=D_SAE), model_name="random-tiny-gemma2",
-        hook_name=HOOK, is_dataset_tokenized=True, streaming=False, context_size=CONTEXT,
-        training_tokens=40 * 256, train_batch_size_tokens=256, store_batch_size_prompts=8,
-        n_batches_in_buffer=16, lr=3e-3, logger=LoggingConfig(log_to_wandb=False),
-        checkpoint_path=str(output / "ckpt"), output_path=str(output / "sae"),
-        exclude_special_tokens=False, verbose=False, model_from_pretrained_kwargs={},
+        sae=training_cfg_class(d_in=D_IN, d_sae=D_SAE),
+        model_name="random-tiny-gemma2",
+        hook_name=HOOK,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=CONTEXT,
+        training_tokens=40 * 256,
+        train_batch_size_tokens=256,
+        store_batch_size_prompts=8,
+        n_batches_in_buffer=16,
+        lr=3e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=str(output / "ckpt"),
+        output_path=str(output / "sae"),
+        exclude_special_tokens=False,
+        verbose=False,
+        model_from_pretrained_kwargs={},
     )
     # No override_sae: SAELens itself builds the SAE from the config through its registry; the
     # variant runner binds the config to the run and, for a sequence layout, serves its batches.
     runner = VariantTrainingRunner(
-        cfg, override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}), override_model=random_gemma2,
+        cfg,
+        override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}),
+        override_model=random_gemma2,
     )
     sae = runner.sae
     assert type(sae) is SAE_TRAINING_CLASS_REGISTRY[architecture][0]
     loss_before = _loss(sae, probe)
     runner.run()
     return {
-        "architecture": architecture, "training_sae": sae, "probe": probe, "tokens": tokens[:4],
-        "loss_before": loss_before, "loss_after": _loss(sae, probe),
-        "path": output / "sae", "loaded": SAE.load_from_disk(str(output / "sae")).eval(),
+        "architecture": architecture,
+        "training_sae": sae,
+        "probe": probe,
+        "tokens": tokens[:4],
+        "loss_before": loss_before,
+        "loss_after": _loss(sae, probe),
+        "path": output / "sae",
+        "loaded": SAE.load_from_disk(str(output / "sae")).eval(),
     }
 
 
@@ -160,8 +186,9 @@ def test_saved_sae_loads_with_identical_outputs(trained: dict[str, Any], tmp_pat
     training_sae.eval()
     with torch.no_grad():
         torch.testing.assert_close(_encode(loaded, probe), _encode(training_sae, probe))
-        torch.testing.assert_close(loaded.decode(_encode(loaded, probe)),
-                                   training_sae.decode(_encode(training_sae, probe)))
+        torch.testing.assert_close(
+            loaded.decode(_encode(loaded, probe)), training_sae.decode(_encode(training_sae, probe))
+        )
     loaded.save_model(str(tmp_path))
     again = SAE.load_from_disk(str(tmp_path)).eval()
     assert type(again) is type(loaded)

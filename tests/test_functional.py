@@ -15,7 +15,9 @@ def test_unit_norm_rows_by_hand() -> None:
 def test_remove_parallel_component_leaves_tangent_part() -> None:
     w = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     g = torch.tensor([[5.0, 3.0], [1.0, -7.0]])
-    torch.testing.assert_close(remove_parallel_component(g, w), torch.tensor([[0.0, 3.0], [1.0, 0.0]]))
+    torch.testing.assert_close(
+        remove_parallel_component(g, w), torch.tensor([[0.0, 3.0], [1.0, 0.0]])
+    )
 
 
 def test_fvu_is_zero_for_perfect_and_one_for_mean() -> None:

@@ -15,7 +15,7 @@ import sae_variants
 from sae_variants import registry
 
 TOY_MODULE = textwrap.dedent(
-    '''
+    """
     from dataclasses import dataclass
     from sae_lens.saes.standard_sae import (
         StandardSAE, StandardSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig,
@@ -41,7 +41,7 @@ TOY_MODULE = textwrap.dedent(
         pass
 
     register_variant("toy_variant", ToyTrainingSAE, ToyTrainingSAEConfig, ToySAE, ToySAEConfig)
-    '''
+    """
 )
 
 

@@ -44,8 +44,14 @@ from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 RESULTS = Path(__file__).parent / "results"
 CONTEXT_SIZE = 128
 HOOK_COLUMNS = ("hook", "between_context_share", "adjacent_cosine", "cross_context_cosine")
-SAE_COLUMNS = ("sae", "l0", "contextual_consistency", "median_overdispersion", "features_overdispersed_2x",
-               "features_overdispersed_5x")
+SAE_COLUMNS = (
+    "sae",
+    "l0",
+    "contextual_consistency",
+    "median_overdispersion",
+    "features_overdispersed_2x",
+    "features_overdispersed_5x",
+)
 
 
 @torch.no_grad()
@@ -81,7 +87,9 @@ def sae_row(path: Path, model: Any, tokens: torch.Tensor, special: list[int]) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sae", type=Path, nargs="*", default=[], help="saved SAEs of the embedded model")
+    parser.add_argument(
+        "--sae", type=Path, nargs="*", default=[], help="saved SAEs of the embedded model"
+    )
     parser.add_argument("--contexts", type=int, default=256, help="held-out contexts of 128 tokens")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -89,20 +97,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(EMBEDDED_MODEL_NAME)
     dataset = heldout_dataset(CONTEXT_SIZE)
     if args.contexts > len(dataset):
-        parser.error(f"--contexts {args.contexts}: the held-out split has only {len(dataset)} contexts")
+        parser.error(
+            f"--contexts {args.contexts}: the held-out split has only {len(dataset)} contexts"
+        )
     tokens = torch.as_tensor(dataset[: args.contexts]["tokens"])[:, :CONTEXT_SIZE]
     special = special_token_ids(model)
     hooks = hook_rows(model, tokens, usable_tokens(tokens, special))
-    saes = [sae_row(path, model, tokens, special) for path in tqdm(args.sae, desc="SAEs", unit="sae")]
+    saes = [
+        sae_row(path, model, tokens, special) for path in tqdm(args.sae, desc="SAEs", unit="sae")
+    ]
 
-    command = " ".join(["python docs/experiments/context_signal.py", *(sys.argv[1:] if argv is None else argv)])
-    report = {"date": date.today().isoformat(), "command": command, "contexts": args.contexts,
-              "hooks": hooks, "saes": saes}
+    command = " ".join(
+        ["python docs/experiments/context_signal.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    report = {
+        "date": date.today().isoformat(),
+        "command": command,
+        "contexts": args.contexts,
+        "hooks": hooks,
+        "saes": saes,
+    }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "context_signal.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = (f"# Context-persistent signal on the embedded model ({report['date']})\n\n`{command.strip()}` "
-            f"({args.contexts} held-out contexts of {CONTEXT_SIZE} tokens, special tokens left out)\n\n"
-            f"{markdown_table(hooks, HOOK_COLUMNS)}\n")
+    text = (
+        f"# Context-persistent signal on the embedded model ({report['date']})\n\n`{command.strip()}` "
+        f"({args.contexts} held-out contexts of {CONTEXT_SIZE} tokens, special tokens left out)\n\n"
+        f"{markdown_table(hooks, HOOK_COLUMNS)}\n"
+    )
     if saes:
         text += f"\n{markdown_table(saes, SAE_COLUMNS)}\n"
     (args.results / "context_signal.md").write_text(text)

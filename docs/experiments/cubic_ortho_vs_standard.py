@@ -29,16 +29,30 @@ from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training.request import TrainRequest
 
 RESULTS = Path(__file__).parent / "results"
-COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_loss_score",
-           "kl_div_score", "dead_fraction", "mean_max_decoder_cosine")
+COLUMNS = (
+    "architecture",
+    "l1_coefficient",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "dead_fraction",
+    "mean_max_decoder_cosine",
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
-    parser.add_argument("--ortho-coefficient", type=float, default=2.304, help="alpha' of the cubic SAE")
-    parser.add_argument("--cubic-initial-l1", type=float, default=None,
-                        help="first L1 coefficient tried for the cubic SAE (default: the standard's)")
+    parser.add_argument(
+        "--ortho-coefficient", type=float, default=2.304, help="alpha' of the cubic SAE"
+    )
+    parser.add_argument(
+        "--cubic-initial-l1",
+        type=float,
+        default=None,
+        help="first L1 coefficient tried for the cubic SAE (default: the standard's)",
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/cubic_vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -50,20 +64,32 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     standard = train_standard_reference(args.work_dir, args.tokens, model)
     target = standard.result.metrics["l0"]
     cubic = train_at_target_l0(
-        TrainRequest(architecture="cubic_ortho", output_path=args.work_dir / "cubic_ortho",
-                     sae_options={"l1_warm_up_steps": warm_up, "ortho_coefficient": args.ortho_coefficient}, **base),
-        target_l0=target, initial_value=args.cubic_initial_l1 or standard_l1, model=model,
+        TrainRequest(
+            architecture="cubic_ortho",
+            output_path=args.work_dir / "cubic_ortho",
+            sae_options={"l1_warm_up_steps": warm_up, "ortho_coefficient": args.ortho_coefficient},
+            **base,
+        ),
+        target_l0=target,
+        initial_value=args.cubic_initial_l1 or standard_l1,
+        model=model,
     )
     rows = [summary_row(standard), summary_row(cubic)]
     s, c = rows
     report = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python docs/experiments/cubic_ortho_vs_standard.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            [
+                "python docs/experiments/cubic_ortho_vs_standard.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "training_tokens": args.tokens,
         "rows": rows,
         "cubic_calibration": [vars(a) for a in cubic.attempts],
         "l0_matched_within_10pct": cubic.matched,
-        "decoder_cosine_reduction": 1.0 - c["mean_max_decoder_cosine"] / s["mean_max_decoder_cosine"],
+        "decoder_cosine_reduction": 1.0
+        - c["mean_max_decoder_cosine"] / s["mean_max_decoder_cosine"],
         "explained_variance_gap": c["explained_variance"] - s["explained_variance"],
         "ce_loss_score_gap": c["ce_loss_score"] - s["ce_loss_score"],
     }
@@ -77,8 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"L0 matched within 10%: {report['l0_matched_within_10pct']}\n"
     )
     print(table)
-    print(f"decoder-cosine reduction {report['decoder_cosine_reduction']:.1%}, "
-          f"EV gap {report['explained_variance_gap']:+.4f}, CE-score gap {report['ce_loss_score_gap']:+.4f}")
+    print(
+        f"decoder-cosine reduction {report['decoder_cosine_reduction']:.1%}, "
+        f"EV gap {report['explained_variance_gap']:+.4f}, CE-score gap {report['ce_loss_score_gap']:+.4f}"
+    )
     return report
 
 

@@ -26,22 +26,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sae = SAE.load_from_disk(args.path).eval()
     if not isinstance(sae, MultiScaleNormSAE):
-        raise SystemExit(f"{args.path} holds a {sae.cfg.architecture()!r} SAE, not 'multiscale_norm'")
-    x = heldout_activations(sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name, 128, args.contexts)
+        raise SystemExit(
+            f"{args.path} holds a {sae.cfg.architecture()!r} SAE, not 'multiscale_norm'"
+        )
+    x = heldout_activations(
+        sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name, 128, args.contexts
+    )
     with torch.no_grad():
         encoder_input, scale = sae.encoder_input(sae.process_sae_in(x))
         pre = encoder_input @ sae.W_enc + sae.b_enc
         codes = sae.codes(pre, scale)
     dead = (codes > 0).sum(0) == 0
     clamped = sae.firing_thresholds() == 0
-    print(f"tokens {x.shape[0]}, L0 {(codes > 0).sum(-1).float().mean():.1f}, dead {dead.float().mean():.1%}")
-    print(f"thresholds clamped to 0: {clamped.float().mean():.1%} of features "
-          f"({(clamped & dead).sum()} of the {dead.sum()} dead ones)")
+    print(
+        f"tokens {x.shape[0]}, L0 {(codes > 0).sum(-1).float().mean():.1f}, dead {dead.float().mean():.1%}"
+    )
+    print(
+        f"thresholds clamped to 0: {clamped.float().mean():.1%} of features "
+        f"({(clamped & dead).sum()} of the {dead.sum()} dead ones)"
+    )
     for name, mask in (("dead", dead), ("live", ~dead)):
         if mask.any():
-            print(f"{name} features: pre-activation mean {pre[:, mask].mean():+.2f}, "
-                  f"mean per-feature std {pre[:, mask].std(0).mean():.2f}, "
-                  f"mean per-feature max {pre[:, mask].max(0).values.mean():+.2f}")
+            print(
+                f"{name} features: pre-activation mean {pre[:, mask].mean():+.2f}, "
+                f"mean per-feature std {pre[:, mask].std(0).mean():.2f}, "
+                f"mean per-feature max {pre[:, mask].max(0).values.mean():+.2f}"
+            )
 
 
 if __name__ == "__main__":

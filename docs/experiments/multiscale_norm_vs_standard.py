@@ -64,22 +64,53 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no reactivation (C10)": {"reactivation": False},
     "no centring on b_dec (the spec's d3)": {"apply_b_dec_to_input": False},
     "gate at z = 2 (the paper's mu + 2 sigma)": {"z_threshold": 2.0},
-    "z = 2 and no centring (the spec as written)": {"apply_b_dec_to_input": False, "z_threshold": 2.0},
+    "z = 2 and no centring (the spec as written)": {
+        "apply_b_dec_to_input": False,
+        "z_threshold": 2.0,
+    },
 }
-COLUMNS = ("architecture", "l1_coefficient", "z_threshold", "l0", "explained_variance", "ce_loss_score",
-           "kl_div_score", "dead_fraction", "mean_max_decoder_cosine")
-ABLATION_COLUMNS = ("ablation", "l0", "explained_variance", "ce_loss_score", "dead_fraction",
-                    "mean_max_decoder_cosine", "features_revived")
+COLUMNS = (
+    "architecture",
+    "l1_coefficient",
+    "z_threshold",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "dead_fraction",
+    "mean_max_decoder_cosine",
+)
+ABLATION_COLUMNS = (
+    "ablation",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "dead_fraction",
+    "mean_max_decoder_cosine",
+    "features_revived",
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per matched SAE")
-    parser.add_argument("--ablation-tokens", type=int, default=1_000_000, help="training tokens per ablation")
-    parser.add_argument("--knob", default="l1_coefficient", choices=["l1_coefficient", "z_threshold"])
-    parser.add_argument("--initial-value", type=float, default=2.5, help="first value of the knob tried")
-    parser.add_argument("--l1-coefficient", type=float, default=1.0,
-                        help="lambda1 when the knob is the z threshold (the standard SAE's demo value)")
+    parser.add_argument(
+        "--tokens", type=int, default=2_000_000, help="training tokens per matched SAE"
+    )
+    parser.add_argument(
+        "--ablation-tokens", type=int, default=1_000_000, help="training tokens per ablation"
+    )
+    parser.add_argument(
+        "--knob", default="l1_coefficient", choices=["l1_coefficient", "z_threshold"]
+    )
+    parser.add_argument(
+        "--initial-value", type=float, default=2.5, help="first value of the knob tried"
+    )
+    parser.add_argument(
+        "--l1-coefficient",
+        type=float,
+        default=1.0,
+        help="lambda1 when the knob is the z threshold (the standard SAE's demo value)",
+    )
     parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
     # Shares its standard reference (same request, so it is reused) with docs/experiments/qucl_vs_standard.py.
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
@@ -94,36 +125,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.knob == "z_threshold":
         options["l1_coefficient"] = args.l1_coefficient
     matched = train_at_target_l0(
-        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / ARCHITECTURE,
-                     sae_options=options, training_tokens=args.tokens, expansion_factor=8),
-        target_l0=target, knob=args.knob, initial_value=args.initial_value, model=model,
+        TrainRequest(
+            architecture=ARCHITECTURE,
+            output_path=args.work_dir / ARCHITECTURE,
+            sae_options=options,
+            training_tokens=args.tokens,
+            expansion_factor=8,
+        ),
+        target_l0=target,
+        knob=args.knob,
+        initial_value=args.initial_value,
+        model=model,
     )
     knob_value = matched.attempts[-1].knob_value
     rows = [summary_row(standard), summary_row(matched)]
     rows[0]["z_threshold"] = "-"
     rows[1].setdefault("l1_coefficient", options.get("l1_coefficient", "-"))
-    rows[1].setdefault("z_threshold", options.get("z_threshold", MultiScaleNormTrainingSAEConfig.z_threshold))
+    rows[1].setdefault(
+        "z_threshold", options.get("z_threshold", MultiScaleNormTrainingSAEConfig.z_threshold)
+    )
     revived = _features_revived(Path(matched.result.path))
 
     ablation_rows = []
     # At most a fifth of the (shorter) ablation runs warms lambda1 up.
     ablation_warm_up = {"l1_warm_up_steps": min(warm_up, args.ablation_tokens // 4096 // 5)}
     for name in tqdm(args.ablations, desc="ablations", unit="run"):
-        path = args.work_dir / "ablations" / f"tokens={args.ablation_tokens}" / name.split(" (")[0].replace(" ", "_")
+        path = (
+            args.work_dir
+            / "ablations"
+            / f"tokens={args.ablation_tokens}"
+            / name.split(" (")[0].replace(" ", "_")
+        )
         request = TrainRequest(
-            architecture=ARCHITECTURE, output_path=path, overwrite=True, training_tokens=args.ablation_tokens,
-            expansion_factor=8, sae_options={**options, **ablation_warm_up, args.knob: knob_value,
-                                             **ABLATIONS[name]},
+            architecture=ARCHITECTURE,
+            output_path=path,
+            overwrite=True,
+            training_tokens=args.ablation_tokens,
+            expansion_factor=8,
+            sae_options={**options, **ablation_warm_up, args.knob: knob_value, **ABLATIONS[name]},
         )
         train_or_reuse(request)
         metrics = evaluate_or_reuse(path, model=model, n_batches=8).metrics
-        ablation_rows.append({"ablation": name, **{k: metrics[k] for k in ABLATION_COLUMNS[1:-1]},
-                              "features_revived": _features_revived(path)})
+        ablation_rows.append(
+            {
+                "ablation": name,
+                **{k: metrics[k] for k in ABLATION_COLUMNS[1:-1]},
+                "features_revived": _features_revived(path),
+            }
+        )
 
     report = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python docs/experiments/multiscale_norm_vs_standard.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            [
+                "python docs/experiments/multiscale_norm_vs_standard.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "training_tokens": args.tokens,
         "ablation_tokens": args.ablation_tokens,
         "knob": args.knob,
@@ -138,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "multiscale_norm.json").write_text(json.dumps(report, indent=2) + "\n")
     sections = [
-        f"# MultiScaleNormSAE vs standard ({report['date']})", f"`{report['command'].strip()}`",
+        f"# MultiScaleNormSAE vs standard ({report['date']})",
+        f"`{report['command'].strip()}`",
         markdown_table(rows, COLUMNS),
         f"EV gap {report['explained_variance_gap']:+.4f}, CE-score gap {report['ce_loss_score_gap']:+.4f}, "
         f"L0 matched within 10%: {report['l0_matched_within_10pct']}; features revived during training: {revived}",

@@ -40,8 +40,16 @@ from sae_variants.integrations.training.request import TrainRequest
 RESULTS = Path(__file__).parent / "results"
 ARCHITECTURE = "position_aware"
 FVU = tuple(f"fvu_positions_{r}" for r in range(POSITION_RANGES))
-COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_loss_score", "kl_div_score",
-           "dead_fraction", *FVU)
+COLUMNS = (
+    "architecture",
+    "l1_coefficient",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "dead_fraction",
+    *FVU,
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -49,14 +57,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE")
     parser.add_argument("--initial-value", type=float, default=0.64, help="first lambda tried")
     parser.add_argument("--max-attempts", type=int, default=4, help="calibration runs at most")
-    parser.add_argument("--base-norm", default="input_ln", choices=["preact_ln", "input_ln", "none"],
-                        help="the base encoder's normalization (default input_ln, the spec's fallback; "
-                             "the paper's: preact_ln)")
-    parser.add_argument("--standard-l1", type=float, default=None,
-                        help="the standard reference's L1 coefficient (default: the demo's 1.0, L0 about 45 at "
-                             "1 M tokens; 1.47 gives the comparison's L0 about 34)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="another position_aware option (an ablation); named in the results file")
+    parser.add_argument(
+        "--base-norm",
+        default="input_ln",
+        choices=["preact_ln", "input_ln", "none"],
+        help="the base encoder's normalization (default input_ln, the spec's fallback; "
+        "the paper's: preact_ln)",
+    )
+    parser.add_argument(
+        "--standard-l1",
+        type=float,
+        default=None,
+        help="the standard reference's L1 coefficient (default: the demo's 1.0, L0 about 45 at "
+        "1 M tokens; 1.47 gives the comparison's L0 about 34)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another position_aware option (an ablation); named in the results file",
+    )
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -65,18 +86,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra = parse_options(args.set)
     # The variant's runs are named by its own options (shared across references); the results by
     # the options and the reference.
-    run_name = "-".join([ARCHITECTURE, *([args.base_norm] if args.base_norm != "input_ln" else []),
-                         *(f"{k}={v}" for k, v in sorted(extra.items()))])
+    run_name = "-".join(
+        [
+            ARCHITECTURE,
+            *([args.base_norm] if args.base_norm != "input_ln" else []),
+            *(f"{k}={v}" for k, v in sorted(extra.items())),
+        ]
+    )
     name = run_name if args.standard_l1 is None else f"{run_name}-standard_l1={args.standard_l1:g}"
-    options: dict[str, Any] = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]), **extra}
+    options: dict[str, Any] = {
+        "l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]),
+        **extra,
+    }
     if args.base_norm != "input_ln":
         options["base_norm"] = args.base_norm
     model = load_model(EMBEDDED_MODEL_NAME)
-    standard = train_standard_reference(args.work_dir, args.tokens, model, l1_coefficient=args.standard_l1)
+    standard = train_standard_reference(
+        args.work_dir, args.tokens, model, l1_coefficient=args.standard_l1
+    )
     matched = train_at_target_l0(
-        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / run_name, sae_options=options,
-                     training_tokens=args.tokens, expansion_factor=8),
-        target_l0=standard.result.metrics["l0"], initial_value=args.initial_value, model=model,
+        TrainRequest(
+            architecture=ARCHITECTURE,
+            output_path=args.work_dir / run_name,
+            sae_options=options,
+            training_tokens=args.tokens,
+            expansion_factor=8,
+        ),
+        target_l0=standard.result.metrics["l0"],
+        initial_value=args.initial_value,
+        model=model,
         max_attempts=args.max_attempts,
     )
     rows = []
@@ -88,8 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trained = load_sae(matched.result.path)
     report = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python docs/experiments/position_aware_vs_standard.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            [
+                "python docs/experiments/position_aware_vs_standard.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "training_tokens": args.tokens,
         "rows": rows,
         "calibration": [vars(a) for a in matched.attempts],
@@ -103,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     sections = [
-        f"# PositionAwareSAE ({args.base_norm} base) vs standard ({report['date']})", f"`{report['command'].strip()}`",
+        f"# PositionAwareSAE ({args.base_norm} base) vs standard ({report['date']})",
+        f"`{report['command'].strip()}`",
         markdown_table(rows, COLUMNS),
         "FVU relative improvement by range (1 - variant/standard): "
         + ", ".join(f"{v:+.3f}" for v in relative)

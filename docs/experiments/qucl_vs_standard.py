@@ -40,8 +40,16 @@ from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS
 from sae_variants.integrations.training.request import TrainRequest
 
 RESULTS = Path(__file__).parent / "results"
-COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_loss_score",
-           "kl_div_score", "dead_fraction", "final_rank")
+COLUMNS = (
+    "architecture",
+    "l1_coefficient",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "dead_fraction",
+    "final_rank",
+)
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "paper": {},
     "fvu-0.05": {"threshold_max": 0.05},
@@ -50,7 +58,10 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
 
 
 def rank_table(log: dict[str, Any]) -> str:
-    lines = ["| step | rank before | rank after | windowed FVU | threshold |", "|---|---|---|---|---|"]
+    lines = [
+        "| step | rank before | rank after | windowed FVU | threshold |",
+        "|---|---|---|---|---|",
+    ]
     lines += [
         f"| {e['step']} | {e['rank_before']} | {e['rank_after']} | {e['windowed_fvu']:.4f} | {e['threshold']:.3f} |"
         for e in log["decisions"]
@@ -61,10 +72,15 @@ def rank_table(log: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
-    parser.add_argument("--qucl-initial-l1", type=float, default=2.0,
-                        help="first lambda0 tried for each QuCL configuration")
-    parser.add_argument("--configurations", nargs="+", default=list(CONFIGURATIONS),
-                        choices=list(CONFIGURATIONS))
+    parser.add_argument(
+        "--qucl-initial-l1",
+        type=float,
+        default=2.0,
+        help="first lambda0 tried for each QuCL configuration",
+    )
+    parser.add_argument(
+        "--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS)
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -78,9 +94,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for name in args.configurations:
         run = train_at_target_l0(
-            TrainRequest(architecture="qucl", output_path=args.work_dir / f"qucl-{name}",
-                         sae_options={"l1_warm_up_steps": warm_up, **CONFIGURATIONS[name]}, **base),
-            target_l0=target, initial_value=args.qucl_initial_l1, model=model,
+            TrainRequest(
+                architecture="qucl",
+                output_path=args.work_dir / f"qucl-{name}",
+                sae_options={"l1_warm_up_steps": warm_up, **CONFIGURATIONS[name]},
+                **base,
+            ),
+            target_l0=target,
+            initial_value=args.qucl_initial_l1,
+            model=model,
         )
         log = json.loads((Path(run.result.path) / CURRICULUM_LOG_FILENAME).read_text())
         row = summary_row(run) | {"architecture": f"qucl ({name})", "final_rank": log["final_rank"]}
@@ -95,15 +117,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     report = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python docs/experiments/qucl_vs_standard.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            [
+                "python docs/experiments/qucl_vs_standard.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "training_tokens": args.tokens,
         "rows": rows,
         "qucl": runs,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "qucl.json").write_text(json.dumps(report, indent=2) + "\n")
-    sections = [f"# QuCLSAE vs standard ({report['date']})", f"`{report['command'].strip()}`",
-                markdown_table(rows, COLUMNS)]
+    sections = [
+        f"# QuCLSAE vs standard ({report['date']})",
+        f"`{report['command'].strip()}`",
+        markdown_table(rows, COLUMNS),
+    ]
     for name, run in runs.items():
         sections.append(
             f"## qucl ({name}): EV gap {run['explained_variance_gap']:+.4f}, CE-score gap "
@@ -114,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (args.results / "qucl.md").write_text("\n\n".join(sections) + "\n")
     print(markdown_table(rows, COLUMNS))
     for name, run in runs.items():
-        print(f"{name}: EV gap {run['explained_variance_gap']:+.4f}, CE gap {run['ce_loss_score_gap']:+.4f}")
+        print(
+            f"{name}: EV gap {run['explained_variance_gap']:+.4f}, CE gap {run['ce_loss_score_gap']:+.4f}"
+        )
     return report
 
 

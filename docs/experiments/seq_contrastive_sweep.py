@@ -33,19 +33,52 @@ from sae_variants.integrations.training.request import TrainRequest
 RESULTS = Path(__file__).parent / "results"
 SWEEP: dict[str, dict[str, Any]] = {
     "no_contrastive": {"contrastive_coefficient": 0.0},
-    "support_t0.1_w1": {"contrastive_similarity": "support", "temperature": 0.1, "contrastive_coefficient": 1.0},
-    "support_t0.1_w1_p256": {"contrastive_similarity": "support", "temperature": 0.1,
-                             "contrastive_coefficient": 1.0, "contrastive_pairs": 256},
-    "codes_t0.1_w1_p256": {"temperature": 0.1, "contrastive_coefficient": 1.0, "contrastive_pairs": 256},
-    "support_t0.1_w5_p256": {"contrastive_similarity": "support", "temperature": 0.1,
-                             "contrastive_coefficient": 5.0, "contrastive_pairs": 256},
-    "support_t0.1_w1_p256_hard16": {"contrastive_similarity": "support", "temperature": 0.1,
-                                    "contrastive_coefficient": 1.0, "contrastive_pairs": 256, "hard_negatives": 16},
-    "codes_t0.1_w1_p256_hard16": {"temperature": 0.1, "contrastive_coefficient": 1.0, "contrastive_pairs": 256,
-                                  "hard_negatives": 16},
+    "support_t0.1_w1": {
+        "contrastive_similarity": "support",
+        "temperature": 0.1,
+        "contrastive_coefficient": 1.0,
+    },
+    "support_t0.1_w1_p256": {
+        "contrastive_similarity": "support",
+        "temperature": 0.1,
+        "contrastive_coefficient": 1.0,
+        "contrastive_pairs": 256,
+    },
+    "codes_t0.1_w1_p256": {
+        "temperature": 0.1,
+        "contrastive_coefficient": 1.0,
+        "contrastive_pairs": 256,
+    },
+    "support_t0.1_w5_p256": {
+        "contrastive_similarity": "support",
+        "temperature": 0.1,
+        "contrastive_coefficient": 5.0,
+        "contrastive_pairs": 256,
+    },
+    "support_t0.1_w1_p256_hard16": {
+        "contrastive_similarity": "support",
+        "temperature": 0.1,
+        "contrastive_coefficient": 1.0,
+        "contrastive_pairs": 256,
+        "hard_negatives": 16,
+    },
+    "codes_t0.1_w1_p256_hard16": {
+        "temperature": 0.1,
+        "contrastive_coefficient": 1.0,
+        "contrastive_pairs": 256,
+        "hard_negatives": 16,
+    },
 }
-COLUMNS = ("run", "l0", "explained_variance", "ce_loss_score", "dead_fraction", "contextual_consistency",
-           "window_jaccard", "cross_sequence_jaccard")
+COLUMNS = (
+    "run",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "dead_fraction",
+    "contextual_consistency",
+    "window_jaccard",
+    "cross_sequence_jaccard",
+)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -61,22 +94,45 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in tqdm(args.runs, desc="contrastive variants", unit="run"):
         path = args.work_dir / name
-        options = {"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]), "l1_coefficient": args.l1,
-                   **SWEEP[name]}
-        train_or_reuse(TrainRequest(architecture="seq_contrastive", output_path=path, overwrite=True,
-                                    training_tokens=args.tokens, expansion_factor=8, sae_options=options))
+        options = {
+            "l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"]),
+            "l1_coefficient": args.l1,
+            **SWEEP[name],
+        }
+        train_or_reuse(
+            TrainRequest(
+                architecture="seq_contrastive",
+                output_path=path,
+                overwrite=True,
+                training_tokens=args.tokens,
+                expansion_factor=8,
+                sae_options=options,
+            )
+        )
         metrics = evaluate_or_reuse(path, model=model).metrics
         rows.append({"run": name, "options": SWEEP[name], **{k: metrics[k] for k in COLUMNS[1:]}})
 
-    command = " ".join(["python docs/experiments/seq_contrastive_sweep.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(
+        [
+            "python docs/experiments/seq_contrastive_sweep.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
     args.results.mkdir(parents=True, exist_ok=True)
-    report = {"date": date.today().isoformat(), "command": command, "training_tokens": args.tokens,
-              "l1_coefficient": args.l1, "rows": rows}
+    report = {
+        "date": date.today().isoformat(),
+        "command": command,
+        "training_tokens": args.tokens,
+        "l1_coefficient": args.l1,
+        "rows": rows,
+    }
     (args.results / "seq_contrastive_sweep.json").write_text(json.dumps(report, indent=2) + "\n")
     options = "\n".join(f"- `{row['run']}`: {row['options']}" for row in rows)
-    text = (f"# SeqContrastiveSAE contrastive-term sweep ({report['date']})\n\n`{command.strip()}` "
-            f"({args.tokens} tokens each, lambda {args.l1}, L0 not re-matched)\n\n"
-            f"{markdown_table(rows, COLUMNS)}\n\n{options}\n")
+    text = (
+        f"# SeqContrastiveSAE contrastive-term sweep ({report['date']})\n\n`{command.strip()}` "
+        f"({args.tokens} tokens each, lambda {args.l1}, L0 not re-matched)\n\n"
+        f"{markdown_table(rows, COLUMNS)}\n\n{options}\n"
+    )
     (args.results / "seq_contrastive_sweep.md").write_text(text)
     print(text)
     return rows

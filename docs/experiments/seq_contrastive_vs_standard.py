@@ -50,9 +50,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "temperature 0.1, weight 1.0": {"temperature": 0.1, "contrastive_coefficient": 1.0},
 }
 CONSISTENCY = ("contextual_consistency", "window_jaccard", "cross_sequence_jaccard")
-COLUMNS = ("architecture", "l1_coefficient", "l0", "explained_variance", "ce_loss_score", "kl_div_score",
-           "dead_fraction", *CONSISTENCY)
-VARIANT_COLUMNS = ("variant", "l0", "explained_variance", "ce_loss_score", "dead_fraction", *CONSISTENCY)
+COLUMNS = (
+    "architecture",
+    "l1_coefficient",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "kl_div_score",
+    "dead_fraction",
+    *CONSISTENCY,
+)
+VARIANT_COLUMNS = (
+    "variant",
+    "l0",
+    "explained_variance",
+    "ce_loss_score",
+    "dead_fraction",
+    *CONSISTENCY,
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -60,15 +75,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per SAE")
     parser.add_argument("--initial-value", type=float, default=1.0, help="first lambda tried")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--layer", type=int, default=None,
-                        help="train on the residual stream after this block (default: the middle one, 1)")
+    parser.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="train on the residual stream after this block (default: the middle one, 1)",
+    )
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="default sae_runs/qucl_vs_standard, or sae_runs/layer{N}_vs_standard with --layer")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="default sae_runs/qucl_vs_standard, or sae_runs/layer{N}_vs_standard with --layer",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.work_dir is None:
-        args.work_dir = Path("sae_runs/qucl_vs_standard" if args.layer is None else f"sae_runs/layer{args.layer}_vs_standard")
+        args.work_dir = Path(
+            "sae_runs/qucl_vs_standard"
+            if args.layer is None
+            else f"sae_runs/layer{args.layer}_vs_standard"
+        )
     stem = ARCHITECTURE if args.layer is None else f"{ARCHITECTURE}-layer{args.layer}"
 
     model = load_model(EMBEDDED_MODEL_NAME)
@@ -77,9 +104,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target = standard.result.metrics["l0"]
     options = {"l1_warm_up_steps": warm_up}
     matched = train_at_target_l0(
-        TrainRequest(architecture=ARCHITECTURE, output_path=args.work_dir / ARCHITECTURE,
-                     sae_options=options, training_tokens=args.tokens, expansion_factor=8, layer=args.layer),
-        target_l0=target, initial_value=args.initial_value, model=model,
+        TrainRequest(
+            architecture=ARCHITECTURE,
+            output_path=args.work_dir / ARCHITECTURE,
+            sae_options=options,
+            training_tokens=args.tokens,
+            expansion_factor=8,
+            layer=args.layer,
+        ),
+        target_l0=target,
+        initial_value=args.initial_value,
+        model=model,
     )
     l1 = matched.attempts[-1].knob_value
     rows = []
@@ -90,10 +125,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     variant_rows = []
     for name in tqdm(args.variants, desc="variants", unit="run"):
-        path = args.work_dir / f"{ARCHITECTURE}_variants" / name.split(" (")[0].replace(" ", "_").replace(",", "")
+        path = (
+            args.work_dir
+            / f"{ARCHITECTURE}_variants"
+            / name.split(" (")[0].replace(" ", "_").replace(",", "")
+        )
         request = TrainRequest(
-            architecture=ARCHITECTURE, output_path=path, overwrite=True, training_tokens=args.tokens,
-            expansion_factor=8, layer=args.layer, sae_options={**options, "l1_coefficient": l1, **VARIANTS[name]},
+            architecture=ARCHITECTURE,
+            output_path=path,
+            overwrite=True,
+            training_tokens=args.tokens,
+            expansion_factor=8,
+            layer=args.layer,
+            sae_options={**options, "l1_coefficient": l1, **VARIANTS[name]},
         )
         train_or_reuse(request)
         metrics = evaluate_sae(path, model=model, n_batches=8).metrics
@@ -101,14 +145,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = {
         "date": date.today().isoformat(),
-        "command": shlex.join(["python", "docs/experiments/seq_contrastive_vs_standard.py",
-                               *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(
+            [
+                "python",
+                "docs/experiments/seq_contrastive_vs_standard.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
         "hook_name": standard.result.hook_name,
         "training_tokens": args.tokens,
         "rows": rows,
         "calibration": [vars(a) for a in matched.attempts],
         "l0_matched_within_10pct": matched.matched,
-        "consistency_over_standard": rows[1]["contextual_consistency"] / rows[0]["contextual_consistency"],
+        "consistency_over_standard": rows[1]["contextual_consistency"]
+        / rows[0]["contextual_consistency"],
         "explained_variance_gap": rows[1]["explained_variance"] - rows[0]["explained_variance"],
         "ce_loss_score_gap": rows[1]["ce_loss_score"] - rows[0]["ce_loss_score"],
         "variants": variant_rows,
@@ -116,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     sections = [
-        f"# SeqContrastiveSAE vs standard, {report['hook_name']} ({report['date']})", f"`{report['command'].strip()}`",
+        f"# SeqContrastiveSAE vs standard, {report['hook_name']} ({report['date']})",
+        f"`{report['command'].strip()}`",
         markdown_table(rows, COLUMNS),
         f"contextual consistency / standard's: {report['consistency_over_standard']:.3f}; "
         f"EV gap {report['explained_variance_gap']:+.4f}, CE-score gap {report['ce_loss_score_gap']:+.4f}, "

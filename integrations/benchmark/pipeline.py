@@ -58,8 +58,10 @@ def time_activation_pipelines(
     dataset = embedded_training_dataset(runner_cfg.context_size)
     saelens = ActivationsStore.from_config(model, runner_cfg, override_dataset=dataset)
     sequence = SequenceBatchSource(
-        ActivationsStore.from_config(model, runner_cfg, override_dataset=dataset), layout,
-        runner_cfg.train_batch_size_tokens, seed=runner_cfg.seed,
+        ActivationsStore.from_config(model, runner_cfg, override_dataset=dataset),
+        layout,
+        runner_cfg.train_batch_size_tokens,
+        seed=runner_cfg.seed,
     )
     startup = {}
     for name, source in (("saelens", saelens), ("sequence", sequence)):
@@ -75,21 +77,26 @@ def time_activation_pipelines(
             seconds[name] += time.perf_counter() - start
     tokens = blocks * batches_per_block * runner_cfg.train_batch_size_tokens
     return PipelineThroughput(
-        architecture=architecture, batch_size=runner_cfg.train_batch_size_tokens, layout=layout,
+        architecture=architecture,
+        batch_size=runner_cfg.train_batch_size_tokens,
+        layout=layout,
         saelens_tokens_per_second=tokens / seconds["saelens"],
         sequence_tokens_per_second=tokens / seconds["sequence"],
-        saelens_startup_seconds=startup["saelens"], sequence_startup_seconds=startup["sequence"],
+        saelens_startup_seconds=startup["saelens"],
+        sequence_startup_seconds=startup["sequence"],
         served_fraction=sequence.served_fraction,
     )
 
 
 def format_throughput(result: PipelineThroughput) -> str:
     layout = result.layout
-    return "\n".join([
-        f"activation pipelines ({result.architecture}: {layout.positions_per_context or 'whole'} positions "
-        f"per context, {layout.sampling} sampling; {result.batch_size}-token batches, {EMBEDDED_MODEL_NAME})",
-        f"  SAELens store        {result.saelens_tokens_per_second:>10.0f} tokens/s   start-up {result.saelens_startup_seconds:6.1f} s",
-        f"  sequence pipeline    {result.sequence_tokens_per_second:>10.0f} tokens/s   start-up {result.sequence_startup_seconds:6.1f} s",
-        f"  throughput ratio     {result.ratio:>10.2f}   (sequence / SAELens, steady state)",
-        f"  served fraction      {result.served_fraction:>10.2f}   (positions served / positions computed)",
-    ])
+    return "\n".join(
+        [
+            f"activation pipelines ({result.architecture}: {layout.positions_per_context or 'whole'} positions "
+            f"per context, {layout.sampling} sampling; {result.batch_size}-token batches, {EMBEDDED_MODEL_NAME})",
+            f"  SAELens store        {result.saelens_tokens_per_second:>10.0f} tokens/s   start-up {result.saelens_startup_seconds:6.1f} s",
+            f"  sequence pipeline    {result.sequence_tokens_per_second:>10.0f} tokens/s   start-up {result.sequence_startup_seconds:6.1f} s",
+            f"  throughput ratio     {result.ratio:>10.2f}   (sequence / SAELens, steady state)",
+            f"  served fraction      {result.served_fraction:>10.2f}   (positions served / positions computed)",
+        ]
+    )

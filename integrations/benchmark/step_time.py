@@ -78,12 +78,20 @@ def _set_sparsity(sae: TrainingSAE[Any], x: torch.Tensor, target_l0: int) -> Non
     sae.b_enc.sub_(threshold.to(sae.b_enc.dtype))
 
 
-def _build(architecture: str, d_in: int, d_sae: int, options: dict[str, Any], x: torch.Tensor,
-           target_l0: int) -> tuple[TrainingSAE[Any], torch.optim.Optimizer]:
+def _build(
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    options: dict[str, Any],
+    x: torch.Tensor,
+    target_l0: int,
+) -> tuple[TrainingSAE[Any], torch.optim.Optimizer]:
     # A curriculum over a 1-step run is at full strength from the first timed step: the
     # benchmark times the most expensive phase.
-    cfg = bind_sae_config(build_sae_config(architecture, d_in, d_sae, options, "none"),
-                          RunInfo(total_steps=1, lr_warm_up_steps=0, context_size=BENCHMARK_CONTEXT))
+    cfg = bind_sae_config(
+        build_sae_config(architecture, d_in, d_sae, options, "none"),
+        RunInfo(total_steps=1, lr_warm_up_steps=0, context_size=BENCHMARK_CONTEXT),
+    )
     sae = SAE_TRAINING_CLASS_REGISTRY[architecture][0](cfg)
     _set_sparsity(sae, x, target_l0)
     sae.train()
@@ -93,33 +101,49 @@ def _build(architecture: str, d_in: int, d_sae: int, options: dict[str, Any], x:
     return sae, optimizer
 
 
-def synthetic_token_context(sae: TrainingSAE[Any], batch_size: int, context_size: int = BENCHMARK_CONTEXT,
-                            seed: int = 0) -> TokenContext:
+def synthetic_token_context(
+    sae: TrainingSAE[Any], batch_size: int, context_size: int = BENCHMARK_CONTEXT, seed: int = 0
+) -> TokenContext:
     """A token context shaped like the sequence-aware pipeline's batches for this SAE's layout
     (S contexts x P positions grouped as the layout samples them), for timing its training step."""
     layout = sequence_layout_of(sae.cfg) or SequenceLayout()
     per_group = layout.positions_per_context or context_size - 1
     n_contexts = batch_size // per_group
     if n_contexts * per_group != batch_size:
-        raise ValueError(f"batch size {batch_size} is not a multiple of {per_group} positions per context")
+        raise ValueError(
+            f"batch size {batch_size} is not a multiple of {per_group} positions per context"
+        )
     generator = torch.Generator().manual_seed(seed)
     usable = torch.ones(n_contexts, context_size, dtype=torch.bool)
     usable[:, 0] = False  # BOS
     groups, _ = plan_groups(usable, layout, per_group, generator)
     positions = groups[:, 0].reshape(-1)
-    return TokenContext(positions, torch.arange(n_contexts).repeat_interleave(per_group),
-                        torch.randint(0, 4096, (batch_size,), generator=generator))
+    return TokenContext(
+        positions,
+        torch.arange(n_contexts).repeat_interleave(per_group),
+        torch.randint(0, 4096, (batch_size,), generator=generator),
+    )
 
 
-def _step(sae: TrainingSAE[Any], optimizer: torch.optim.Optimizer, x: torch.Tensor, step: int,
-          context: TokenContext | None = None) -> float:
+def _step(
+    sae: TrainingSAE[Any],
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    step: int,
+    context: TokenContext | None = None,
+) -> float:
     """One SAELens training step; ``context`` is the batch's token context for sequence-aware
     SAEs (built outside the timed region by the caller, as the pipeline builds it off the step)."""
     if isinstance(sae, NeedsTokenContext):
         sae.attach_token_context(context or synthetic_token_context(sae, x.shape[0], seed=step))
     out = sae.training_forward_pass(
-        TrainStepInput(sae_in=x, coefficients=_coefficients(sae), dead_neuron_mask=None,
-                       n_training_steps=step, is_logging_step=False)
+        TrainStepInput(
+            sae_in=x,
+            coefficients=_coefficients(sae),
+            dead_neuron_mask=None,
+            n_training_steps=step,
+            is_logging_step=False,
+        )
     )
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
@@ -148,8 +172,12 @@ def time_training_step(
     for sae, optimizer in (baseline, variant):  # warm-up: allocator, kernels, lazy Adam state
         _step(sae, optimizer, batches[0], 0)
     ratios, base_times, var_times, l0s = [], [], [], {"b": [], "v": []}
-    contexts = [synthetic_token_context(variant[0], batch_size, seed=i) if isinstance(variant[0], NeedsTokenContext)
-                else None for i in range(steps)]
+    contexts = [
+        synthetic_token_context(variant[0], batch_size, seed=i)
+        if isinstance(variant[0], NeedsTokenContext)
+        else None
+        for i in range(steps)
+    ]
     for _ in tqdm(range(repeats), desc=f"{architecture} d_sae={d_sae}", unit="repeat"):
         timings = []
         for key, (sae, optimizer) in (("b", baseline), ("v", variant)):
@@ -161,10 +189,15 @@ def time_training_step(
         var_times.append(timings[1])
         ratios.append(timings[1] / timings[0])
     return StepTiming(
-        architecture, d_in, d_sae, batch_size,
-        baseline_seconds=statistics.median(base_times), variant_seconds=statistics.median(var_times),
+        architecture,
+        d_in,
+        d_sae,
+        batch_size,
+        baseline_seconds=statistics.median(base_times),
+        variant_seconds=statistics.median(var_times),
         ratio=statistics.median(ratios),
-        baseline_l0=statistics.mean(l0s["b"]), variant_l0=statistics.mean(l0s["v"]),
+        baseline_l0=statistics.mean(l0s["b"]),
+        variant_l0=statistics.mean(l0s["v"]),
     )
 
 
@@ -184,47 +217,79 @@ def _memory_probe(spec: dict[str, Any]) -> float:
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     before = _status_kib("VmRSS")
-    sae, optimizer = _build(spec["architecture"], spec["d_in"], spec["d_sae"], spec["options"], x,
-                            spec["target_l0"])
+    sae, optimizer = _build(
+        spec["architecture"], spec["d_in"], spec["d_sae"], spec["options"], x, spec["target_l0"]
+    )
     for step in range(spec["steps"]):
         _step(sae, optimizer, x, step)
     return (_status_kib("VmHWM") - before) / 1024
 
 
-def peak_training_memory_mib(architecture: str, *, d_in: int, d_sae: int, batch_size: int,
-                             options: dict[str, Any], target_l0: int, steps: int = 3,
-                             seed: int = 0) -> float:
+def peak_training_memory_mib(
+    architecture: str,
+    *,
+    d_in: int,
+    d_sae: int,
+    batch_size: int,
+    options: dict[str, Any],
+    target_l0: int,
+    steps: int = 3,
+    seed: int = 0,
+) -> float:
     """Peak resident memory (MiB) that building and training the SAE adds, in a fresh process."""
     if not sys.platform.startswith("linux"):
         raise RuntimeError("peak-memory measurement reads /proc and needs Linux")
-    spec = dict(architecture=architecture, d_in=d_in, d_sae=d_sae, batch_size=batch_size,
-                options=options, target_l0=target_l0, steps=steps, seed=seed)
+    spec = dict(
+        architecture=architecture,
+        d_in=d_in,
+        d_sae=d_sae,
+        batch_size=batch_size,
+        options=options,
+        target_l0=target_l0,
+        steps=steps,
+        seed=seed,
+    )
     completed = subprocess.run(
         [sys.executable, "-m", "sae_variants.integrations.benchmark.step_time", json.dumps(spec)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"memory probe for {architecture} failed:\n{completed.stderr[-2000:]}")
     return float(completed.stdout.strip().splitlines()[-1])
 
 
-def with_peak_memory(timing: StepTiming, options: dict[str, Any], target_l0: int,
-                     steps: int = 3) -> StepTiming:
+def with_peak_memory(
+    timing: StepTiming, options: dict[str, Any], target_l0: int, steps: int = 3
+) -> StepTiming:
     """``timing`` with both architectures' peak training memory measured at its shapes."""
-    shapes = dict(d_in=timing.d_in, d_sae=timing.d_sae, batch_size=timing.batch_size,
-                  target_l0=target_l0, steps=steps)
+    shapes = dict(
+        d_in=timing.d_in,
+        d_sae=timing.d_sae,
+        batch_size=timing.batch_size,
+        target_l0=target_l0,
+        steps=steps,
+    )
     timing.baseline_peak_mib = peak_training_memory_mib("standard", options={}, **shapes)
-    timing.variant_peak_mib = peak_training_memory_mib(timing.architecture, options=options, **shapes)
+    timing.variant_peak_mib = peak_training_memory_mib(
+        timing.architecture, options=options, **shapes
+    )
     return timing
 
 
 def format_timings(timings: list[StepTiming]) -> str:
-    header = (f"{'architecture':<16}{'d_in':>6}{'d_sae':>8}{'batch':>7}{'standard s':>12}{'variant s':>11}"
-              f"{'ratio':>8}{'L0 std/var':>14}{'std MiB':>9}{'var MiB':>9}{'mem ratio':>10}")
+    header = (
+        f"{'architecture':<16}{'d_in':>6}{'d_sae':>8}{'batch':>7}{'standard s':>12}{'variant s':>11}"
+        f"{'ratio':>8}{'L0 std/var':>14}{'std MiB':>9}{'var MiB':>9}{'mem ratio':>10}"
+    )
     rows = []
     for t in timings:
-        memory = (f"{t.baseline_peak_mib:>9.0f}{t.variant_peak_mib:>9.0f}{t.memory_ratio:>10.2f}"
-                  if t.memory_ratio is not None else f"{'-':>9}{'-':>9}{'-':>10}")
+        memory = (
+            f"{t.baseline_peak_mib:>9.0f}{t.variant_peak_mib:>9.0f}{t.memory_ratio:>10.2f}"
+            if t.memory_ratio is not None
+            else f"{'-':>9}{'-':>9}{'-':>10}"
+        )
         rows.append(
             f"{t.architecture:<16}{t.d_in:>6}{t.d_sae:>8}{t.batch_size:>7}{t.baseline_seconds:>12.3f}"
             f"{t.variant_seconds:>11.3f}{t.ratio:>8.2f}{t.baseline_l0:>8.0f}/{t.variant_l0:<5.0f}{memory}"

@@ -87,7 +87,9 @@ def run_comparison(
         phases["synthetic"] = time.perf_counter() - clock
     if settings.benchmark is not None:
         clock = time.perf_counter()
-        performance = run_performance(settings.architectures, settings.benchmark, work_dir, remeasure)
+        performance = run_performance(
+            settings.architectures, settings.benchmark, work_dir, remeasure
+        )
         phases["benchmark"] = time.perf_counter() - clock
 
     claims = claim_rows(embedded)
@@ -101,11 +103,23 @@ def run_comparison(
         plots["step_time"] = plot_step_time(performance, report_dir / "step_time.png").name
 
     report = ComparisonReport(
-        date=date.today().isoformat(), command=command,
-        settings={**dataclasses.asdict(settings), "work_dir": str(work_dir), "report_dir": str(report_dir)},
-        hook_name=hook_name, d_in=d_in, d_sae=settings.expansion_factor * d_in,
-        wall_seconds=time.perf_counter() - started, phase_seconds=phases,
-        embedded=embedded, claims=claims, synthetic=synthetic, performance=performance, plots=plots,
+        date=date.today().isoformat(),
+        command=command,
+        settings={
+            **dataclasses.asdict(settings),
+            "work_dir": str(work_dir),
+            "report_dir": str(report_dir),
+        },
+        hook_name=hook_name,
+        d_in=d_in,
+        d_sae=settings.expansion_factor * d_in,
+        wall_seconds=time.perf_counter() - started,
+        phase_seconds=phases,
+        embedded=embedded,
+        claims=claims,
+        synthetic=synthetic,
+        performance=performance,
+        plots=plots,
     )
     write_report(report, report_dir)
     if readme is not None:

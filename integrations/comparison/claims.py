@@ -31,8 +31,9 @@ CLAIM_METRICS: dict[str, tuple[ClaimMetric, ...]] = {
     "qucl": (ClaimMetric("final_rank_fraction", higher_is_better=False, standard_value=1.0),),
     "multiscale_norm": (ClaimMetric("dead_fraction", higher_is_better=False),),
     "seq_contrastive": (ClaimMetric("contextual_consistency", higher_is_better=True),),
-    "position_aware": tuple(ClaimMetric(f"fvu_positions_{r}", higher_is_better=False)
-                            for r in range(POSITION_RANGES)),
+    "position_aware": tuple(
+        ClaimMetric(f"fvu_positions_{r}", higher_is_better=False) for r in range(POSITION_RANGES)
+    ),
 }
 
 
@@ -61,17 +62,30 @@ def claim_rows(runs: list[EmbeddedRun]) -> list[ClaimRow]:
             continue
         for claim in CLAIM_METRICS[run.architecture]:
             value = run.metrics[claim.metric]
-            base = claim.standard_value if claim.standard_value is not None else reference.metrics[claim.metric]
+            base = (
+                claim.standard_value
+                if claim.standard_value is not None
+                else reference.metrics[claim.metric]
+            )
             # Relative to the standard's value; against a standard at 0 (no dead features) the
             # scale is the variant's own value, so any change reads as +-100%.
             scale = abs(base) or abs(value) or 1.0
             change = (value - base) / scale
             improvement = change if claim.higher_is_better else -change
-            rows.append(ClaimRow(
-                architecture=run.architecture, target_l0=run.target_l0, metric=claim.metric,
-                higher_is_better=claim.higher_is_better, variant=value, standard=base, relative_improvement=improvement,
-                better=value > base if claim.higher_is_better else value < base,
-                explained_variance_gap=run.metrics["explained_variance"] - reference.metrics["explained_variance"],
-                ce_loss_score_gap=run.metrics["ce_loss_score"] - reference.metrics["ce_loss_score"],
-            ))
+            rows.append(
+                ClaimRow(
+                    architecture=run.architecture,
+                    target_l0=run.target_l0,
+                    metric=claim.metric,
+                    higher_is_better=claim.higher_is_better,
+                    variant=value,
+                    standard=base,
+                    relative_improvement=improvement,
+                    better=value > base if claim.higher_is_better else value < base,
+                    explained_variance_gap=run.metrics["explained_variance"]
+                    - reference.metrics["explained_variance"],
+                    ce_loss_score_gap=run.metrics["ce_loss_score"]
+                    - reference.metrics["ce_loss_score"],
+                )
+            )
     return rows

@@ -20,26 +20,60 @@ DEFAULT_REPORT_DIR = Path("examples/results/compare")
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run in under 10 minutes: 200k tokens per SAE in 2048-token batches, one attempt per "
-                        "architecture (achieved L0 reported), small synthetic and benchmark settings")
-    parser.add_argument("--sweep", action="store_true",
-                        help=f"three target L0s ({', '.join(f'{t:g}' for t in SWEEP_L0S)}) for Pareto curves")
-    parser.add_argument("--target-l0", type=float, nargs="+", default=None,
-                        help="target L0 value(s) (default 32; --sweep sets three)")
-    parser.add_argument("--architectures", nargs="+", default=list(ALL_ARCHITECTURES),
-                        choices=list(ALL_ARCHITECTURES), help="which architectures (standard is required)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run in under 10 minutes: 200k tokens per SAE in 2048-token batches, one attempt per "
+        "architecture (achieved L0 reported), small synthetic and benchmark settings",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"three target L0s ({', '.join(f'{t:g}' for t in SWEEP_L0S)}) for Pareto curves",
+    )
+    parser.add_argument(
+        "--target-l0",
+        type=float,
+        nargs="+",
+        default=None,
+        help="target L0 value(s) (default 32; --sweep sets three)",
+    )
+    parser.add_argument(
+        "--architectures",
+        nargs="+",
+        default=list(ALL_ARCHITECTURES),
+        choices=list(ALL_ARCHITECTURES),
+        help="which architectures (standard is required)",
+    )
     parser.add_argument("--tokens", type=int, default=None, help="training tokens per SAE")
-    parser.add_argument("--max-attempts", type=int, default=None, help="calibration attempts per target")
-    parser.add_argument("--no-synthetic", action="store_true", help="skip ground-truth feature recovery")
+    parser.add_argument(
+        "--max-attempts", type=int, default=None, help="calibration attempts per target"
+    )
+    parser.add_argument(
+        "--no-synthetic", action="store_true", help="skip ground-truth feature recovery"
+    )
     parser.add_argument("--no-benchmark", action="store_true", help="skip the performance table")
-    parser.add_argument("--rebenchmark", action="store_true", help="measure the performance table again")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help=f"trained SAEs and cached results (default {DEFAULT_WORK_DIR}[-quick])")
-    parser.add_argument("--report-dir", type=Path, default=None,
-                        help=f"report.md, report.json and PNGs (default {DEFAULT_REPORT_DIR}[-quick])")
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="replace this README's marked comparison block with the variant table")
+    parser.add_argument(
+        "--rebenchmark", action="store_true", help="measure the performance table again"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help=f"trained SAEs and cached results (default {DEFAULT_WORK_DIR}[-quick])",
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help=f"report.md, report.json and PNGs (default {DEFAULT_REPORT_DIR}[-quick])",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="replace this README's marked comparison block with the variant table",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ComparisonSettings:
@@ -55,7 +89,9 @@ def settings_from_args(args: argparse.Namespace) -> ComparisonSettings:
         fields["synthetic"] = None
     if args.no_benchmark:
         fields["benchmark"] = None
-    return dataclasses.replace(ComparisonSettings(), architectures=tuple(args.architectures), **fields)
+    return dataclasses.replace(
+        ComparisonSettings(), architectures=tuple(args.architectures), **fields
+    )
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> ComparisonReport:
@@ -63,5 +99,11 @@ def run_from_args(args: argparse.Namespace, command: str) -> ComparisonReport:
     suffix = "-quick" if args.quick else ""
     work_dir = args.work_dir or Path(f"{DEFAULT_WORK_DIR}{suffix}")
     report_dir = args.report_dir or Path(f"{DEFAULT_REPORT_DIR}{suffix}")
-    return run_comparison(settings, work_dir=work_dir, report_dir=report_dir, command=command,
-                          readme=args.readme, remeasure=args.rebenchmark)
+    return run_comparison(
+        settings,
+        work_dir=work_dir,
+        report_dir=report_dir,
+        command=command,
+        readme=args.readme,
+        remeasure=args.rebenchmark,
+    )

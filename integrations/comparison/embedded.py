@@ -51,12 +51,16 @@ def _architecture_metrics(architecture: str, path: Path, d_in: int) -> dict[str,
     """Figures a variant writes beside its SAE that the evaluation does not compute."""
     if architecture == "qucl":
         curriculum = json.loads((path / QUCL_CURRICULUM_FILENAME).read_text())
-        return {"final_rank": float(curriculum["final_rank"]),
-                "final_rank_fraction": curriculum["final_rank"] / d_in}
+        return {
+            "final_rank": float(curriculum["final_rank"]),
+            "final_rank_fraction": curriculum["final_rank"] / d_in,
+        }
     return {}
 
 
-def train_request(settings: ComparisonSettings, architecture: str, work_dir: Path, d_sae: int) -> TrainRequest:
+def train_request(
+    settings: ComparisonSettings, architecture: str, work_dir: Path, d_sae: int
+) -> TrainRequest:
     """The training request every attempt of ``architecture`` starts from (its knob is added per attempt)."""
     plan = ARCHITECTURE_PLANS[architecture]
     return TrainRequest(
@@ -69,8 +73,9 @@ def train_request(settings: ComparisonSettings, architecture: str, work_dir: Pat
     )
 
 
-def run_embedded(settings: ComparisonSettings, work_dir: Path, model: HookedSAETransformer,
-                 d_in: int) -> list[EmbeddedRun]:
+def run_embedded(
+    settings: ComparisonSettings, work_dir: Path, model: HookedSAETransformer, d_in: int
+) -> list[EmbeddedRun]:
     """Train and evaluate every architecture at every target L0 (reusing finished work);
     ``d_in``: the width of the default hook every request trains on."""
     d_sae = settings.expansion_factor * d_in
@@ -80,19 +85,35 @@ def run_embedded(settings: ComparisonSettings, work_dir: Path, model: HookedSAET
     for architecture, target in tqdm(pairs, desc="embedded model", unit="SAE"):
         plan = ARCHITECTURE_PLANS[architecture]
         matched = train_at_target_l0(
-            train_request(settings, architecture, work_dir, d_sae), target,
-            knob=plan.knob, initial_value=plan.first_value(target), tolerance=settings.tolerance,
-            max_attempts=settings.max_attempts, model=model, eval_batches=settings.eval_batches,
-            history=history[architecture], integer_knob=plan.integer_knob,
-            l0_rises_with_knob=plan.l0_rises_with_knob, prior_slope=plan.l0_slope,
+            train_request(settings, architecture, work_dir, d_sae),
+            target,
+            knob=plan.knob,
+            initial_value=plan.first_value(target),
+            tolerance=settings.tolerance,
+            max_attempts=settings.max_attempts,
+            model=model,
+            eval_batches=settings.eval_batches,
+            history=history[architecture],
+            integer_knob=plan.integer_knob,
+            l0_rises_with_knob=plan.l0_rises_with_knob,
+            prior_slope=plan.l0_slope,
         )
         history[architecture].extend(matched.attempts)
         path = Path(matched.result.path)
-        runs.append(EmbeddedRun(
-            architecture=architecture, target_l0=target, knob=plan.knob,
-            knob_value=matched.attempts[-1].knob_value, matched=matched.matched,
-            metrics={**matched.result.metrics, **_architecture_metrics(architecture, path, d_in)},
-            path=str(path), training_seconds=training_seconds(path),
-            attempts=[asdict(a) for a in matched.attempts],
-        ))
+        runs.append(
+            EmbeddedRun(
+                architecture=architecture,
+                target_l0=target,
+                knob=plan.knob,
+                knob_value=matched.attempts[-1].knob_value,
+                matched=matched.matched,
+                metrics={
+                    **matched.result.metrics,
+                    **_architecture_metrics(architecture, path, d_in),
+                },
+                path=str(path),
+                training_seconds=training_seconds(path),
+                attempts=[asdict(a) for a in matched.attempts],
+            )
+        )
     return runs

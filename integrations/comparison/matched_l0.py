@@ -96,6 +96,7 @@ def calibrate(
         raise ValueError(f"the knob's initial_value must be positive, got {initial_value}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+
     def predict(tried: list[Attempt]) -> float:
         if not l0_rises_with_knob:
             return _next_value(tried, target_l0, prior_slope)
@@ -114,7 +115,10 @@ def calibrate(
             return attempts, result
         following = predict([*history, *attempts])
         if integer_knob and round(following) == value:
-            return attempts, result  # the nearest integer is already tried: nothing closer is reachable
+            return (
+                attempts,
+                result,
+            )  # the nearest integer is already tried: nothing closer is reachable
         value = following
 
 
@@ -159,8 +163,9 @@ def training_seconds(path: str | Path) -> float | None:
     return float(file.read_text()) if file.exists() else None
 
 
-def evaluate_or_reuse(path: str | Path, *, model: HookedSAETransformer | None = None,
-                      n_batches: int = 8) -> EvalResult:
+def evaluate_or_reuse(
+    path: str | Path, *, model: HookedSAETransformer | None = None, n_batches: int = 8
+) -> EvalResult:
     """``evaluate_sae`` for the run in ``path``, read back from ``evaluation.json`` when that was
     written for the same trained SAE (its recorded request) and the same number of batches."""
     path = Path(path)
@@ -203,13 +208,19 @@ def train_at_target_l0(
         raise ValueError(f"initial_value of {knob} must be positive, got {initial_value}")
 
     def path_of(value: float) -> Path:
-        return Path(request.output_path) / f"{knob}={int(value) if integer_knob else f'{value:.5g}'}"
+        return (
+            Path(request.output_path) / f"{knob}={int(value) if integer_knob else f'{value:.5g}'}"
+        )
 
     def train(value: float) -> Path:
-        train_or_reuse(dataclasses.replace(
-            request, sae_options={**request.sae_options, knob: int(value) if integer_knob else value},
-            output_path=path_of(value), overwrite=True,
-        ))
+        train_or_reuse(
+            dataclasses.replace(
+                request,
+                sae_options={**request.sae_options, knob: int(value) if integer_knob else value},
+                output_path=path_of(value),
+                overwrite=True,
+            )
+        )
         return path_of(value)
 
     def measure(value: float) -> tuple[float, Path]:
@@ -218,7 +229,9 @@ def train_at_target_l0(
         # match by, so a calibration can stop just outside the tolerance.
         path = train(value)
         l0 = heldout_l0(path, model)
-        logger.info("%s %s=%.5g -> L0 %.1f (target %s)", request.architecture, knob, value, l0, target_l0)
+        logger.info(
+            "%s %s=%.5g -> L0 %.1f (target %s)", request.architecture, knob, value, l0, target_l0
+        )
         return l0, path
 
     if target_l0 is None:
@@ -227,28 +240,47 @@ def train_at_target_l0(
         attempts = [Attempt(initial_value, result.metrics["l0"], str(path))]
         target_l0 = result.metrics["l0"]
     else:
-        attempts, path = calibrate(measure, target_l0, initial_value=initial_value,
-                                   tolerance=tolerance, max_attempts=max_attempts,
-                                   history=history, integer_knob=integer_knob,
-                                   l0_rises_with_knob=l0_rises_with_knob, prior_slope=prior_slope)
+        attempts, path = calibrate(
+            measure,
+            target_l0,
+            initial_value=initial_value,
+            tolerance=tolerance,
+            max_attempts=max_attempts,
+            history=history,
+            integer_knob=integer_knob,
+            l0_rises_with_knob=l0_rises_with_knob,
+            prior_slope=prior_slope,
+        )
         attempts = [dataclasses.replace(a, path=str(path_of(a.knob_value))) for a in attempts]
         result = evaluate_or_reuse(path, model=model, n_batches=eval_batches)
     return MatchedRun(request.architecture, knob, target_l0, result, tolerance, attempts)
 
 
-def train_standard_reference(work_dir: Path, training_tokens: int,
-                             model: HookedSAETransformer | None = None,
-                             l1_coefficient: float | None = None, layer: int | None = None) -> MatchedRun:
+def train_standard_reference(
+    work_dir: Path,
+    training_tokens: int,
+    model: HookedSAETransformer | None = None,
+    l1_coefficient: float | None = None,
+    layer: int | None = None,
+) -> MatchedRun:
     """SAELens ``standard`` at the demo's L1 settings (or ``l1_coefficient``) in
     ``work_dir / "standard"``, on the residual stream after block ``layer`` (None: the middle
     one): the reference whose L0 a comparison matches every variant to (reused when already
     trained)."""
     return train_at_target_l0(
-        TrainRequest(architecture="standard", output_path=Path(work_dir) / "standard",
-                     sae_options={"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])},
-                     training_tokens=training_tokens, expansion_factor=8, layer=layer),
-        target_l0=None, model=model,
-        initial_value=float(DEMO_SAE_OPTIONS["l1_coefficient"]) if l1_coefficient is None else l1_coefficient,
+        TrainRequest(
+            architecture="standard",
+            output_path=Path(work_dir) / "standard",
+            sae_options={"l1_warm_up_steps": int(DEMO_SAE_OPTIONS["l1_warm_up_steps"])},
+            training_tokens=training_tokens,
+            expansion_factor=8,
+            layer=layer,
+        ),
+        target_l0=None,
+        model=model,
+        initial_value=float(DEMO_SAE_OPTIONS["l1_coefficient"])
+        if l1_coefficient is None
+        else l1_coefficient,
     )
 
 

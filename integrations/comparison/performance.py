@@ -49,19 +49,32 @@ class PerformanceRow:
 
 def _measure(architecture: str, settings: BenchmarkSettings) -> PerformanceRow:
     options = _options(architecture, settings)
-    timing = time_training_step(architecture, d_in=settings.d_in, d_sae=settings.d_sae,
-                                batch_size=settings.batch_size, options=options,
-                                target_l0=BENCHMARK_L0, steps=settings.steps, repeats=settings.repeats)
+    timing = time_training_step(
+        architecture,
+        d_in=settings.d_in,
+        d_sae=settings.d_sae,
+        batch_size=settings.batch_size,
+        options=options,
+        target_l0=BENCHMARK_L0,
+        steps=settings.steps,
+        repeats=settings.repeats,
+    )
     if settings.memory:
         timing = with_peak_memory(timing, options, BENCHMARK_L0)
     pipeline = None
     if settings.pipeline and needs_sequence_pipeline(training_config_class(architecture)):
         pipeline = time_activation_pipelines(architecture).ratio
     return PerformanceRow(
-        architecture=architecture, d_in=timing.d_in, d_sae=timing.d_sae, batch_size=timing.batch_size,
-        standard_seconds=timing.baseline_seconds, variant_seconds=timing.variant_seconds,
-        step_time_ratio=timing.ratio, standard_peak_mib=timing.baseline_peak_mib,
-        variant_peak_mib=timing.variant_peak_mib, memory_ratio=timing.memory_ratio,
+        architecture=architecture,
+        d_in=timing.d_in,
+        d_sae=timing.d_sae,
+        batch_size=timing.batch_size,
+        standard_seconds=timing.baseline_seconds,
+        variant_seconds=timing.variant_seconds,
+        step_time_ratio=timing.ratio,
+        standard_peak_mib=timing.baseline_peak_mib,
+        variant_peak_mib=timing.variant_peak_mib,
+        memory_ratio=timing.memory_ratio,
         pipeline_throughput_ratio=pipeline,
     )
 
@@ -76,21 +89,33 @@ def _options(architecture: str, settings: BenchmarkSettings) -> dict[str, Any]:
 
 def _resolved_config(architecture: str, settings: BenchmarkSettings) -> dict[str, Any]:
     """The config the benchmark builds, as a cache key: a changed default must not reuse a timing."""
-    return config_fields(build_sae_config(architecture, settings.d_in, settings.d_sae,
-                                          _options(architecture, settings), "none"))
+    return config_fields(
+        build_sae_config(
+            architecture, settings.d_in, settings.d_sae, _options(architecture, settings), "none"
+        )
+    )
 
 
-def measure_performance(architectures: tuple[str, ...], settings: BenchmarkSettings) -> list[PerformanceRow]:
+def measure_performance(
+    architectures: tuple[str, ...], settings: BenchmarkSettings
+) -> list[PerformanceRow]:
     """The performance table for every architecture but ``standard``, measured now."""
     return [_measure(a, settings) for a in architectures if a != "standard"]
 
 
-def run_performance(architectures: tuple[str, ...], settings: BenchmarkSettings, work_dir: Path,
-                    remeasure: bool = False) -> list[PerformanceRow]:
+def run_performance(
+    architectures: tuple[str, ...],
+    settings: BenchmarkSettings,
+    work_dir: Path,
+    remeasure: bool = False,
+) -> list[PerformanceRow]:
     """:func:`measure_performance`, reused from ``work_dir`` unless ``remeasure`` or the settings changed."""
     measured = [a for a in architectures if a != "standard"]
-    key = {"architectures": measured, "settings": dataclasses.asdict(settings),
-           "configs": {a: _resolved_config(a, settings) for a in ["standard", *measured]}}
+    key = {
+        "architectures": measured,
+        "settings": dataclasses.asdict(settings),
+        "configs": {a: _resolved_config(a, settings) for a in ["standard", *measured]},
+    }
     stored = None if remeasure else load_result(work_dir / BENCHMARK_FILENAME, key)
     if stored is not None:
         return [PerformanceRow(**row) for row in stored]

@@ -32,8 +32,11 @@ def plot_quality_vs_l0(runs: Sequence[EmbeddedRun], path: Path) -> Path:
     """Explained variance and CE loss score against achieved L0, one line per architecture."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for architecture in dict.fromkeys(r.architecture for r in runs):
-        points = sorted((r.metrics["l0"], r.metrics["explained_variance"], r.metrics["ce_loss_score"])
-                        for r in runs if r.architecture == architecture)
+        points = sorted(
+            (r.metrics["l0"], r.metrics["explained_variance"], r.metrics["ce_loss_score"])
+            for r in runs
+            if r.architecture == architecture
+        )
         l0s = [p[0] for p in points]
         for axis, column in zip(axes, (1, 2), strict=True):
             axis.plot(l0s, [p[column] for p in points], marker="o", label=architecture)
@@ -49,13 +52,16 @@ def plot_quality_vs_l0(runs: Sequence[EmbeddedRun], path: Path) -> Path:
 def plot_claims(rows: Sequence[ClaimRow], path: Path) -> Path:
     """Each variant's claim metric beside the standard SAE's, one panel per variant."""
     variants = list(dict.fromkeys(r.architecture for r in rows))
-    figure, axes = plt.subplots(1, max(1, len(variants)), figsize=(3.2 * max(1, len(variants)), 3.8),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        1, max(1, len(variants)), figsize=(3.2 * max(1, len(variants)), 3.8), squeeze=False
+    )
     for axis, variant in zip(axes[0], variants, strict=False):
         mine = [r for r in rows if r.architecture == variant]
         labels = [f"{r.metric}\nL0 {r.target_l0:g}" for r in mine]
         positions = range(len(mine))
-        axis.bar([p - 0.2 for p in positions], [r.standard for r in mine], width=0.4, label="standard")
+        axis.bar(
+            [p - 0.2 for p in positions], [r.standard for r in mine], width=0.4, label="standard"
+        )
         axis.bar([p + 0.2 for p in positions], [r.variant for r in mine], width=0.4, label=variant)
         axis.set_xticks(list(positions), labels, fontsize=6, rotation=30, ha="right")
         direction = "higher" if mine[0].higher_is_better else "lower"
@@ -85,8 +91,12 @@ def plot_synthetic(runs: Sequence[SyntheticRun], path: Path) -> Path:
     metrics = ("mcc", "f1_score", "uniqueness")
     figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(trained) + 2), 4))
     for offset, metric in enumerate(metrics):
-        axis.bar([i + 0.27 * (offset - 1) for i in range(len(trained))],
-                 [r.metrics[metric] for r in trained], width=0.27, label=metric)
+        axis.bar(
+            [i + 0.27 * (offset - 1) for i in range(len(trained))],
+            [r.metrics[metric] for r in trained],
+            width=0.27,
+            label=metric,
+        )
     axis.set_xticks(range(len(trained)), [r.architecture for r in trained], fontsize=8, rotation=20)
     axis.set_ylim(0, 1.05)
     axis.legend()

@@ -73,40 +73,76 @@ def _embedded_rows(runs: list[EmbeddedRun]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         m = run.metrics
-        rows.append({
-            "architecture": run.architecture, "source": ARCHITECTURE_PLANS[run.architecture].source,
-            "knob": f"{run.knob}={run.knob_value:.4g}", "target L0": f"{run.target_l0:g}",
-            "L0": m["l0"], "matched": "yes" if run.matched else "**no**", "attempts": len(run.attempts),
-            "EV": m["explained_variance"], "CE score": m["ce_loss_score"], "KL score": m["kl_div_score"],
-            "dead": f"{m['dead_fraction']:.1%}", "max dec cos": m["mean_max_decoder_cosine"],
-            "consistency": m["contextual_consistency"], "train time": _minutes(run.training_seconds),
-        })
+        rows.append(
+            {
+                "architecture": run.architecture,
+                "source": ARCHITECTURE_PLANS[run.architecture].source,
+                "knob": f"{run.knob}={run.knob_value:.4g}",
+                "target L0": f"{run.target_l0:g}",
+                "L0": m["l0"],
+                "matched": "yes" if run.matched else "**no**",
+                "attempts": len(run.attempts),
+                "EV": m["explained_variance"],
+                "CE score": m["ce_loss_score"],
+                "KL score": m["kl_div_score"],
+                "dead": f"{m['dead_fraction']:.1%}",
+                "max dec cos": m["mean_max_decoder_cosine"],
+                "consistency": m["contextual_consistency"],
+                "train time": _minutes(run.training_seconds),
+            }
+        )
     return rows
 
 
 def _claim_rows(rows: list[ClaimRow]) -> list[dict[str, Any]]:
-    return [{
-        "variant": r.architecture, "target L0": f"{r.target_l0:g}", "metric": r.metric,
-        "variant value": r.variant, "standard": r.standard,
-        "improvement": f"{r.relative_improvement:+.1%}", "better": "yes" if r.better else "**no**",
-        "EV gap": f"{r.explained_variance_gap:+.4f}", "CE gap": f"{r.ce_loss_score_gap:+.4f}",
-    } for r in rows]
+    return [
+        {
+            "variant": r.architecture,
+            "target L0": f"{r.target_l0:g}",
+            "metric": r.metric,
+            "variant value": r.variant,
+            "standard": r.standard,
+            "improvement": f"{r.relative_improvement:+.1%}",
+            "better": "yes" if r.better else "**no**",
+            "EV gap": f"{r.explained_variance_gap:+.4f}",
+            "CE gap": f"{r.ce_loss_score_gap:+.4f}",
+        }
+        for r in rows
+    ]
 
 
 def _synthetic_rows(runs: list[SyntheticRun]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         if run.skipped is not None:
-            rows.append({"architecture": run.architecture, "knob": "-", "L0": "-", "matched": "-", "MCC": "-", "F1": "-",
-                         "uniqueness": "-", "EV": "-", "dead": f"n/a: {run.skipped}"})
+            rows.append(
+                {
+                    "architecture": run.architecture,
+                    "knob": "-",
+                    "L0": "-",
+                    "matched": "-",
+                    "MCC": "-",
+                    "F1": "-",
+                    "uniqueness": "-",
+                    "EV": "-",
+                    "dead": f"n/a: {run.skipped}",
+                }
+            )
             continue
         m = run.metrics
-        rows.append({
-            "architecture": run.architecture, "knob": f"{run.knob}={run.knob_value:.4g}",
-            "L0": f"{m['sae_l0']:.2f} / {run.true_l0:.2f}", "matched": "yes" if run.matched else "**no**",
-            "MCC": m["mcc"], "F1": m["f1_score"],
-            "uniqueness": m["uniqueness"], "EV": m["explained_variance"], "dead": f"{m['dead_latents']:.0f}",
-        })
+        rows.append(
+            {
+                "architecture": run.architecture,
+                "knob": f"{run.knob}={run.knob_value:.4g}",
+                "L0": f"{m['sae_l0']:.2f} / {run.true_l0:.2f}",
+                "matched": "yes" if run.matched else "**no**",
+                "MCC": m["mcc"],
+                "F1": m["f1_score"],
+                "uniqueness": m["uniqueness"],
+                "EV": m["explained_variance"],
+                "dead": f"{m['dead_latents']:.0f}",
+            }
+        )
     return rows
 
 
@@ -114,14 +150,19 @@ def _performance_rows(rows: list[PerformanceRow]) -> list[dict[str, Any]]:
     def optional(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    return [{
-        "architecture": r.architecture, "shape": f"{r.d_in} x {r.d_sae}, batch {r.batch_size}",
-        "standard s/step": r.standard_seconds, "variant s/step": r.variant_seconds,
-        "step-time ratio": f"{r.step_time_ratio:.2f}", "peak MiB (std / var)":
-            f"{optional(r.standard_peak_mib, '.0f')} / {optional(r.variant_peak_mib, '.0f')}",
-        "memory ratio": optional(r.memory_ratio, ".2f"),
-        "pipeline throughput ratio": optional(r.pipeline_throughput_ratio, ".2f"),
-    } for r in rows]
+    return [
+        {
+            "architecture": r.architecture,
+            "shape": f"{r.d_in} x {r.d_sae}, batch {r.batch_size}",
+            "standard s/step": r.standard_seconds,
+            "variant s/step": r.variant_seconds,
+            "step-time ratio": f"{r.step_time_ratio:.2f}",
+            "peak MiB (std / var)": f"{optional(r.standard_peak_mib, '.0f')} / {optional(r.variant_peak_mib, '.0f')}",
+            "memory ratio": optional(r.memory_ratio, ".2f"),
+            "pipeline throughput ratio": optional(r.pipeline_throughput_ratio, ".2f"),
+        }
+        for r in rows
+    ]
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -156,8 +197,10 @@ def render_markdown(report: ComparisonReport) -> str:
     if "quality" in report.plots:
         sections.append(f"![quality against L0]({report.plots['quality']})")
     if report.claims:
-        sections += ["## Each paper's claim against SAELens standard",
-                     _table(_claim_rows(report.claims))]
+        sections += [
+            "## Each paper's claim against SAELens standard",
+            _table(_claim_rows(report.claims)),
+        ]
         if "claims" in report.plots:
             sections.append(f"![claim metrics]({report.plots['claims']})")
     if report.synthetic:
@@ -191,7 +234,9 @@ def variant_table(report: ComparisonReport) -> str:
     """The README's variant table: one row per architecture at the first target L0."""
     target = report.settings["target_l0s"][0]
     claims = {r.architecture: r for r in report.claims if r.target_l0 == target}
-    position_claims = [r for r in report.claims if r.target_l0 == target and r.architecture == "position_aware"]
+    position_claims = [
+        r for r in report.claims if r.target_l0 == target and r.architecture == "position_aware"
+    ]
     if position_claims:  # the issue asks for the best quarter
         claims["position_aware"] = max(position_claims, key=lambda r: r.relative_improvement)
     synthetic = {r.architecture: r for r in report.synthetic}
@@ -201,21 +246,30 @@ def variant_table(report: ComparisonReport) -> str:
         claim = claims.get(run.architecture)
         syn = synthetic.get(run.architecture)
         perf = performance.get(run.architecture)
-        rows.append({
-            "architecture": f"`{run.architecture}`", "source": ARCHITECTURE_PLANS[run.architecture].source,
-            "L0": f"{run.metrics['l0']:.1f}" + ("" if run.matched else " (unmatched)"),
-            "EV": f"{run.metrics['explained_variance']:.3f}", "CE score": f"{run.metrics['ce_loss_score']:.3f}",
-            "dead": f"{run.metrics['dead_fraction']:.1%}",
-            "claim metric (variant vs standard)": "-" if claim is None else
-                f"{claim.metric} {claim.variant:.3g} vs {claim.standard:.3g} ({claim.relative_improvement:+.0%})",
-            "synthetic MCC": "-" if syn is None or syn.skipped else
-                f"{syn.metrics['mcc']:.3f}" + ("" if syn.matched else " (unmatched)"),
-            "step-time ratio": "1" if run.architecture == "standard" else
-                ("-" if perf is None else f"{perf.step_time_ratio:.2f}"),
-        })
-    header = (f"Generated {report.date} by `{report.command}` "
-              f"(report: `{report.settings.get('report_dir', '')}`; {report.settings['training_tokens']:,} "
-              f"tokens per SAE, target L0 {target:g}).")
+        rows.append(
+            {
+                "architecture": f"`{run.architecture}`",
+                "source": ARCHITECTURE_PLANS[run.architecture].source,
+                "L0": f"{run.metrics['l0']:.1f}" + ("" if run.matched else " (unmatched)"),
+                "EV": f"{run.metrics['explained_variance']:.3f}",
+                "CE score": f"{run.metrics['ce_loss_score']:.3f}",
+                "dead": f"{run.metrics['dead_fraction']:.1%}",
+                "claim metric (variant vs standard)": "-"
+                if claim is None
+                else f"{claim.metric} {claim.variant:.3g} vs {claim.standard:.3g} ({claim.relative_improvement:+.0%})",
+                "synthetic MCC": "-"
+                if syn is None or syn.skipped
+                else f"{syn.metrics['mcc']:.3f}" + ("" if syn.matched else " (unmatched)"),
+                "step-time ratio": "1"
+                if run.architecture == "standard"
+                else ("-" if perf is None else f"{perf.step_time_ratio:.2f}"),
+            }
+        )
+    header = (
+        f"Generated {report.date} by `{report.command}` "
+        f"(report: `{report.settings.get('report_dir', '')}`; {report.settings['training_tokens']:,} "
+        f"tokens per SAE, target L0 {target:g})."
+    )
     return header + "\n\n" + _table(rows)
 
 
@@ -224,7 +278,9 @@ def update_readme(readme: Path, table: str) -> None:
     text = readme.read_text()
     pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
     if not pattern.search(text):
-        raise ValueError(f"{readme} has no comparison block; add the two lines\n{README_START}\n{README_END}")
+        raise ValueError(
+            f"{readme} has no comparison block; add the two lines\n{README_START}\n{README_END}"
+        )
     readme.write_text(pattern.sub(lambda _: f"{README_START}\n{table}\n{README_END}", text))
 
 

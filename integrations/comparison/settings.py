@@ -63,15 +63,35 @@ ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
     plan.architecture: plan
     for plan in (
         ArchitecturePlan("standard", "SAELens", "l1_coefficient", 1.0),
-        ArchitecturePlan("topk", "SAELens", "k", REFERENCE_L0, integer_knob=True,
-                         l0_rises_with_knob=True, l1_warm_up=False),
-        ArchitecturePlan("matryoshka_batchtopk", "SAELens", "k", REFERENCE_L0, integer_knob=True,
-                         l0_rises_with_knob=True, l1_warm_up=False),
+        ArchitecturePlan(
+            "topk",
+            "SAELens",
+            "k",
+            REFERENCE_L0,
+            integer_knob=True,
+            l0_rises_with_knob=True,
+            l1_warm_up=False,
+        ),
+        ArchitecturePlan(
+            "matryoshka_batchtopk",
+            "SAELens",
+            "k",
+            REFERENCE_L0,
+            integer_knob=True,
+            l0_rises_with_knob=True,
+            l1_warm_up=False,
+        ),
         ArchitecturePlan("cubic_ortho", "paper 002", "l1_coefficient", 0.7),
         ArchitecturePlan("qucl", "paper 000", "l1_coefficient", 2.0),
         # Reactivation every 100 steps: the spec's 1000-step window is longer than these runs.
-        ArchitecturePlan("multiscale_norm", "paper 001", "l1_coefficient", 2.5, l0_slope=0.63,
-                         options={"dead_window_steps": 100}),
+        ArchitecturePlan(
+            "multiscale_norm",
+            "paper 001",
+            "l1_coefficient",
+            2.5,
+            l0_slope=0.63,
+            options={"dead_window_steps": 100},
+        ),
         ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.8),
         ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 0.9),
     )
@@ -145,19 +165,29 @@ class ComparisonSettings:
     def __post_init__(self) -> None:
         unknown = [a for a in self.architectures if a not in ARCHITECTURE_PLANS]
         if unknown:
-            raise ValueError(f"no comparison plan for {unknown}; known: {', '.join(ARCHITECTURE_PLANS)}")
+            raise ValueError(
+                f"no comparison plan for {unknown}; known: {', '.join(ARCHITECTURE_PLANS)}"
+            )
         if "standard" not in self.architectures:
-            raise ValueError("the comparison needs 'standard': every variant's claim is measured against it")
+            raise ValueError(
+                "the comparison needs 'standard': every variant's claim is measured against it"
+            )
         if not self.target_l0s or any(t <= 0 for t in self.target_l0s):
             raise ValueError(f"target_l0s must be positive numbers, got {self.target_l0s}")
         if self.training_tokens <= 0 or self.eval_batches <= 0 or self.max_attempts <= 0:
             raise ValueError("training_tokens, eval_batches and max_attempts must be positive")
 
+
 QUICK = dict(
-    training_tokens=200_000, train_batch_size_tokens=2048, eval_batches=2, max_attempts=1, name="quick",
+    training_tokens=200_000,
+    train_batch_size_tokens=2048,
+    eval_batches=2,
+    max_attempts=1,
+    name="quick",
     synthetic=SyntheticSettings(training_samples=400_000, eval_samples=20_000, max_attempts=1),
-    benchmark=BenchmarkSettings(d_sae=1024, batch_size=1024, repeats=2, steps=2, memory=False,
-                                pipeline=False),
+    benchmark=BenchmarkSettings(
+        d_sae=1024, batch_size=1024, repeats=2, steps=2, memory=False, pipeline=False
+    ),
 )
 """``--quick``: one attempt per architecture (achieved L0 reported, no re-calibration), small
 budgets everywhere; a smoke run of the whole pipeline in under 10 minutes, not evidence."""

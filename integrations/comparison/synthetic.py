@@ -75,7 +75,9 @@ def ground_truth(settings: SyntheticSettings) -> tuple[FeatureDictionary, Activa
         settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing
     )
     generator = ActivationGenerator(
-        settings.num_features, probabilities, std_firing_magnitudes=settings.magnitude_std,
+        settings.num_features,
+        probabilities,
+        std_firing_magnitudes=settings.magnitude_std,
         mean_firing_magnitudes=settings.magnitude,
     )
     return features, generator
@@ -83,61 +85,94 @@ def ground_truth(settings: SyntheticSettings) -> tuple[FeatureDictionary, Activa
 
 def true_l0(settings: SyntheticSettings) -> float:
     """Expected number of features firing per sample: the sum of their firing probabilities."""
-    return float(zipfian_firing_probabilities(
-        settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing).sum())
+    return float(
+        zipfian_firing_probabilities(
+            settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing
+        ).sum()
+    )
 
 
 def synthetic_run(settings: SyntheticSettings) -> RunInfo:
     """The synthetic runs' facts: constant learning rate (no warm-up); the samples have no
     context, so the context size is 1."""
-    return RunInfo(total_steps=settings.training_samples // settings.batch_size, lr_warm_up_steps=0,
-                   context_size=1)
+    return RunInfo(
+        total_steps=settings.training_samples // settings.batch_size,
+        lr_warm_up_steps=0,
+        context_size=1,
+    )
 
 
-def synthetic_config(architecture: str, options: dict[str, Any], settings: SyntheticSettings) -> TrainingSAEConfig:
+def synthetic_config(
+    architecture: str, options: dict[str, Any], settings: SyntheticSettings
+) -> TrainingSAEConfig:
     """The bound training config of ``architecture`` on the synthetic data."""
-    cfg = build_sae_config(architecture, settings.hidden_dim, settings.num_features, options, "none")
+    cfg = build_sae_config(
+        architecture, settings.hidden_dim, settings.num_features, options, "none"
+    )
     return bind_sae_config(cfg, synthetic_run(settings))
 
 
-def train_on_synthetic(sae: TrainingSAE[Any], features: FeatureDictionary, generator: ActivationGenerator,
-                       settings: SyntheticSettings) -> None:
+def train_on_synthetic(
+    sae: TrainingSAE[Any],
+    features: FeatureDictionary,
+    generator: ActivationGenerator,
+    settings: SyntheticSettings,
+) -> None:
     """SAELens's trainer on the synthetic stream at a constant learning rate (what
     ``sae_lens.synthetic.train_toy_sae`` runs), built here so the SAE can be bound to the
     trainer's optimizer, which ``train_toy_sae`` keeps to itself."""
     steps = settings.training_samples // settings.batch_size
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * settings.batch_size, train_batch_size_samples=settings.batch_size,
-        lr=settings.lr, lr_end=settings.lr, lr_scheduler_name="constant",
+        total_training_samples=steps * settings.batch_size,
+        train_batch_size_samples=settings.batch_size,
+        lr=settings.lr,
+        lr_end=settings.lr,
+        lr_scheduler_name="constant",
         logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
     )
     features.eval()
-    data = SyntheticActivationIterator(feature_dict=features, activations_generator=generator,
-                                       batch_size=settings.batch_size)
+    data = SyntheticActivationIterator(
+        feature_dict=features, activations_generator=generator, batch_size=settings.batch_size
+    )
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=data)
     attach_to_trainer(trainer)
     trainer.fit()
 
 
-def _train_and_score(architecture: str, options: dict[str, Any], settings: SyntheticSettings) -> dict[str, float]:
+def _train_and_score(
+    architecture: str, options: dict[str, Any], settings: SyntheticSettings
+) -> dict[str, float]:
     features, generator = ground_truth(settings)
     cfg = synthetic_config(architecture, options, settings)
     torch.manual_seed(settings.seed + 1)
     sae = SAE_TRAINING_CLASS_REGISTRY[architecture][0](cfg)
     train_on_synthetic(sae, features, generator, settings)
     torch.manual_seed(settings.seed + 2)  # the same evaluation samples for every SAE
-    result = eval_sae_on_synthetic_data(sae, features, generator, num_samples=settings.eval_samples,
-                                        batch_size=min(settings.eval_samples, 10_000))
+    result = eval_sae_on_synthetic_data(
+        sae,
+        features,
+        generator,
+        num_samples=settings.eval_samples,
+        batch_size=min(settings.eval_samples, 10_000),
+    )
     flat = result.to_dict()
     classification = flat.pop("classification")
-    return {**{k: float(v) for k, v in flat.items()}, **{k: float(v) for k, v in classification.items()}}
+    return {
+        **{k: float(v) for k, v in flat.items()},
+        **{k: float(v) for k, v in classification.items()},
+    }
 
 
-def _cached_score(architecture: str, options: dict[str, Any], settings: SyntheticSettings,
-                  folder: Path) -> dict[str, float]:
+def _cached_score(
+    architecture: str, options: dict[str, Any], settings: SyntheticSettings, folder: Path
+) -> dict[str, float]:
     """``_train_and_score``, read back when the same run finished before (a resumed comparison)."""
     cfg = synthetic_config(architecture, options, settings)
-    key = {"architecture": architecture, "config": config_fields(cfg), "settings": dataclasses.asdict(settings)}
+    key = {
+        "architecture": architecture,
+        "config": config_fields(cfg),
+        "settings": dataclasses.asdict(settings),
+    }
     stored = load_result(folder / RESULT_FILENAME, key)
     if stored is not None:
         return stored
@@ -146,18 +181,26 @@ def _cached_score(architecture: str, options: dict[str, Any], settings: Syntheti
     return metrics
 
 
-def run_synthetic(architectures: tuple[str, ...], settings: SyntheticSettings, work_dir: Path) -> list[SyntheticRun]:
+def run_synthetic(
+    architectures: tuple[str, ...], settings: SyntheticSettings, work_dir: Path
+) -> list[SyntheticRun]:
     """Every architecture calibrated to the true L0 on the synthetic data, and scored."""
     target = true_l0(settings)
     runs: list[SyntheticRun] = []
     for architecture in tqdm(architectures, desc="synthetic features", unit="SAE"):
         plan = ARCHITECTURE_PLANS[architecture]
         if needs_sequence_pipeline(training_config_class(architecture)):
-            runs.append(SyntheticRun(architecture, plan.knob, None, target, {}, [], skipped=NOT_APPLICABLE))
+            runs.append(
+                SyntheticRun(architecture, plan.knob, None, target, {}, [], skipped=NOT_APPLICABLE)
+            )
             continue
-        base = plan.run_options(settings.num_features, settings.training_samples // settings.batch_size)
+        base = plan.run_options(
+            settings.num_features, settings.training_samples // settings.batch_size
+        )
 
-        def measure(value: float, plan=plan, base=base, architecture=architecture) -> tuple[float, dict[str, float]]:
+        def measure(
+            value: float, plan=plan, base=base, architecture=architecture
+        ) -> tuple[float, dict[str, float]]:
             knob_value: float | int = int(value) if plan.integer_knob else value
             folder = work_dir / "synthetic" / architecture / f"{plan.knob}={knob_value:.5g}"
             metrics = _cached_score(architecture, {**base, plan.knob: knob_value}, settings, folder)
@@ -166,11 +209,25 @@ def run_synthetic(architectures: tuple[str, ...], settings: SyntheticSettings, w
         # L1-style knobs start at their embedded-model value: the synthetic data's L0-vs-knob
         # curve differs, and the calibration moves from there.
         first = plan.first_value(target) if plan.integer_knob else plan.value_at_reference_l0
-        attempts, metrics = calibrate(measure, target, initial_value=first, tolerance=TOLERANCE,
-                                      max_attempts=settings.max_attempts, integer_knob=plan.integer_knob,
-                                      l0_rises_with_knob=plan.l0_rises_with_knob,
-                                      prior_slope=plan.l0_slope)
-        runs.append(SyntheticRun(architecture, plan.knob, attempts[-1].knob_value, target, metrics,
-                                 [{"knob_value": a.knob_value, "l0": a.l0} for a in attempts],
-                                 matched=abs(metrics["sae_l0"] / target - 1.0) <= TOLERANCE))
+        attempts, metrics = calibrate(
+            measure,
+            target,
+            initial_value=first,
+            tolerance=TOLERANCE,
+            max_attempts=settings.max_attempts,
+            integer_knob=plan.integer_knob,
+            l0_rises_with_knob=plan.l0_rises_with_knob,
+            prior_slope=plan.l0_slope,
+        )
+        runs.append(
+            SyntheticRun(
+                architecture,
+                plan.knob,
+                attempts[-1].knob_value,
+                target,
+                metrics,
+                [{"knob_value": a.knob_value, "l0": a.l0} for a in attempts],
+                matched=abs(metrics["sae_l0"] / target - 1.0) <= TOLERANCE,
+            )
+        )
     return runs

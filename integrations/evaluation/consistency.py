@@ -34,8 +34,9 @@ class Consistency:
         return self.within / self.across if self.across > 0 else float("inf")
 
 
-def _jaccard_sum(a: Bool[Tensor, "*pairs d_sae"], b: Bool[Tensor, "*pairs d_sae"],
-                 valid: Bool[Tensor, "*pairs"]) -> tuple[float, int]:
+def _jaccard_sum(
+    a: Bool[Tensor, "*pairs d_sae"], b: Bool[Tensor, "*pairs d_sae"], valid: Bool[Tensor, "*pairs"]
+) -> tuple[float, int]:
     inter = (a & b).sum(-1).float()
     union = (a | b).sum(-1).float()
     keep = valid & (union > 0)
@@ -54,12 +55,16 @@ def contextual_consistency(
         raise ValueError(f"contextual consistency needs at least 2 contexts, got {n}")
     total, count = 0.0, 0
     for delta in range(1, min(window, length - 1) + 1):
-        s, c = _jaccard_sum(active[:, :-delta], active[:, delta:], usable[:, :-delta] & usable[:, delta:])
+        s, c = _jaccard_sum(
+            active[:, :-delta], active[:, delta:], usable[:, :-delta] & usable[:, delta:]
+        )
         total, count = total + s, count + c
     within = total / max(count, 1)
     generator = torch.Generator().manual_seed(seed)
     # Each token against a random token of a different context (as many pairs as tokens).
-    other = (torch.arange(n).unsqueeze(1) + torch.randint(1, n, (n, length), generator=generator)) % n
+    other = (
+        torch.arange(n).unsqueeze(1) + torch.randint(1, n, (n, length), generator=generator)
+    ) % n
     position = torch.randint(0, length, (n, length), generator=generator)
     s, c = _jaccard_sum(active, active[other, position], usable & usable[other, position])
     return Consistency(within=within, across=s / max(c, 1), window=window, n_contexts=n)

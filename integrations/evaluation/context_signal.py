@@ -31,21 +31,26 @@ class ActivationContextSignal:
     cross_context_cosine: float
 
 
-def _centred(activations: Float[Tensor, "contexts pos d_in"], usable: Bool[Tensor, "contexts pos"]
-             ) -> Float[Tensor, "contexts pos d_in"]:
+def _centred(
+    activations: Float[Tensor, "contexts pos d_in"], usable: Bool[Tensor, "contexts pos"]
+) -> Float[Tensor, "contexts pos d_in"]:
     """Activations minus the mean of the usable ones, with unusable tokens zeroed."""
     mean = activations[usable].double().mean(dim=0)
     return (activations.double() - mean) * usable.unsqueeze(-1)
 
 
 def activation_context_signal(
-    activations: Float[Tensor, "contexts pos d_in"], usable: Bool[Tensor, "contexts pos"], seed: int = 0
+    activations: Float[Tensor, "contexts pos d_in"],
+    usable: Bool[Tensor, "contexts pos"],
+    seed: int = 0,
 ) -> ActivationContextSignal:
     """The between-context share and neighbour cosines of the module docstring."""
     counts = usable.sum(dim=1, keepdim=True)
     if activations.shape[0] < 2 or bool((counts < 2).any()):
-        raise ValueError("the context signal needs at least 2 contexts with at least 2 usable tokens each; "
-                         f"got {activations.shape[0]} contexts, fewest usable tokens {int(counts.min())}")
+        raise ValueError(
+            "the context signal needs at least 2 contexts with at least 2 usable tokens each; "
+            f"got {activations.shape[0]} contexts, fewest usable tokens {int(counts.min())}"
+        )
     centred = _centred(activations, usable)
     total = centred.pow(2).sum(-1)[usable].mean()
     others_mean = (centred.sum(dim=1, keepdim=True) - centred) / (counts.unsqueeze(-1) - 1)

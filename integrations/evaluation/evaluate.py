@@ -84,8 +84,9 @@ def _flatten(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def _encode_heldout(sae: SAE[Any], model: HookedSAETransformer, dataset: Dataset, context_size: int,
-                    contexts: int) -> HeldoutCodes:
+def _encode_heldout(
+    sae: SAE[Any], model: HookedSAETransformer, dataset: Dataset, context_size: int, contexts: int
+) -> HeldoutCodes:
     """The SAE over the first ``contexts`` tokenized held-out contexts, whole (see heldout_codes.py)."""
     tokens = torch.as_tensor(dataset[:contexts]["tokens"])[:, :context_size]
     return encode_contexts(sae, model, tokens, special_token_ids(model))
@@ -110,7 +111,9 @@ def evaluate_sae(
     meta = sae.cfg.metadata
     model_name = meta.model_name or EMBEDDED_MODEL_NAME
     if meta.hook_name is None:
-        raise ValueError(f"the SAE in {path} records no hook_name in its metadata; cannot evaluate it")
+        raise ValueError(
+            f"the SAE in {path} records no hook_name in its metadata; cannot evaluate it"
+        )
     if model is None:
         model = load_model(model_name, device=device)
     context_size = meta.context_size or 128
@@ -122,9 +125,15 @@ def evaluate_sae(
             )
         dataset = heldout_dataset(context_size)
     store = ActivationsStore.from_sae(
-        model, sae, dataset=dataset, context_size=context_size, streaming=False,
-        store_batch_size_prompts=batch_size_prompts, n_batches_in_buffer=8,
-        train_batch_size_tokens=batch_size_prompts * context_size, device=device,
+        model,
+        sae,
+        dataset=dataset,
+        context_size=context_size,
+        streaming=False,
+        store_batch_size_prompts=batch_size_prompts,
+        n_batches_in_buffer=8,
+        train_batch_size_tokens=batch_size_prompts * context_size,
+        device=device,
     )
     config = get_eval_everything_config(
         batch_size_prompts=batch_size_prompts,
@@ -155,12 +164,16 @@ def evaluate_sae(
     if isinstance(dataset, Dataset) and "tokens" in dataset.column_names:
         heldout = _encode_heldout(sae, model, dataset, context_size, CONSISTENCY_CONTEXTS)
         consistency = contextual_consistency(heldout.active, heldout.usable)
-        metrics.update({
-            "contextual_consistency": consistency.ratio,
-            "window_jaccard": consistency.within,
-            "cross_sequence_jaccard": consistency.across,
-        })
-        fvus = fvu_by_position_range(heldout.activations, heldout.residual, heldout.usable, POSITION_RANGES)
+        metrics.update(
+            {
+                "contextual_consistency": consistency.ratio,
+                "window_jaccard": consistency.within,
+                "cross_sequence_jaccard": consistency.across,
+            }
+        )
+        fvus = fvu_by_position_range(
+            heldout.activations, heldout.residual, heldout.usable, POSITION_RANGES
+        )
         metrics.update({f"fvu_positions_{r}": fvu for r, fvu in enumerate(fvus)})
     nonfinite = [k for k, v in metrics.items() if not math.isfinite(v)]
     if nonfinite:
@@ -176,15 +189,20 @@ def evaluate_sae(
 
 
 @torch.no_grad()
-def heldout_l0(path: str | Path, model: HookedSAETransformer | None = None,
-               contexts: int = CONSISTENCY_CONTEXTS) -> float:
+def heldout_l0(
+    path: str | Path,
+    model: HookedSAETransformer | None = None,
+    contexts: int = CONSISTENCY_CONTEXTS,
+) -> float:
     """Mean number of firing features per non-special token of the first ``contexts`` held-out
     contexts (embedded model only): the few-second L0 a calibration steers by, on the same text
     ``evaluate_sae`` starts from."""
     sae = load_sae(path)
     meta = sae.cfg.metadata
     if (meta.model_name or EMBEDDED_MODEL_NAME) != EMBEDDED_MODEL_NAME:
-        raise ValueError(f"heldout_l0 needs an SAE of the embedded model; {path} is on {meta.model_name!r}")
+        raise ValueError(
+            f"heldout_l0 needs an SAE of the embedded model; {path} is on {meta.model_name!r}"
+        )
     model = model if model is not None else load_model(EMBEDDED_MODEL_NAME)
     context_size = meta.context_size or 128
     heldout = _encode_heldout(sae, model, heldout_dataset(context_size), context_size, contexts)

@@ -39,11 +39,15 @@ def special_token_ids(model: HookedSAETransformer) -> list[int]:
 
 def heldout_dataset(context_size: int) -> Dataset:
     """The Austen held-out split (never seen by the tiny model or by SAE training)."""
-    return contexts_dataset(token_contexts(corpus_split("held_out"), load_tokenizer(), context_size))
+    return contexts_dataset(
+        token_contexts(corpus_split("held_out"), load_tokenizer(), context_size)
+    )
 
 
 @torch.no_grad()
-def heldout_activations(model_name: str, hook_name: str, context_size: int, n_contexts: int) -> torch.Tensor:
+def heldout_activations(
+    model_name: str, hook_name: str, context_size: int, n_contexts: int
+) -> torch.Tensor:
     """``[n_contexts * (context_size - 1), d_in]`` activations of held-out text at ``hook_name``."""
     if model_name != EMBEDDED_MODEL_NAME:
         raise ValueError(
@@ -86,11 +90,17 @@ def encode_contexts(
     stop = extract_stop_at_layer_from_tlens_hook_name(hook)
     activations, active, residual = [], [], []
     for chunk in tokens.split(batch_size):
-        _, cache = model.run_with_cache(chunk, names_filter=[hook], stop_at_layer=stop, prepend_bos=False)
+        _, cache = model.run_with_cache(
+            chunk, names_filter=[hook], stop_at_layer=stop, prepend_bos=False
+        )
         x = cache[hook].to(sae.dtype)
         codes = sae.encode(x)
         activations.append(x)
         active.append(codes > 0)
         residual.append(x - sae.decode(codes))
-    return HeldoutCodes(torch.cat(activations), torch.cat(active), torch.cat(residual),
-                        usable_tokens(tokens, special_token_ids))
+    return HeldoutCodes(
+        torch.cat(activations),
+        torch.cat(active),
+        torch.cat(residual),
+        usable_tokens(tokens, special_token_ids),
+    )

@@ -48,7 +48,9 @@ def gemma2_2b_hook_preset(layer: int, site: str = "resid_post") -> HookPreset:
             "(any layer 0..25 can still be trained with `--layer N` outside the presets)"
         )
     if site not in PRESET_SITES:
-        raise ValueError(f"no Gemma-2-2B preset for site {site!r}; valid sites: {list(PRESET_SITES)}")
+        raise ValueError(
+            f"no Gemma-2-2B preset for site {site!r}; valid sites: {list(PRESET_SITES)}"
+        )
     cfg = gemma2_2b_config()
     name = hook_name(cfg, layer, site)
     return HookPreset(GEMMA2_2B, layer, site, name, hook_width(cfg, name))

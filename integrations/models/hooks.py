@@ -35,14 +35,20 @@ def hook_name(cfg: HookedTransformerConfig, layer: int, site: str = "resid_post"
 
 def site_hook_names(cfg: HookedTransformerConfig) -> list[str]:
     """Every hook name of :data:`HOOK_SITES` that exists in a model with this config."""
-    return [pattern.format(layer=layer) for layer in range(cfg.n_layers) for pattern in HOOK_SITES.values()]
+    return [
+        pattern.format(layer=layer)
+        for layer in range(cfg.n_layers)
+        for pattern in HOOK_SITES.values()
+    ]
 
 
 def hook_width(cfg: HookedTransformerConfig, name: str) -> int:
     """``d_in`` of an SAE at hook ``name`` (``attn.hook_z`` is flattened over heads, as SAELens does)."""
     if name.endswith("attn.hook_z"):
         return cfg.n_heads * cfg.d_head
-    if name.endswith(("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_attn_out")):
+    if name.endswith(
+        ("hook_resid_post", "hook_resid_pre", "hook_resid_mid", "hook_mlp_out", "hook_attn_out")
+    ):
         return cfg.d_model
     if name.endswith(("mlp.hook_post", "mlp.hook_pre")):
         if cfg.d_mlp is None:

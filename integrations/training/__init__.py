@@ -6,4 +6,11 @@ from sae_variants.integrations.training.pipeline import TrainResult, train_sae
 from sae_variants.integrations.training.request import TrainRequest, build_runner_config
 from sae_variants.integrations.training.runner import VariantTrainingRunner, bind_run
 
-__all__ = ["TrainRequest", "TrainResult", "VariantTrainingRunner", "bind_run", "build_runner_config", "train_sae"]
+__all__ = [
+    "TrainRequest",
+    "TrainResult",
+    "VariantTrainingRunner",
+    "bind_run",
+    "build_runner_config",
+    "train_sae",
+]

@@ -85,7 +85,9 @@ def train_sae(request: TrainRequest) -> TrainResult:
     )
     runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
     if request.init_b_dec_to_mean:
-        initialize_b_dec_to_mean(runner.sae, runner.activations_store, request.normalize_activations)
+        initialize_b_dec_to_mean(
+            runner.sae, runner.activations_store, request.normalize_activations
+        )
     sae = runner.run()
     logger.info("saved the trained SAE to %s", output)
     return TrainResult(output, sae, runner.cfg)

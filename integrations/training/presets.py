@@ -65,7 +65,9 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
 def training_preset(name: str) -> TrainingPreset:
     """The preset called ``name``; a clear error lists the valid names otherwise."""
     if name not in TRAINING_PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; valid presets: {', '.join(TRAINING_PRESETS)}")
+        raise ValueError(
+            f"unknown training preset {name!r}; valid presets: {', '.join(TRAINING_PRESETS)}"
+        )
     return TRAINING_PRESETS[name]
 
 

@@ -97,7 +97,9 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if not isinstance(value, str):
         return value
     origin = typing.get_origin(annotation)
-    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    options = (
+        typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    )
     if value.lower() in ("none", "null") and type(None) in options:
         return None
     for option in options:
@@ -131,10 +133,14 @@ def build_sae_config(
     kwargs: dict[str, Any] = {}
     for key, value in options.items():
         if key in _MANAGED_SAE_FIELDS:
-            raise ValueError(f"option {key!r} is set by the training pipeline and cannot be overridden")
+            raise ValueError(
+                f"option {key!r} is set by the training pipeline and cannot be overridden"
+            )
         if key not in fields:
             settable = sorted(set(fields) - _MANAGED_SAE_FIELDS)
-            raise ValueError(f"{architecture!r} has no option {key!r}; its options are: {', '.join(settable)}")
+            raise ValueError(
+                f"{architecture!r} has no option {key!r}; its options are: {', '.join(settable)}"
+            )
         kwargs[key] = _coerce(value, hints.get(key, fields[key].type), key)
     kwargs.setdefault("normalize_activations", normalize_activations)
     return cfg_class(d_in=d_in, d_sae=d_sae, **kwargs)
@@ -153,7 +159,9 @@ def _buffer_batches(batch_tokens: int, context_size: int) -> int:
     return max(16, 2 * math.ceil(batch_tokens / context_size))
 
 
-def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerConfig[Any], TrainingPreset]:
+def build_runner_config(
+    request: TrainRequest,
+) -> tuple[LanguageModelSAERunnerConfig[Any], TrainingPreset]:
     """The SAELens runner config for ``request`` (needs no weights, so it works offline for any
     model). Its SAE config is not yet bound to the run: :func:`~.runner.bind_run` does that, once,
     when the runner is built (``bind_run(cfg)`` shows the result)."""
@@ -216,5 +224,3 @@ def build_runner_config(request: TrainRequest) -> tuple[LanguageModelSAERunnerCo
         model_from_pretrained_kwargs={} if embedded else None,
     )
     return runner_cfg, preset
-
-

@@ -114,7 +114,9 @@ class CheckedActivationStream:
         return batch
 
 
-def deliver_token_contexts(trainer: SAETrainer[Any, Any], sae: TrainingSAE[Any], source: SequenceBatchSource) -> None:
+def deliver_token_contexts(
+    trainer: SAETrainer[Any, Any], sae: TrainingSAE[Any], source: SequenceBatchSource
+) -> None:
     """Make ``trainer`` hand ``sae`` each batch's token context right before stepping on it."""
     step = trainer.step
 
@@ -127,7 +129,9 @@ def deliver_token_contexts(trainer: SAETrainer[Any, Any], sae: TrainingSAE[Any],
     trainer.step = step_with_context  # type: ignore[method-assign]
 
 
-def attach_to_trainer(trainer: SAETrainer[Any, Any], sequence_batches: SequenceBatchSource | None = None) -> None:
+def attach_to_trainer(
+    trainer: SAETrainer[Any, Any], sequence_batches: SequenceBatchSource | None = None
+) -> None:
     """Give the trainer's SAE what SAELens's trainer does not: its optimizer (for variants that
     act on it) and, with a sequence source, each batch's token context."""
     if isinstance(trainer.sae, VariantTrainingSAE):
@@ -158,14 +162,21 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
         pool_contexts: int | None = None,
     ) -> None:
         cfg = bind_run(cfg)
-        super().__init__(cfg, override_dataset=override_dataset, override_model=override_model,
-                         override_sae=override_sae)
+        super().__init__(
+            cfg,
+            override_dataset=override_dataset,
+            override_model=override_model,
+            override_sae=override_sae,
+        )
         layout = layout or sequence_layout_of(cfg.sae)
         self.sequence_batches = None
         if layout is not None:
             self.sequence_batches = SequenceBatchSource(
-                self.activations_store, layout, cfg.train_batch_size_tokens,
-                pool_contexts=pool_contexts, seed=cfg.seed,
+                self.activations_store,
+                layout,
+                cfg.train_batch_size_tokens,
+                pool_contexts=pool_contexts,
+                seed=cfg.seed,
             )
             # The source checks every batch itself.
             self.activations_store = self.sequence_batches  # type: ignore[assignment]

@@ -45,7 +45,9 @@ _ISSUED_MEMORY = 64
 trainer's normalization estimate and a prefetching thread running ahead)."""
 
 
-def _random_order(keys_shape: tuple[int, ...], excluded: Tensor, generator: torch.Generator) -> Tensor:
+def _random_order(
+    keys_shape: tuple[int, ...], excluded: Tensor, generator: torch.Generator
+) -> Tensor:
     """Per-row random permutation of the last axis that puts ``excluded`` entries last."""
     keys = torch.rand(keys_shape, generator=generator)
     return torch.argsort(keys.masked_fill(excluded, 2.0), dim=-1)
@@ -84,7 +86,10 @@ def greedy_window_pairs(
 
 
 def plan_groups(
-    usable: Bool[Tensor, "contexts pos"], layout: SequenceLayout, per_group: int, generator: torch.Generator
+    usable: Bool[Tensor, "contexts pos"],
+    layout: SequenceLayout,
+    per_group: int,
+    generator: torch.Generator,
 ) -> tuple[Int[Tensor, "contexts groups per_group"], Int[Tensor, " contexts"]]:
     """Split each context's usable positions into groups of ``per_group`` as ``layout`` says, in a
     random serving order. Returns the groups (rows past a context's count are padding) and counts.
@@ -94,7 +99,9 @@ def plan_groups(
     if layout.sampling == "pairs":
         pairs, n_pairs = greedy_window_pairs(usable, layout.pair_window, generator)
         half = per_group // 2
-        order = _random_order(pairs.shape[:2], torch.arange(pairs.shape[1]) >= n_pairs.unsqueeze(1), generator)
+        order = _random_order(
+            pairs.shape[:2], torch.arange(pairs.shape[1]) >= n_pairs.unsqueeze(1), generator
+        )
         pairs = torch.gather(pairs, 1, order.unsqueeze(-1).expand(-1, -1, 2))
         max_groups = pairs.shape[1] // half
         groups = pairs[:, : max_groups * half].reshape(n, max_groups, per_group)
@@ -106,14 +113,18 @@ def plan_groups(
             order = torch.argsort((~usable).to(torch.int8), dim=1, stable=True)
             spare = n_usable % per_group
             offset = (torch.rand(n, generator=generator) * (spare + 1)).long().clamp_max(spare)
-            order = torch.gather(order, 1, (offset.unsqueeze(1) + torch.arange(length)).clamp_max(length - 1))
+            order = torch.gather(
+                order, 1, (offset.unsqueeze(1) + torch.arange(length)).clamp_max(length - 1)
+            )
         max_groups = length // per_group
         groups = order[:, : max_groups * per_group].reshape(n, max_groups, per_group)
         counts = n_usable // per_group
     if max_groups == 0:
         return groups, torch.zeros(n, dtype=torch.long)
     # Serve a context's groups in random order, positions sorted within each group.
-    serve = _random_order((n, max_groups), torch.arange(max_groups) >= counts.unsqueeze(1), generator)
+    serve = _random_order(
+        (n, max_groups), torch.arange(max_groups) >= counts.unsqueeze(1), generator
+    )
     groups = torch.gather(groups, 1, serve.unsqueeze(-1).expand(-1, -1, per_group))
     return groups.sort(dim=-1).values, counts
 
@@ -165,7 +176,9 @@ class SequenceBatchSource:
         self.batch_size = batch_size
         self.contexts_per_batch = batch_size // self.per_group
         fetch = store.store_batch_size_prompts
-        capacity = pool_contexts or max(2 * self.contexts_per_batch, self.contexts_per_batch + fetch)
+        capacity = pool_contexts or max(
+            2 * self.contexts_per_batch, self.contexts_per_batch + fetch
+        )
         if capacity < self.contexts_per_batch + fetch:
             raise ValueError(
                 f"pool_contexts={capacity} is too small: a batch needs {self.contexts_per_batch} "
@@ -178,7 +191,9 @@ class SequenceBatchSource:
         self.acts = torch.zeros(0, length, d_in)  # allocated on the first fill
         self.tokens = torch.zeros(capacity, length, dtype=torch.long)
         self.sequence_ids = torch.full((capacity,), -1, dtype=torch.long)
-        self.groups = torch.zeros(capacity, max(1, length // self.per_group), self.per_group, dtype=torch.long)
+        self.groups = torch.zeros(
+            capacity, max(1, length // self.per_group), self.per_group, dtype=torch.long
+        )
         self.group_counts = torch.zeros(capacity, dtype=torch.long)
         self.cursors = torch.zeros(capacity, dtype=torch.long)
         self.next_sequence_id = 0
@@ -186,7 +201,9 @@ class SequenceBatchSource:
         self.positions_loaded = 0
         self._issued: deque[tuple[Tensor, TokenContext]] = deque(maxlen=_ISSUED_MEMORY)
         self._lock = threading.Lock()
-        self._stale_slots: Tensor | None = None  # slots restored from a checkpoint without activations
+        self._stale_slots: Tensor | None = (
+            None  # slots restored from a checkpoint without activations
+        )
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes this class does not define: forward to SAELens's store.
@@ -220,7 +237,9 @@ class SequenceBatchSource:
     def _fill(self, slots: Int[Tensor, " k"]) -> None:
         tokens = self.store.get_batch_tokens(slots.numel()).cpu()
         self._load(slots, tokens)
-        groups, counts = plan_groups(self._usable(tokens), self.layout, self.per_group, self.generator)
+        groups, counts = plan_groups(
+            self._usable(tokens), self.layout, self.per_group, self.generator
+        )
         self.tokens[slots] = tokens
         self.groups[slots, : groups.shape[1]] = groups
         self.group_counts[slots] = counts
@@ -256,17 +275,23 @@ class SequenceBatchSource:
         with self._lock:
             self._refill()
             alive = (self.cursors < self.group_counts).nonzero().squeeze(1)
-            pick = alive[torch.randperm(alive.numel(), generator=self.generator)[: self.contexts_per_batch]]
+            pick = alive[
+                torch.randperm(alive.numel(), generator=self.generator)[: self.contexts_per_batch]
+            ]
             positions = self.groups[pick, self.cursors[pick]]  # [S, P]
             self.cursors[pick] += 1
             device = self.acts.device
-            batch = self.acts[pick.unsqueeze(1).to(device), positions.to(device)].reshape(self.batch_size, self.d_in)
+            batch = self.acts[pick.unsqueeze(1).to(device), positions.to(device)].reshape(
+                self.batch_size, self.d_in
+            )
             context = TokenContext(
                 positions=positions.reshape(-1),
                 sequence_ids=self.sequence_ids[pick].repeat_interleave(self.per_group),
                 token_ids=self.tokens[pick.unsqueeze(1), positions].reshape(-1),
             )
-            check_activations(batch, self.d_in, where=f"sequence-aware training batch at {self.store.hook_name}")
+            check_activations(
+                batch, self.d_in, where=f"sequence-aware training batch at {self.store.hook_name}"
+            )
             batch = batch.to(self.store.device)
             self.positions_served += self.batch_size
             self._issued.append((batch, context))
@@ -300,13 +325,21 @@ class SequenceBatchSource:
         self.store.save_to_checkpoint(checkpoint_path)
         with self._lock:
             state = {
-                "tokens": self.tokens, "sequence_ids": self.sequence_ids, "groups": self.groups,
-                "group_counts": self.group_counts, "cursors": self.cursors,
-                "counters": torch.tensor([self.next_sequence_id, self.positions_served, self.positions_loaded]),
+                "tokens": self.tokens,
+                "sequence_ids": self.sequence_ids,
+                "groups": self.groups,
+                "group_counts": self.group_counts,
+                "cursors": self.cursors,
+                "counters": torch.tensor(
+                    [self.next_sequence_id, self.positions_served, self.positions_loaded]
+                ),
                 "generator": self.generator.get_state(),
                 "loaded": torch.tensor(self.acts.shape[0] > 0),
             }
-            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(checkpoint_path) / SEQUENCE_STATE_FILENAME))
+            save_file(
+                {k: v.contiguous() for k, v in state.items()},
+                str(Path(checkpoint_path) / SEQUENCE_STATE_FILENAME),
+            )
 
     def load_from_checkpoint(self, checkpoint_path: str | Path) -> None:
         """Restore the dataset position and the pool; activations are recomputed by the model."""

@@ -33,6 +33,7 @@ from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
     SAEMetadata,
+    TrainCoefficientConfig,
     TrainingSAE,
     TrainingSAEConfig,
     TrainStepInput,
@@ -48,6 +49,7 @@ from sae_variants.functional import (
     remove_parallel_component,
     unit_norm_rows,
 )
+from sae_variants.validation import require_fields
 
 C = TypeVar("C", bound=SAEConfig)
 TC = TypeVar("TC", bound=TrainingSAEConfig)
@@ -128,6 +130,12 @@ class VariantTrainingSAEConfig(TrainingSAEConfig):
     inference_config_class: ClassVar[type[SAEConfig]]
     """The config the trained SAE is saved with (its own, or a SAELens built-in's)."""
 
+    l1_coefficient: float = 0.04
+    """lambda, the weight of the variant's L1 sparsity term (the papers' 0.04; calibrate it for a
+    target L0; >= 0). What it multiplies is the variant's own (see its loss)."""
+    l1_warm_up_steps: int = 0
+    """Linear warm-up of lambda from 0, in steps (>= 0)."""
+
     @override
     @classmethod
     def architecture(cls) -> str:
@@ -142,6 +150,8 @@ class VariantTrainingSAEConfig(TrainingSAEConfig):
         super().__post_init__()
         _check_finite_numbers(self)
         self.validate_architecture()  # type: ignore[attr-defined]
+        require_fields(self, ("l1_coefficient",), lambda v: v >= 0, ">= 0")
+        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
         self.validate_training()
 
     def validate_training(self) -> None:
@@ -171,6 +181,10 @@ class VariantModule:
     """
 
     cfg: Any
+    dtype: torch.dtype
+    device: torch.device
+    W_enc: torch.nn.Parameter
+    b_enc: torch.nn.Parameter
     W_dec: torch.nn.Parameter
     b_dec: torch.nn.Parameter
     d_head: int | None
@@ -247,6 +261,12 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
     _optimizer_hooks: tuple[RemovableHandle, ...] = ()
     _tangent_hooked: Callable[[], Tensor | None] = staticmethod(lambda: None)
 
+    @override
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        """SAELens's scheduled coefficients: lambda (ramped over ``l1_warm_up_steps``); a variant
+        adds its own terms' through ``super()``."""
+        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
+
     # ----------------------------------------------------------------------- the training step
 
     @override
@@ -291,7 +311,6 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
     def step_output(
         self,
         step_input: TrainStepInput,
-        *,
         sae_out: Tensor,
         feature_acts: Tensor,
         hidden_pre: Tensor,
@@ -300,8 +319,12 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
         """A step's output for a variant that computes its own losses: their sum is the loss."""
         loss = sum(losses.values(), torch.zeros((), device=sae_out.device))
         output = TrainStepOutput(
-            sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts,
-            hidden_pre=hidden_pre, loss=loss, losses=losses,  # type: ignore[arg-type]
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=loss,
+            losses=losses,  # type: ignore[arg-type]
         )
         return self.finish_step(step_input, output)
 
@@ -309,7 +332,9 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
         """Figures logged beside SAELens's own on logging steps, under ``<architecture>/``;
         values may be tensors or zero-argument callables (read only when logged)."""
         x, x_hat = output.sae_in.detach(), output.sae_out.detach()
-        return {f"{self.cfg.architecture()}/fvu": lambda: fraction_of_variance_unexplained(x, x_hat)}
+        return {
+            f"{self.cfg.architecture()}/fvu": lambda: fraction_of_variance_unexplained(x, x_hat)
+        }
 
     def _project_decoder_gradients(self) -> None:
         # Installed once per Parameter object (a load that replaces the parameter, or a deepcopy

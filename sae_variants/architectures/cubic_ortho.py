@@ -66,10 +66,6 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
     architecture_name: ClassVar[str] = "cubic_ortho"
     inference_config_class: ClassVar[type[SAEConfig]] = StandardSAEConfig
 
-    l1_coefficient: float = 0.04
-    """lambda, the L1 sparsity weight (paper: 0.04; calibrate it for a target L0, >= 0)."""
-    l1_warm_up_steps: int = 0
-    """Linear warm-up of lambda from 0, in steps (>= 0)."""
     ortho_coefficient: float = 2.304
     """alpha, the weight of Omega (>= 0). With ``ortho_normalization="per_feature"`` this is
     alpha' = 0.001 * 2304, the paper's alpha at its width; with "sum" use the paper's 0.001."""
@@ -105,7 +101,9 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
 
     @override
     def bind_run(self, run: RunInfo) -> CubicOrthoTrainingSAEConfig:
-        return replace(self, ortho_warm_up_steps=run_value(self.ortho_warm_up_steps, run.lr_warm_up_steps))
+        return replace(
+            self, ortho_warm_up_steps=run_value(self.ortho_warm_up_steps, run.lr_warm_up_steps)
+        )
 
     def ortho_warm_up(self) -> int:
         """gamma's ramp in steps: the bound value, or the paper's when no run was bound."""
@@ -122,15 +120,18 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
 
     @override
     def validate_training(self) -> None:
-        require_fields(self, ("l1_coefficient", "ortho_coefficient", "eps0", "beta"), lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("ortho_coefficient", "eps0", "beta"), lambda v: v >= 0, ">= 0")
         if self.ortho_warm_up_steps is not None and self.ortho_warm_up_steps < 0:
-            raise ValueError(f"ortho_warm_up_steps must be >= 0 steps (or None), got {self.ortho_warm_up_steps}")
+            raise ValueError(
+                f"ortho_warm_up_steps must be >= 0 steps (or None), got {self.ortho_warm_up_steps}"
+            )
         if self.exponent < 1:
             # Below 1 the gradient of c^p is infinite at c = 0, i.e. at every pair that never co-fires.
             raise ValueError(f"exponent must be >= 1, got {self.exponent}")
         if not 0.0 <= self.activation_ema_decay < 1.0:
-            raise ValueError(f"activation_ema_decay must be in [0, 1), got {self.activation_ema_decay}")
+            raise ValueError(
+                f"activation_ema_decay must be in [0, 1), got {self.activation_ema_decay}"
+            )
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         if self.dense_max_d_sae < 1:
@@ -141,19 +142,25 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
                 f"got {self.act_mode!r}"
             )
         if self.penalty_mode not in ("auto", "dense", "blocks"):
-            raise ValueError(f"penalty_mode must be auto, dense or blocks; got {self.penalty_mode!r}")
+            raise ValueError(
+                f"penalty_mode must be auto, dense or blocks; got {self.penalty_mode!r}"
+            )
         if self.ortho_normalization not in ("per_feature", "sum"):
             raise ValueError(
                 f"ortho_normalization must be per_feature or sum; got {self.ortho_normalization!r}"
             )
 
 
-def half_batch_ratio_ranks(acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6) -> Float[Tensor, " d_sae"]:
+def half_batch_ratio_ranks(
+    acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6
+) -> Float[Tensor, " d_sae"]:
     """Rank of each feature's (first-half mean + eps) / (second-half mean + eps), scaled to (0, 1]."""
     half = acts.shape[0] // 2
     ratio = (acts[:half].mean(0) + eps) / (acts[half:].mean(0) + eps)
     ranks = torch.empty_like(ratio)
-    ranks[ratio.argsort()] = torch.arange(1, ratio.shape[0] + 1, dtype=ratio.dtype, device=ratio.device)
+    ranks[ratio.argsort()] = torch.arange(
+        1, ratio.shape[0] + 1, dtype=ratio.dtype, device=ratio.device
+    )
     return ranks / ratio.shape[0]
 
 
@@ -238,13 +245,15 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
             self.W_dec.copy_(unit_norm_rows(self.W_dec))
 
     @override
-    def preactivation(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_sae"], None]:
+    def preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], None]:
         return sae_in @ self.W_enc + self.b_enc, None
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {
-            "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
+            **super().get_coefficients(),
             # SAELens ramps a coefficient linearly from 0: exactly gamma(t) * alpha.
             "ortho": TrainCoefficientConfig(self.cfg.ortho_coefficient, self.cfg.ortho_warm_up()),
         }
@@ -262,21 +271,19 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
 
     @override
     def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: Tensor,
-        hidden_pre: Tensor,
-        sae_out: Tensor,
+        self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
         l1 = (feature_acts * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
         omega = cubic_ortho_penalty(
-            feature_acts.reshape(-1, self.cfg.d_sae), self.W_dec, self.feature_mean_activation, self.cfg
+            feature_acts.reshape(-1, self.cfg.d_sae),
+            self.W_dec,
+            self.feature_mean_activation,
+            self.cfg,
         )
         return {
             "l1_loss": step_input.coefficients["l1"] * l1,
             "ortho_loss": step_input.coefficients["ortho"] * omega,
         }
-
 
 
 CubicOrthoSAE = StandardSAE

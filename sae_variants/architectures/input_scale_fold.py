@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sae_variants.architectures.base import VariantModule
+
 
 @torch.no_grad()
 def fold_input_scale(
@@ -52,13 +54,16 @@ def fold_input_scale(
     cfg.normalize_activations = "none"
 
 
-def whitening_refusal(architecture: str) -> str:
-    """Why a normalizing SAE's ``fold_activation_whitening`` raises ``NotImplementedError``."""
-    return (
-        f"a {architecture} SAE normalizes inside its encoder, so an input whitening cannot be "
-        "folded into its weights; train with normalize_activations='expected_average_only_in' "
-        "or 'none'"
-    )
+class TokenNormalizingEncoder(VariantModule):
+    """Base of an encoder that normalizes each token: an input scale folds into it exactly
+    (:func:`fold_input_scale`), an input whitening cannot."""
+
+    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            f"a {self.cfg.architecture()} SAE normalizes inside its encoder, so an input whitening "
+            "cannot be folded into its weights; train with normalize_activations="
+            "'expected_average_only_in' or 'none'"
+        )
 
 
 def require_foldable_input_normalization(cfg: Any) -> None:

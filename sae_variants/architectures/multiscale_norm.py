@@ -38,7 +38,6 @@ import torch
 from jaxtyping import Float
 from sae_lens.saes.sae import (
     SAEConfig,
-    TrainCoefficientConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -54,9 +53,9 @@ from sae_variants.architectures.base import (
     VariantTrainingSAEConfig,
 )
 from sae_variants.architectures.input_scale_fold import (
+    TokenNormalizingEncoder,
     fold_input_scale,
     require_foldable_input_normalization,
-    whitening_refusal,
 )
 from sae_variants.architectures.multiscale_norm_functional import (
     batch_moments,
@@ -139,7 +138,9 @@ class MultiScaleNormArchitectureFields(ArchitectureFields):
         require_fields(self, ("norm_eps",), lambda v: v > 0, "> 0")
         require_fields(self, ("attention_slots",), lambda v: v >= 1, ">= 1")
         if self.attention_key_dim is not None and self.attention_key_dim < 1:
-            raise ValueError(f"attention_key_dim must be >= 1 or None, got {self.attention_key_dim}")
+            raise ValueError(
+                f"attention_key_dim must be >= 1 or None, got {self.attention_key_dim}"
+            )
         require_foldable_input_normalization(self)
 
 
@@ -155,10 +156,6 @@ class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormAr
 
     inference_config_class: ClassVar[type[SAEConfig]] = MultiScaleNormSAEConfig
 
-    l1_coefficient: float = 0.04
-    """lambda1, the importance-weighted L1 weight (template: 0.04; calibrate it for a target L0)."""
-    l1_warm_up_steps: int = 0
-    """Linear warm-up of lambda1 from 0, in steps (>= 0)."""
     orthogonality_coefficient: float = 0.01
     """lambda2 on ||W_dec W_dec^T - I||_F (code: 0.01; 0 switches C6 off)."""
     gate_ema_decay: float = 0.99
@@ -203,32 +200,37 @@ class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormAr
 
     @override
     def validate_training(self) -> None:
-        require_fields(self, ("l1_coefficient", "orthogonality_coefficient", "weight_decay"),
-                       lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
-        require_fields(self, ("grad_accumulation", "lr_recovery_interval", "reactivation_interval",
-                              "dead_window_steps", "reactivation_rank"), lambda v: v >= 1, ">= 1")
-        require_fields(self, ("gate_ema_decay", "grad_norm_ema_decay"), lambda v: 0 <= v < 1, "in [0, 1)")
+        require_fields(
+            self, ("orthogonality_coefficient", "weight_decay"), lambda v: v >= 0, ">= 0"
+        )
+        require_fields(
+            self,
+            (
+                "grad_accumulation",
+                "lr_recovery_interval",
+                "reactivation_interval",
+                "dead_window_steps",
+                "reactivation_rank",
+            ),
+            lambda v: v >= 1,
+            ">= 1",
+        )
+        require_fields(
+            self, ("gate_ema_decay", "grad_norm_ema_decay"), lambda v: 0 <= v < 1, "in [0, 1)"
+        )
         require_fields(self, ("lr_floor", "reactivation_encoder_scale"), lambda v: v > 0, "> 0")
         require_fields(self, ("lr_spike_ratio",), lambda v: v > 1, "> 1")
         require_fields(self, ("lr_decay",), lambda v: 0 < v < 1, "in (0, 1)")
         require_fields(self, ("lr_recovery",), lambda v: v >= 1, ">= 1")
 
 
-class MultiScaleNormEncoder:
+class MultiScaleNormEncoder(TokenNormalizingEncoder):
     """Parameters and encoder path shared by the inference and the training SAE.
 
     Mixed in before SAELens's ``SAE``/``TrainingSAE`` so its ``initialize_weights`` and folds
     replace the linear-encoder ones.
     """
 
-    cfg: Any
-    dtype: torch.dtype
-    device: torch.device
-    W_enc: nn.Parameter
-    b_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
     gate_mean: Tensor
     gate_var: Tensor
 
@@ -274,11 +276,19 @@ class MultiScaleNormEncoder:
         if cfg.normalization != "none":
             # The scales are configuration, not state (a buffer would be left on the meta device by
             # SAE.load_from_disk, which only materializes what the weights file holds).
-            scales = torch.tensor(cfg.normalization_scales(), dtype=sae_in.dtype, device=sae_in.device)
+            scales = torch.tensor(
+                cfg.normalization_scales(), dtype=sae_in.dtype, device=sae_in.device
+            )
             mean, variance = token_moments(sae_in)
             x = multiscale_normalize(
-                sae_in, mean, variance, self.scale_gains, self.scale_biases, self.scale_logits,
-                scales, cfg.norm_eps,
+                sae_in,
+                mean,
+                variance,
+                self.scale_gains,
+                self.scale_biases,
+                self.scale_logits,
+                scales,
+                cfg.norm_eps,
             )
             if cfg.adaptive_gate:
                 x = torch.sigmoid(self.gate_logit) * x
@@ -286,7 +296,10 @@ class MultiScaleNormEncoder:
                 scale = token_scale(variance, cfg.norm_eps)
         if cfg.attention:
             x = slot_attention(
-                x, self.attention_query, self.attention_keys, self.attention_values,
+                x,
+                self.attention_query,
+                self.attention_keys,
+                self.attention_values,
                 self.attention_temperature_logit,
             )
         return x, scale
@@ -326,13 +339,14 @@ class MultiScaleNormEncoder:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
         attention = (self.attention_query,) if self.cfg.attention else ()
         fold_input_scale(
-            self, scaling_factor, normalizes_input=self.cfg.normalization != "none", eps_field="norm_eps",
-            restores_scale=self.cfg.restore_scale, reads_input=(self.W_enc, *attention),
+            self,
+            scaling_factor,
+            normalizes_input=self.cfg.normalization != "none",
+            eps_field="norm_eps",
+            restores_scale=self.cfg.restore_scale,
+            reads_input=(self.W_enc, *attention),
             writes_input=(self.attention_values,) if self.cfg.attention else (),
         )
-
-    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(whitening_refusal("multiscale_norm"))
 
 
 class MultiScaleNormSAE(MultiScaleNormEncoder, VariantSAE[MultiScaleNormSAEConfig]):
@@ -354,14 +368,21 @@ class MicroBatch:
     l1_loss: Tensor
 
 
-class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiScaleNormTrainingSAEConfig]):
+class MultiScaleNormTrainingSAE(
+    MultiScaleNormEncoder, VariantTrainingSAE[MultiScaleNormTrainingSAEConfig]
+):
     """The multi-scale normalization SAE with its training step and optimizer policy."""
 
     # Unit rows are restored before each step; the paper projects no gradient (C5).
     tangent_decoder_gradient: ClassVar[bool] = False
     training_buffers: ClassVar[tuple[str, ...]] = (
-        "gate_initialized", "steps_since_fired", "training_step", "lr_factor", "grad_norm_ema",
-        "pending_moment_reset", "features_revived",
+        "gate_initialized",
+        "steps_since_fired",
+        "training_step",
+        "lr_factor",
+        "grad_norm_ema",
+        "pending_moment_reset",
+        "features_revived",
     )
     training_log_filename: ClassVar[str | None] = TRAINING_LOG_FILENAME
 
@@ -377,12 +398,18 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
         super().__init__(cfg, use_error_term)
         device = self.device
         self.register_buffer("gate_initialized", torch.tensor(False, device=device))
-        self.register_buffer("steps_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long, device=device))
+        self.register_buffer(
+            "steps_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        )
         self.register_buffer("training_step", torch.tensor(0, dtype=torch.long, device=device))
         self.register_buffer("lr_factor", torch.tensor(1.0, dtype=torch.float64, device=device))
         # A negative average means "no gradient norm seen yet".
-        self.register_buffer("grad_norm_ema", torch.tensor(-1.0, dtype=torch.float64, device=device))
-        self.register_buffer("pending_moment_reset", torch.zeros(cfg.d_sae, dtype=torch.bool, device=device))
+        self.register_buffer(
+            "grad_norm_ema", torch.tensor(-1.0, dtype=torch.float64, device=device)
+        )
+        self.register_buffer(
+            "pending_moment_reset", torch.zeros(cfg.d_sae, dtype=torch.bool, device=device)
+        )
         self.register_buffer("features_revived", torch.tensor(0, dtype=torch.long, device=device))
         self._grad_square_norms: dict[str, Tensor] = {}
         # id -> weak reference: a parameter is watched once; a replaced or copied one anew.
@@ -394,16 +421,8 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
     # ------------------------------------------------------------------ SAELens training hooks
 
     @override
-    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
-
-    @override
     def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: Tensor,
-        hidden_pre: Tensor,
-        sae_out: Tensor,
+        self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
         """lambda2 ||W_dec W_dec^T - I||_F, its decoder gradient scaled by the step's importance."""
         if self.cfg.orthogonality_coefficient == 0:
@@ -412,7 +431,9 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
         if self.cfg.importance_weighting and W_dec.requires_grad:
             importance = feature_importance(feature_acts, self.W_dec.detach().norm(dim=-1))
             W_dec.register_hook(lambda grad: grad * importance.unsqueeze(1))
-        return {"orthogonality_loss": self.cfg.orthogonality_coefficient * frame_orthogonality(W_dec)}
+        return {
+            "orthogonality_loss": self.cfg.orthogonality_coefficient * frame_orthogonality(W_dec)
+        }
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -424,7 +445,9 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
             if self._reactivation_due():
                 self.revive_dead_features(x)
         n_micro = min(self.cfg.grad_accumulation if self.training else 1, x.shape[0])
-        parts = [self._micro_batch(chunk, step_input.coefficients["l1"]) for chunk in x.chunk(n_micro)]
+        parts = [
+            self._micro_batch(chunk, step_input.coefficients["l1"]) for chunk in x.chunk(n_micro)
+        ]
         # Chunks of equal size make the mean of the micro-batch means the batch mean; the last
         # chunk may be shorter, so weight by rows.
         weights = [part.feature_acts.shape[0] / x.shape[0] for part in parts]
@@ -438,8 +461,7 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
         losses.update(self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
         if self.training:
             self._count_firing(feature_acts)
-        return self.step_output(step_input, sae_out=sae_out, feature_acts=feature_acts,
-                                hidden_pre=hidden_pre, losses=losses)
+        return self.step_output(step_input, sae_out, feature_acts, hidden_pre, losses)
 
     @override
     def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
@@ -600,14 +622,22 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
         average = float(self.grad_norm_ema)
         before = float(self.lr_factor)
         after = next_lr_factor(
-            before, grad_norm, average if average >= 0 else None, int(self.training_step),
-            spike_ratio=cfg.lr_spike_ratio, decay=cfg.lr_decay, recovery=cfg.lr_recovery,
-            recovery_interval=cfg.lr_recovery_interval, minimum=min(1.0, cfg.lr_floor / base_lr),
+            before,
+            grad_norm,
+            average if average >= 0 else None,
+            int(self.training_step),
+            spike_ratio=cfg.lr_spike_ratio,
+            decay=cfg.lr_decay,
+            recovery=cfg.lr_recovery,
+            recovery_interval=cfg.lr_recovery_interval,
+            minimum=min(1.0, cfg.lr_floor / base_lr),
         )
         self.lr_spikes += int(after < before)
         self.lr_factor.fill_(after)
         decay = cfg.grad_norm_ema_decay
-        self.grad_norm_ema.fill_(grad_norm if average < 0 else decay * average + (1 - decay) * grad_norm)
+        self.grad_norm_ema.fill_(
+            grad_norm if average < 0 else decay * average + (1 - decay) * grad_norm
+        )
 
     # ------------------------------------------------------------------------------- saving
 
@@ -624,6 +654,7 @@ class MultiScaleNormTrainingSAE(MultiScaleNormEncoder, VariantTrainingSAE[MultiS
             "lr_spikes_this_process": self.lr_spikes,
             "grad_norm_average": float(self.grad_norm_ema),
         }
+
 
 __all__ = [
     "NORMALIZATIONS",

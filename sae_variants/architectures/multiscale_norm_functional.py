@@ -150,7 +150,10 @@ def next_lr_factor(
 
 
 def reactivation_directions(
-    residual: Float[Tensor, "batch d_in"], n_features: int, rank: int, generator: torch.Generator | None = None
+    residual: Float[Tensor, "batch d_in"],
+    n_features: int,
+    rank: int,
+    generator: torch.Generator | None = None,
 ) -> Float[Tensor, "n_features d_in"]:
     """Unit directions for revived features from a rank-``rank`` SVD of the residual (C10).
 

@@ -11,7 +11,9 @@ from torch.optim import Optimizer
 
 
 @torch.no_grad()
-def decoupled_weight_decay(optimizer: Optimizer, parameters: Sequence[torch.Tensor], rate: float) -> None:
+def decoupled_weight_decay(
+    optimizer: Optimizer, parameters: Sequence[torch.Tensor], rate: float
+) -> None:
     """``p <- p (1 - lr * rate)`` for each of ``parameters`` at its group's current learning rate,
     before the step, as AdamW decays (Adam itself would fold decay into the gradient)."""
     if rate == 0:

@@ -37,7 +37,6 @@ import torch
 from jaxtyping import Float, Int
 from sae_lens.saes.sae import (
     SAEConfig,
-    TrainCoefficientConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -48,7 +47,6 @@ from typing_extensions import override
 from sae_variants.architectures.base import (
     ArchitectureFields,
     RunInfo,
-    VariantModule,
     VariantSAE,
     VariantSAEConfig,
     VariantTrainingSAE,
@@ -56,9 +54,9 @@ from sae_variants.architectures.base import (
     run_value,
 )
 from sae_variants.architectures.input_scale_fold import (
+    TokenNormalizingEncoder,
     fold_input_scale,
     require_foldable_input_normalization,
-    whitening_refusal,
 )
 from sae_variants.architectures.optimizer_policy import decoupled_weight_decay
 from sae_variants.architectures.position_aware_functional import (
@@ -125,17 +123,25 @@ class PositionAwareArchitectureFields(ArchitectureFields):
     def validate_architecture(self) -> None:
         require_fields(self, ("n_ranges",), lambda v: v >= 1, ">= 1")
         if self.position_context is not None and self.position_context < 1:
-            raise ValueError(f"position_context must be >= 1 (or None), got {self.position_context}")
+            raise ValueError(
+                f"position_context must be >= 1 (or None), got {self.position_context}"
+            )
         require_fields(self, ("ln_eps", "adapter_ln_gain_init"), lambda v: v > 0, "> 0")
         require_fields(self, ("adapter_dropout",), lambda v: 0 <= v < 1, "in [0, 1)")
         if self.adapter_rank is not None and self.adapter_rank < 1:
             raise ValueError(f"adapter_rank must be >= 1 or None, got {self.adapter_rank}")
         if self.base_norm not in BASE_NORMS:
-            raise ValueError(f"base_norm must be one of {', '.join(BASE_NORMS)}; got {self.base_norm!r}")
+            raise ValueError(
+                f"base_norm must be one of {', '.join(BASE_NORMS)}; got {self.base_norm!r}"
+            )
         if self.adapter_ln not in ADAPTER_LNS:
-            raise ValueError(f"adapter_ln must be one of {', '.join(ADAPTER_LNS)}; got {self.adapter_ln!r}")
+            raise ValueError(
+                f"adapter_ln must be one of {', '.join(ADAPTER_LNS)}; got {self.adapter_ln!r}"
+            )
         if self.position_context is not None and self.n_ranges > self.position_context:
-            raise ValueError(f"n_ranges={self.n_ranges} exceeds position_context={self.position_context}")
+            raise ValueError(
+                f"n_ranges={self.n_ranges} exceeds position_context={self.position_context}"
+            )
         require_foldable_input_normalization(self)
 
 
@@ -147,7 +153,9 @@ class PositionAwareSAEConfig(VariantSAEConfig, PositionAwareArchitectureFields):
     def validate_architecture(self) -> None:
         super().validate_architecture()
         if self.position_context is None:
-            raise ValueError("a trained position_aware SAE needs position_context (the context its ranges divide)")
+            raise ValueError(
+                "a trained position_aware SAE needs position_context (the context its ranges divide)"
+            )
 
 
 @dataclass
@@ -156,10 +164,6 @@ class PositionAwareTrainingSAEConfig(VariantTrainingSAEConfig, PositionAwareArch
 
     inference_config_class: ClassVar[type[SAEConfig]] = PositionAwareSAEConfig
 
-    l1_coefficient: float = 0.04
-    """lambda (paper: 0.04; calibrate it for a target L0)."""
-    l1_warm_up_steps: int = 0
-    """Linear warm-up of lambda from 0, in steps (>= 0)."""
     total_training_steps: int | None = None
     """T, which the curriculum's fractions refer to. None: the run's length (bound by
     ``bind_run``; training refuses to start unbound)."""
@@ -192,8 +196,7 @@ class PositionAwareTrainingSAEConfig(VariantTrainingSAEConfig, PositionAwareArch
 
     @override
     def validate_training(self) -> None:
-        require_fields(self, ("l1_coefficient", "weight_decay"), lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("weight_decay",), lambda v: v >= 0, ">= 0")
         require_fields(self, ("positions_per_context",), lambda v: v >= 1, ">= 1")
         require_fields(self, ("curriculum_warm_up_fraction",), lambda v: 0 <= v < 1, "in [0, 1)")
         if not self.curriculum_warm_up_fraction < self.curriculum_end_fraction <= 1:
@@ -202,19 +205,14 @@ class PositionAwareTrainingSAEConfig(VariantTrainingSAEConfig, PositionAwareArch
                 f"{self.curriculum_end_fraction}"
             )
         if self.total_training_steps is not None and self.total_training_steps < 1:
-            raise ValueError(f"total_training_steps must be >= 1 or None, got {self.total_training_steps}")
+            raise ValueError(
+                f"total_training_steps must be >= 1 or None, got {self.total_training_steps}"
+            )
 
 
-class PositionAwareEncoder:
+class PositionAwareEncoder(TokenNormalizingEncoder):
     """Parameters, encoder and folds shared by the inference and the training SAE."""
 
-    cfg: Any
-    dtype: torch.dtype
-    device: torch.device
-    W_enc: nn.Parameter
-    b_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
     alpha: Tensor
     position_offset: int | None = None
     """Added to sequence-axis indices of 3-D inputs: set it when a forward does not start at
@@ -228,9 +226,13 @@ class PositionAwareEncoder:
         # of norm sqrt(d_in / d_sae), docs/spec.md §6 d13). Tied: each feature starts reading the
         # direction it writes (the measured comparison of the three starts is in
         # docs/variants/position_aware.md).
-        self.W_dec = nn.Parameter(unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw))))
+        self.W_dec = nn.Parameter(
+            unit_norm_rows(nn.init.orthogonal_(torch.empty(d_sae, d_in, **kw)))
+        )
         tied = self.W_dec.detach().T.contiguous()
-        self.W_enc = nn.Parameter(tied if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw)))
+        self.W_enc = nn.Parameter(
+            tied if cfg.tied_init else nn.init.orthogonal_(torch.empty(d_in, d_sae, **kw))
+        )
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
         self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
         if cfg.base_norm == "preact_ln":
@@ -251,7 +253,9 @@ class PositionAwareEncoder:
             self.adapter_up = uniform(ranges, rank, d_sae, fan_in=rank)
             self.adapter_up_bias = uniform(ranges, d_sae, fan_in=rank)
             if cfg.adapter_ln == "output":
-                self.adapter_ln_gain = nn.Parameter(torch.full((ranges, d_sae), cfg.adapter_ln_gain_init, **kw))
+                self.adapter_ln_gain = nn.Parameter(
+                    torch.full((ranges, d_sae), cfg.adapter_ln_gain_init, **kw)
+                )
                 self.adapter_ln_bias = nn.Parameter(torch.zeros(ranges, d_sae, **kw))
             self.adapter_dropout = nn.Dropout(cfg.adapter_dropout)
         # The curriculum coefficient reached in training; inference uses it (0 until trained).
@@ -280,7 +284,9 @@ class PositionAwareEncoder:
                 "sequence axis starts at position 0 (or at sae.position_offset)."
             )
         if x.ndim < 3:
-            raise ValueError(f"expected [batch, d_in] or [batch, pos, d_in] input, got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected [batch, d_in] or [batch, pos, d_in] input, got {tuple(x.shape)}"
+            )
         length = x.shape[-2]
         if length == 1 and self.position_offset is None:
             raise ValueError(
@@ -301,11 +307,25 @@ class PositionAwareEncoder:
         folded in), and that scale s (None: codes are not rescaled)."""
         cfg = self.cfg
         if cfg.base_norm == "preact_ln":
-            return preact_ln_codes_preactivation(sae_in, self.W_enc, self.b_enc, self.base_ln_gain,
-                                                 self.base_ln_bias, cfg.ln_eps, cfg.restore_scale)
+            return preact_ln_codes_preactivation(
+                sae_in,
+                self.W_enc,
+                self.b_enc,
+                self.base_ln_gain,
+                self.base_ln_bias,
+                cfg.ln_eps,
+                cfg.restore_scale,
+            )
         if cfg.base_norm == "input_ln":
-            return layer_normalized_preactivation(sae_in, self.W_enc, self.b_enc, self.input_ln_gain,
-                                                  self.input_ln_bias, cfg.ln_eps, cfg.restore_scale)
+            return layer_normalized_preactivation(
+                sae_in,
+                self.W_enc,
+                self.b_enc,
+                self.input_ln_gain,
+                self.input_ln_bias,
+                cfg.ln_eps,
+                cfg.restore_scale,
+            )
         return torch.addmm(self.b_enc, sae_in, self.W_enc), None
 
     def context_length(self) -> int:
@@ -327,9 +347,10 @@ class PositionAwareEncoder:
         self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
         """``(codes, adapted pre-activation)`` through SAELens's hooks, at each row's position."""
-        assert isinstance(self, VariantModule)
         positions = self.resolve_positions(x, positions)
-        adapted_pre = self.adapted_preactivation(self.process_sae_in(x), positions, float(self.alpha))
+        adapted_pre = self.adapted_preactivation(
+            self.process_sae_in(x), positions, float(self.alpha)
+        )
         adapted_pre = self.hook_sae_acts_pre(adapted_pre)
         return self.hook_sae_acts_post(torch.relu(adapted_pre)), adapted_pre
 
@@ -349,10 +370,18 @@ class PositionAwareEncoder:
             return base_codes, base_pre
         with_ln = cfg.adapter_ln == "output"
         factors, blocks = range_adapter_shift(
-            base_codes, scale, position_ranges(positions, self.context_length(), cfg.n_ranges),
-            self.adapter_down, self.adapter_down_bias, self.adapter_up, self.adapter_up_bias,
-            self.adapter_ln_gain if with_ln else None, self.adapter_ln_bias if with_ln else None,
-            cfg.ln_eps, alpha, self.adapter_dropout,
+            base_codes,
+            scale,
+            position_ranges(positions, self.context_length(), cfg.n_ranges),
+            self.adapter_down,
+            self.adapter_down_bias,
+            self.adapter_up,
+            self.adapter_up_bias,
+            self.adapter_ln_gain if with_ln else None,
+            self.adapter_ln_bias if with_ln else None,
+            cfg.ln_eps,
+            alpha,
+            self.adapter_dropout,
         )
         return base_codes, torch.addmm(base_pre, factors, blocks)
 
@@ -360,7 +389,9 @@ class PositionAwareEncoder:
         self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: float
     ) -> Float[Tensor, "*batch d_sae"]:
         """The adapted pre-activation (codes are its ReLU) for any leading shape."""
-        _, adapted = self.base_and_adapted(sae_in.reshape(-1, self.cfg.d_in), positions.reshape(-1), alpha)
+        _, adapted = self.base_and_adapted(
+            sae_in.reshape(-1, self.cfg.d_in), positions.reshape(-1), alpha
+        )
         return adapted.reshape(*sae_in.shape[:-1], self.cfg.d_sae)
 
     # ------------------------------------------------------------------------------- folds
@@ -393,12 +424,13 @@ class PositionAwareEncoder:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly
         (the pre-activation LayerNorm sees unchanged pre-activations once ``W_enc`` absorbs it)."""
         fold_input_scale(
-            self, scaling_factor, normalizes_input=self.cfg.base_norm == "input_ln", eps_field="ln_eps",
-            restores_scale=self.cfg.restore_scale, reads_input=(self.W_enc,),
+            self,
+            scaling_factor,
+            normalizes_input=self.cfg.base_norm == "input_ln",
+            eps_field="ln_eps",
+            restores_scale=self.cfg.restore_scale,
+            reads_input=(self.W_enc,),
         )
-
-    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(whitening_refusal("position_aware"))
 
 
 class PositionAwareSAE(PositionAwareEncoder, VariantSAE[PositionAwareSAEConfig]):
@@ -409,10 +441,6 @@ class PositionAwareTrainingSAE(
     NeedsTokenContext, PositionAwareEncoder, VariantTrainingSAE[PositionAwareTrainingSAEConfig]
 ):
     """The position-aware SAE with its curriculum training step (positions from the pipeline)."""
-
-    @override
-    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
-        return {"l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps)}
 
     @override
     def calculate_aux_loss(
@@ -434,8 +462,12 @@ class PositionAwareTrainingSAE(
                 "to its run (cfg.bind_run(RunInfo(...)), which sae_variants' runner does) or set "
                 "total_training_steps"
             )
-        return curriculum_alpha(step, cfg.total_training_steps, cfg.curriculum_warm_up_fraction,
-                                cfg.curriculum_end_fraction)
+        return curriculum_alpha(
+            step,
+            cfg.total_training_steps,
+            cfg.curriculum_warm_up_fraction,
+            cfg.curriculum_end_fraction,
+        )
 
     @override
     def prepare_step(self, step_input: TrainStepInput) -> SequenceStepInput:
@@ -451,7 +483,9 @@ class PositionAwareTrainingSAE(
         step_input = self.prepare_step(step_input)
         x = step_input.sae_in
         alpha = float(self.alpha)
-        h_b, adapted_pre = self.base_and_adapted(self.process_sae_in(x), step_input.token_context.positions, alpha)
+        h_b, adapted_pre = self.base_and_adapted(
+            self.process_sae_in(x), step_input.token_context.positions, alpha
+        )
         rows = x.shape[0]
         if self.adapters_act(alpha):
             h_r, l1_sum, deviation_sum = codes_and_penalties(h_b, adapted_pre)
@@ -466,8 +500,7 @@ class PositionAwareTrainingSAE(
         }
         if deviation_sum is not None:
             losses["deviation_loss"] = l1 * alpha * deviation_sum / rows
-        return self.step_output(step_input, sae_out=sae_out, feature_acts=feature_acts,
-                                hidden_pre=adapted_pre, losses=losses)
+        return self.step_output(step_input, sae_out, feature_acts, adapted_pre, losses)
 
     @override
     def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
@@ -477,7 +510,9 @@ class PositionAwareTrainingSAE(
 
     def decayed_parameters(self) -> list[nn.Parameter]:
         """W_enc and the adapters' A_r, B_r: the matrices the paper's AdamW decays."""
-        return [self.W_enc, self.adapter_down, self.adapter_up] if self.cfg.adapters else [self.W_enc]
+        return (
+            [self.W_enc, self.adapter_down, self.adapter_up] if self.cfg.adapters else [self.W_enc]
+        )
 
     @override
     def before_optimizer_step(self, optimizer: Optimizer) -> None:
@@ -497,7 +532,9 @@ def parameter_overhead(cfg: PositionAwareArchitectureFields) -> float:
     d_in, d_sae, rank, ranges = cfg.d_in, cfg.d_sae, cfg.rank(), cfg.n_ranges  # type: ignore[attr-defined]
     if not cfg.adapters:
         return 0.0
-    adapter = ranges * (2 * d_sae * rank + rank + d_sae + (2 * d_sae if cfg.adapter_ln == "output" else 0))
+    adapter = ranges * (
+        2 * d_sae * rank + rank + d_sae + (2 * d_sae if cfg.adapter_ln == "output" else 0)
+    )
     base_norm = {"preact_ln": 2 * d_sae, "input_ln": 2 * d_in, "none": 0}[cfg.base_norm]
     return adapter / (2 * d_in * d_sae + d_sae + d_in + base_norm)
 

@@ -24,13 +24,19 @@ from torch import Tensor, nn
 from sae_variants.functional import stacked_affine
 
 
-def position_ranges(positions: Int[Tensor, "*rows"], context_size: int, n_ranges: int) -> Int[Tensor, "*rows"]:
+def position_ranges(
+    positions: Int[Tensor, "*rows"], context_size: int, n_ranges: int
+) -> Int[Tensor, "*rows"]:
     """P2: ``r(p) = min(floor(p R / L), R - 1)``: equal ranges of the training context, positions
     beyond it clamped to the last range."""
-    return torch.clamp(torch.div(positions * n_ranges, context_size, rounding_mode="floor"), max=n_ranges - 1)
+    return torch.clamp(
+        torch.div(positions * n_ranges, context_size, rounding_mode="floor"), max=n_ranges - 1
+    )
 
 
-def curriculum_alpha(step: int, total_steps: int, warm_up_fraction: float, end_fraction: float) -> float:
+def curriculum_alpha(
+    step: int, total_steps: int, warm_up_fraction: float, end_fraction: float
+) -> float:
     """P6: ``clip((t - t_w) / (t_e - t_w), 0, 1)`` with ``t_w = min(1000, f_w T)`` and
     ``t_e = min(10000, f_e T)``: the paper's 1k/10k steps on long runs, fractions of the run otherwise."""
     start = min(1000.0, warm_up_fraction * total_steps)
@@ -58,8 +64,13 @@ def _second_moment_form(
 
 
 def preact_ln_codes_preactivation(
-    x: Float[Tensor, "rows d_in"], W_enc: Float[Tensor, "d_in d_sae"], b_enc: Float[Tensor, " d_sae"],
-    gain: Float[Tensor, " d_sae"], bias: Float[Tensor, " d_sae"], eps: float, restore_scale: bool,
+    x: Float[Tensor, "rows d_in"],
+    W_enc: Float[Tensor, "d_in d_sae"],
+    b_enc: Float[Tensor, " d_sae"],
+    gain: Float[Tensor, " d_sae"],
+    bias: Float[Tensor, " d_sae"],
+    eps: float,
+    restore_scale: bool,
 ) -> tuple[Float[Tensor, "rows d_sae"], Float[Tensor, "rows 1"] | None]:
     """P1 (paper): ``pre = x W + b``, ``n = gain (pre - mean_i pre) / s + bias`` with ``s`` the
     std of ``pre`` over the features; returns ``(s n, s)`` (restored: codes ``ReLU(s n)``) or
@@ -101,7 +112,9 @@ def range_adapter_shift(
     n_ranges, d_sae, rank = down.shape
     rows = torch.arange(base_codes.shape[0], device=base_codes.device)
     # Every range's down-projection in one product (rank x n_ranges thin), then each row's own.
-    hidden = (base_codes @ down.permute(1, 0, 2).reshape(d_sae, n_ranges * rank)).view(-1, n_ranges, rank)
+    hidden = (base_codes @ down.permute(1, 0, 2).reshape(d_sae, n_ranges * rank)).view(
+        -1, n_ranges, rank
+    )
     hidden = hidden[rows, ranges]
     if scale is not None:
         hidden = hidden / scale
@@ -117,11 +130,17 @@ def range_adapter_shift(
         assert ln_bias is not None
         up_c, up_bias_c = _centred_over_features(up, up_bias)
         gram, linear, constant = _second_moment_form(up_c, up_bias_c)  # one form per range
-        variance = (torch.einsum("bk,bkl,bl->b", hidden, gram[ranges], hidden)
-                    + (hidden * linear[ranges]).sum(dim=1) + constant[ranges])
+        variance = (
+            torch.einsum("bk,bkl,bl->b", hidden, gram[ranges], hidden)
+            + (hidden * linear[ranges]).sum(dim=1)
+            + constant[ranges]
+        )
         inverse_std = torch.rsqrt(variance.clamp_min(0.0) + eps).unsqueeze(1)
         factors = torch.cat([hidden * inverse_std, inverse_std, ones], dim=1) * row_factor
-        blocks = torch.cat([up_c * ln_gain.unsqueeze(1), (up_bias_c * ln_gain).unsqueeze(1), ln_bias.unsqueeze(1)], dim=1)
+        blocks = torch.cat(
+            [up_c * ln_gain.unsqueeze(1), (up_bias_c * ln_gain).unsqueeze(1), ln_bias.unsqueeze(1)],
+            dim=1,
+        )
     width = factors.shape[1]
     placed = factors.unsqueeze(1) * F.one_hot(ranges, n_ranges).to(factors.dtype).unsqueeze(2)
     return placed.reshape(-1, n_ranges * width), blocks.reshape(n_ranges * width, d_sae)
@@ -142,7 +161,9 @@ class _CodesAndPenalties(torch.autograd.Function):
         return codes, base_codes.sum(), deviation
 
     @staticmethod
-    def backward(ctx: Any, grad_codes: Tensor, grad_l1: Tensor, grad_deviation: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(
+        ctx: Any, grad_codes: Tensor, grad_l1: Tensor, grad_deviation: Tensor
+    ) -> tuple[Tensor, Tensor]:
         sign, active = ctx.saved_tensors
         c_l1, c_dev = float(grad_l1), float(grad_deviation)
         grad_adapted = torch.add(grad_codes, sign, alpha=c_dev).mul_(active)

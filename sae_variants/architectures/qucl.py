@@ -42,6 +42,7 @@ from typing_extensions import override
 
 from sae_variants.architectures.base import (
     ArchitectureFields,
+    VariantModule,
     VariantSAE,
     VariantSAEConfig,
     VariantTrainingSAE,
@@ -100,10 +101,6 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
 
     inference_config_class: ClassVar[type[SAEConfig]] = QuCLSAEConfig
 
-    l1_coefficient: float = 0.04
-    """lambda0 of eq. 6, the base L1 weight (paper: 0.04; calibrate it for a target L0, >= 0)."""
-    l1_warm_up_steps: int = 0
-    """Linear warm-up of lambda0 from 0, in steps (>= 0)."""
     adaptive_sparsity: bool = True
     """lambda_t = lambda0 * sigmoid(slope * windowed FVU) (eq. 6, on FVU: spec d8); False: lambda0."""
     sparsity_slope: float = 10.0
@@ -152,10 +149,19 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
 
     @override
     def validate_training(self) -> None:
-        require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps", "contrastive_warm_up_steps"), lambda v: v >= 0, ">= 0 steps")
-        require_fields(self, ("curriculum_window", "curriculum_interval", "diversity_batches",
-                              "contrastive_anchors"), lambda v: v >= 1, ">= 1")
+        require_fields(self, ("contrastive_coefficient",), lambda v: v >= 0, ">= 0")
+        require_fields(self, ("contrastive_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        require_fields(
+            self,
+            (
+                "curriculum_window",
+                "curriculum_interval",
+                "diversity_batches",
+                "contrastive_anchors",
+            ),
+            lambda v: v >= 1,
+            ">= 1",
+        )
         require_fields(self, ("sparsity_slope", "contrastive_temperature"), lambda v: v > 0, "> 0")
         if not 0.0 < self.min_rank_fraction <= self.initial_rank_fraction <= self.max_rank_fraction:
             raise ValueError(
@@ -163,7 +169,12 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
                 f"max_rank_fraction; got {self.min_rank_fraction}, {self.initial_rank_fraction}, "
                 f"{self.max_rank_fraction}"
             )
-        require_fields(self, ("rank_grow_fraction", "rank_shrink_fraction"), lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+        require_fields(
+            self,
+            ("rank_grow_fraction", "rank_shrink_fraction"),
+            lambda v: 0.0 < v <= 1.0,
+            "in (0, 1]",
+        )
         if not 0.0 <= self.shrink_ratio < 1.0:
             raise ValueError(f"shrink_ratio must be in [0, 1), got {self.shrink_ratio}")
         if not 0.0 < self.threshold_min <= self.threshold_max < 1.0:
@@ -176,8 +187,13 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
 
     def schedule(self) -> RankSchedule:
         return rank_schedule(
-            self.d_in, self.d_sae, self.min_rank_fraction, self.initial_rank_fraction,
-            self.max_rank_fraction, self.rank_grow_fraction, self.rank_shrink_fraction,
+            self.d_in,
+            self.d_sae,
+            self.min_rank_fraction,
+            self.initial_rank_fraction,
+            self.max_rank_fraction,
+            self.rank_grow_fraction,
+            self.rank_shrink_fraction,
         )
 
 
@@ -186,18 +202,13 @@ def max_rank(cfg: QuCLArchitectureFields | Any) -> int:
     return max(1, math.floor(cfg.max_rank_fraction * min(cfg.d_in, cfg.d_sae)))
 
 
-class QuCLEncoder:
+class QuCLEncoder(VariantModule):
     """The quantized-projection encoder, shared by the inference and the training SAE.
 
     Mixed in before SAELens's ``SAE``/``TrainingSAE`` so its ``initialize_weights`` and folds
     replace the linear-encoder ones (there is no trainable ``W_enc``; see :attr:`W_enc`).
     """
 
-    cfg: Any
-    dtype: torch.dtype
-    device: torch.device
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
     W_r: nn.Parameter
     b_enc: nn.Parameter
     projection: Tensor
@@ -210,7 +221,9 @@ class QuCLEncoder:
         decoder = torch.empty(d_sae, d_in, dtype=self.dtype, device=self.device)
         nn.init.kaiming_uniform_(decoder)
         self.W_dec = nn.Parameter(decoder)
-        projection = jl_projection(d_in, width, self.cfg.projection_seed, self.dtype).to(self.device)
+        projection = jl_projection(d_in, width, self.cfg.projection_seed, self.dtype).to(
+            self.device
+        )
         self.register_buffer("projection", projection)
         self.register_buffer("rank", torch.tensor(width, dtype=torch.long, device=self.device))
         # Start the encoder as the decoder's transpose seen through the projection:
@@ -222,12 +235,20 @@ class QuCLEncoder:
     def current_rank(self) -> int:
         return int(self.rank)
 
-    def quantized_projection(self, sae_in: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch rank"]:
+    def quantized_projection(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> Float[Tensor, "*batch rank"]:
         """``Q4((x - b_dec) P[:, :r])``; ``sae_in`` has already had ``b_dec`` removed."""
-        return fake_quantize(sae_in @ self.projection[:, : self.current_rank], self.cfg.quantization_bits)
+        return fake_quantize(
+            sae_in @ self.projection[:, : self.current_rank], self.cfg.quantization_bits
+        )
 
-    def preactivation(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_sae"], None]:
-        pre = pyramid_pre_activations(self.quantized_projection(sae_in), self.W_r, self.b_enc, self.cfg.multiscale)
+    def preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], None]:
+        pre = pyramid_pre_activations(
+            self.quantized_projection(sae_in), self.W_r, self.b_enc, self.cfg.multiscale
+        )
         return pre, None
 
     @property
@@ -278,7 +299,9 @@ CURRICULUM_LOG_FILENAME = "qucl_curriculum.json"
 """Written next to the saved SAE: the rank trajectory of the run that trained it."""
 
 
-def weighted_squared_error(preds: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_in"]:
+def weighted_squared_error(
+    preds: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_in"]
+) -> Float[Tensor, "batch d_in"]:
     """Eq. 5's reconstruction error: ``(x^ - x)^2`` weighted per input dim by the batch's
     feature importance (SAELens's ``mse_loss_fn`` slot: summed over d_in, averaged over rows)."""
     return (preds - target).pow(2) * feature_importance_weights(target)
@@ -288,7 +311,11 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
     """QuCL-SAE with its rank curriculum, adaptive sparsity and InfoNCE term."""
 
     training_buffers: ClassVar[tuple[str, ...]] = (
-        "curriculum_threshold", "diversity_sum", "diversity_count", "fvu_window", "fvu_count",
+        "curriculum_threshold",
+        "diversity_sum",
+        "diversity_count",
+        "fvu_window",
+        "fvu_count",
         "curriculum_step",
     )
     training_log_filename: ClassVar[str | None] = CURRICULUM_LOG_FILENAME
@@ -335,7 +362,7 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {
-            "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
+            **super().get_coefficients(),
             "contrastive": TrainCoefficientConfig(
                 self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up_steps
             ),
@@ -364,7 +391,9 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         if self.training:
             # The curriculum needs this step's FVU whether or not the step is logged.
             x = step_input.sae_in.detach()
-            self._advance_curriculum(x, fraction_of_variance_unexplained(x, output.sae_out.detach()))
+            self._advance_curriculum(
+                x, fraction_of_variance_unexplained(x, output.sae_out.detach())
+            )
         return output
 
     @override
@@ -378,22 +407,23 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
 
     @override
     def calculate_aux_loss(
-        self,
-        step_input: TrainStepInput,
-        feature_acts: Tensor,
-        hidden_pre: Tensor,
-        sae_out: Tensor,
+        self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
         """The adaptive L1 term (decoder rows are unit, so no norm weighting) and the InfoNCE term."""
         losses = {
-            "l1_loss": step_input.coefficients["l1"] * self.sparsity_scale()
+            "l1_loss": step_input.coefficients["l1"]
+            * self.sparsity_scale()
             * feature_acts.sum(dim=-1).mean()
         }
         weight = step_input.coefficients.get("contrastive", 0.0)
         n_rows = feature_acts.shape[0]
         if self.cfg.contrastive and weight > 0 and n_rows > 1:
-            anchors = torch.randperm(n_rows, device=feature_acts.device)[: self.cfg.contrastive_anchors]
-            infonce = code_uniformity_infonce(feature_acts, anchors, self.cfg.contrastive_temperature)
+            anchors = torch.randperm(n_rows, device=feature_acts.device)[
+                : self.cfg.contrastive_anchors
+            ]
+            infonce = code_uniformity_infonce(
+                feature_acts, anchors, self.cfg.contrastive_temperature
+            )
             losses["contrastive_loss"] = weight * infonce
         return losses
 
@@ -412,8 +442,12 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         self.fvu_count.add_(1)
         step = int(self.curriculum_step)
         windowed = self.windowed_fvu()
-        if (not cfg.dynamic_rank or windowed is None or not self.threshold_ready
-                or step % cfg.curriculum_interval != 0):
+        if (
+            not cfg.dynamic_rank
+            or windowed is None
+            or not self.threshold_ready
+            or step % cfg.curriculum_interval != 0
+        ):
             return
         threshold = float(self.curriculum_threshold)
         before = self.current_rank
@@ -431,6 +465,7 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
             "steps": int(self.curriculum_step),
             "decisions": [dataclasses.asdict(event) for event in self.rank_trajectory],
         }
+
 
 @dataclass
 class StandardExport:
@@ -460,7 +495,9 @@ def export_to_standard(
     export keeps the encoder and decoder as they are.
     """
     if max_explained_variance_change < 0:
-        raise ValueError(f"max_explained_variance_change must be >= 0, got {max_explained_variance_change}")
+        raise ValueError(
+            f"max_explained_variance_change must be >= 0, got {max_explained_variance_change}"
+        )
     check_activations(activations, sae.cfg.d_in, where="export_to_standard")
     if activations.ndim != 2 or activations.shape[0] < 2:
         raise ValueError(
@@ -471,9 +508,14 @@ def export_to_standard(
     sae.eval()
     cfg = sae.cfg
     standard_cfg = StandardSAEConfig(
-        d_in=cfg.d_in, d_sae=cfg.d_sae, dtype=cfg.dtype, device=cfg.device,
-        apply_b_dec_to_input=cfg.apply_b_dec_to_input, normalize_activations=cfg.normalize_activations,
-        reshape_activations=cfg.reshape_activations, metadata=copy.deepcopy(cfg.metadata),
+        d_in=cfg.d_in,
+        d_sae=cfg.d_sae,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        normalize_activations=cfg.normalize_activations,
+        reshape_activations=cfg.reshape_activations,
+        metadata=copy.deepcopy(cfg.metadata),
     )
     standard = StandardSAE(standard_cfg)
     standard.load_state_dict(
@@ -481,7 +523,9 @@ def export_to_standard(
     )
     x = activations.to(sae.dtype)
     ev_qucl = 1.0 - float(fraction_of_variance_unexplained(x, sae.decode(sae.encode(x))))
-    ev_standard = 1.0 - float(fraction_of_variance_unexplained(x, standard.decode(standard.encode(x))))
+    ev_standard = 1.0 - float(
+        fraction_of_variance_unexplained(x, standard.decode(standard.encode(x)))
+    )
     sae.train(was_training)
     export = StandardExport(standard.eval(), ev_qucl, ev_standard)
     if abs(export.change) > max_explained_variance_change:
@@ -495,6 +539,15 @@ def export_to_standard(
 
 
 __all__ = [
-    "QuCLArchitectureFields", "QuCLSAE", "QuCLSAEConfig", "QuCLTrainingSAE", "QuCLTrainingSAEConfig",
-    "RankEvent", "StandardExport", "export_to_standard", "max_rank", "pyramid_blocks", "scale_ranks",
+    "QuCLArchitectureFields",
+    "QuCLSAE",
+    "QuCLSAEConfig",
+    "QuCLTrainingSAE",
+    "QuCLTrainingSAEConfig",
+    "RankEvent",
+    "StandardExport",
+    "export_to_standard",
+    "max_rank",
+    "pyramid_blocks",
+    "scale_ranks",
 ]

@@ -54,7 +54,9 @@ def rank_schedule(
     )
 
 
-def jl_projection(d_in: int, width: int, seed: int, dtype: torch.dtype) -> Float[Tensor, "d_in width"]:
+def jl_projection(
+    d_in: int, width: int, seed: int, dtype: torch.dtype
+) -> Float[Tensor, "d_in width"]:
     """The frozen Johnson-Lindenstrauss matrix ``P_jk ~ N(0, 1/d_in)`` (B0), seeded on the CPU so
     the same seed gives the same projection on every device."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -105,7 +107,9 @@ def pyramid_pre_activations(
         return projected @ W_r[:rank] + b_enc
     parts = [
         projected[..., :r_scale] @ W_r[:r_scale, start:stop] + b_enc[start:stop]
-        for (start, stop), r_scale in zip(pyramid_blocks(W_r.shape[1]), scale_ranks(rank), strict=True)
+        for (start, stop), r_scale in zip(
+            pyramid_blocks(W_r.shape[1]), scale_ranks(rank), strict=True
+        )
     ]
     return torch.cat(parts, dim=-1)
 
@@ -122,7 +126,9 @@ def effective_encoder(
         return projection[:, :rank] @ W_r[:rank]
     parts = [
         projection[:, :r_scale] @ W_r[:r_scale, start:stop]
-        for (start, stop), r_scale in zip(pyramid_blocks(W_r.shape[1]), scale_ranks(rank), strict=True)
+        for (start, stop), r_scale in zip(
+            pyramid_blocks(W_r.shape[1]), scale_ranks(rank), strict=True
+        )
     ]
     return torch.cat(parts, dim=-1)
 
@@ -152,8 +158,9 @@ def feature_importance_weights(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, 
     return weights / weights.mean()
 
 
-def next_rank(rank: int, mean_fvu: float, threshold: float, shrink_ratio: float,
-              schedule: RankSchedule) -> int:
+def next_rank(
+    rank: int, mean_fvu: float, threshold: float, shrink_ratio: float, schedule: RankSchedule
+) -> int:
     """One curriculum decision (B5): grow when the windowed FVU is above the threshold, shrink
     when it is below ``shrink_ratio`` times it, otherwise keep the rank."""
     if mean_fvu > threshold and rank < schedule.maximum:
@@ -201,7 +208,10 @@ class _SparseAnchorGram(torch.autograd.Function):
             )
             values = key_side.values() + 2.0 * support.values() * grad_squared_norms[row_of_value]
             grad = torch.sparse_csr_tensor(
-                support.crow_indices(), support.col_indices(), values, codes.shape,
+                support.crow_indices(),
+                support.col_indices(),
+                values,
+                codes.shape,
                 check_invariants=False,  # the indices come from a valid CSR tensor
             ).to_dense()
             # Anchor side: d gram[a, k] / d codes[anchors[a], i] = codes[k, i], on the anchors' support.

@@ -49,9 +49,9 @@ from sae_variants.architectures.base import (
     run_value,
 )
 from sae_variants.architectures.input_scale_fold import (
+    TokenNormalizingEncoder,
     fold_input_scale,
     require_foldable_input_normalization,
-    whitening_refusal,
 )
 from sae_variants.architectures.seq_contrastive_functional import (
     masked_info_nce,
@@ -107,10 +107,6 @@ class SeqContrastiveTrainingSAEConfig(VariantTrainingSAEConfig, SeqContrastiveAr
 
     inference_config_class: ClassVar[type[SAEConfig]] = SeqContrastiveSAEConfig
 
-    l1_coefficient: float = 0.04
-    """lambda (paper: beta = 0.04; calibrate it for a target L0)."""
-    l1_warm_up_steps: int = 0
-    """Linear warm-up of lambda from 0, in steps (>= 0)."""
     contrastive_coefficient: float = 0.1
     """gamma, the final weight of the InfoNCE term (paper: 0.1; 0 switches it off)."""
     contrastive_warm_up_steps: int | None = None
@@ -144,7 +140,9 @@ class SeqContrastiveTrainingSAEConfig(VariantTrainingSAEConfig, SeqContrastiveAr
 
     def sequence_layout(self) -> SequenceLayout:
         """The sequence-structured batches this SAE trains on (read by the pipeline)."""
-        return SequenceLayout(self.positions_per_context, self.position_sampling, self.positive_window)
+        return SequenceLayout(
+            self.positions_per_context, self.position_sampling, self.positive_window
+        )
 
     @override
     def bind_run(self, run: RunInfo) -> SeqContrastiveTrainingSAEConfig:
@@ -166,39 +164,34 @@ class SeqContrastiveTrainingSAEConfig(VariantTrainingSAEConfig, SeqContrastiveAr
 
     @override
     def validate_training(self) -> None:
-        require_fields(self, ("l1_coefficient", "contrastive_coefficient"), lambda v: v >= 0, ">= 0")
-        require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")
+        require_fields(self, ("contrastive_coefficient",), lambda v: v >= 0, ">= 0")
         if self.contrastive_warm_up_steps is not None and self.contrastive_warm_up_steps < 0:
             raise ValueError(
                 f"contrastive_warm_up_steps must be >= 0 steps (or None), got {self.contrastive_warm_up_steps}"
             )
         require_fields(self, ("temperature",), lambda v: v > 0, "> 0")
         if self.contrastive_similarity not in CONTRASTIVE_SIMILARITIES:
-            raise ValueError(f"contrastive_similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}; "
-                             f"got {self.contrastive_similarity!r}")
+            raise ValueError(
+                f"contrastive_similarity must be one of {', '.join(CONTRASTIVE_SIMILARITIES)}; "
+                f"got {self.contrastive_similarity!r}"
+            )
         require_fields(self, ("positive_window", "contrastive_pairs"), lambda v: v >= 1, ">= 1")
         if self.hard_negatives is not None:
             require_fields(self, ("hard_negatives",), lambda v: v >= 1, ">= 1 (or None for all)")
         self.sequence_layout()  # validates positions_per_context and position_sampling
 
 
-class SeqContrastiveEncoder:
+class SeqContrastiveEncoder(TokenNormalizingEncoder):
     """The layer-normalizing encoder shared by the inference and the training SAE."""
-
-    cfg: Any
-    dtype: torch.dtype
-    device: torch.device
-    W_enc: nn.Parameter
-    b_enc: nn.Parameter
-    W_dec: nn.Parameter
-    b_dec: nn.Parameter
 
     def initialize_weights(self) -> None:
         assert isinstance(self, nn.Module)
         d_in, d_sae = self.cfg.d_in, self.cfg.d_sae
         # SAELens's standard start (W_enc = W_dec^T, zero biases) with unit decoder rows, so the
         # comparison with `standard` differs mainly in what the paper adds.
-        W_dec = unit_norm_rows(torch.empty(d_sae, d_in, dtype=self.dtype, device=self.device).uniform_(-1, 1))
+        W_dec = unit_norm_rows(
+            torch.empty(d_sae, d_in, dtype=self.dtype, device=self.device).uniform_(-1, 1)
+        )
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=self.dtype, device=self.device))
@@ -207,26 +200,36 @@ class SeqContrastiveEncoder:
             self.ln_gain = nn.Parameter(torch.ones(d_in, dtype=self.dtype, device=self.device))
             self.ln_bias = nn.Parameter(torch.zeros(d_in, dtype=self.dtype, device=self.device))
 
-    def preactivation(self, sae_in: Float[Tensor, "*batch d_in"]) -> tuple[Float[Tensor, "*batch d_sae"], None]:
+    def preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> tuple[Float[Tensor, "*batch d_sae"], None]:
         """The pre-activation of ``x' = x - b_dec`` (subtracted by ``process_sae_in``) whose ReLU
         are the codes (S1, with the token scale restored when ``restore_scale``)."""
         if not self.cfg.layer_norm:
             return sae_in @ self.W_enc + self.b_enc, None
         # The restored scale rides inside the product (codes ReLU(s n) = s ReLU(n)): no
         # [rows, d_sae] scaling pass.
-        pre, _ = layer_normalized_preactivation(sae_in, self.W_enc, self.b_enc, self.ln_gain, self.ln_bias,
-                                                self.cfg.ln_eps, self.cfg.restore_scale)
+        pre, _ = layer_normalized_preactivation(
+            sae_in,
+            self.W_enc,
+            self.b_enc,
+            self.ln_gain,
+            self.ln_bias,
+            self.cfg.ln_eps,
+            self.cfg.restore_scale,
+        )
         return pre, None
 
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
         """Make the SAE read raw activations when it trained on ``scaling_factor * x``, exactly."""
         fold_input_scale(
-            self, scaling_factor, normalizes_input=self.cfg.layer_norm, eps_field="ln_eps",
-            restores_scale=self.cfg.restore_scale, reads_input=(self.W_enc,),
+            self,
+            scaling_factor,
+            normalizes_input=self.cfg.layer_norm,
+            eps_field="ln_eps",
+            restores_scale=self.cfg.restore_scale,
+            reads_input=(self.W_enc,),
         )
-
-    def fold_activation_whitening(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(whitening_refusal("seq_contrastive"))
 
 
 class SeqContrastiveSAE(SeqContrastiveEncoder, VariantSAE[SeqContrastiveSAEConfig]):
@@ -241,8 +244,10 @@ class SeqContrastiveTrainingSAE(
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         return {
-            "l1": TrainCoefficientConfig(self.cfg.l1_coefficient, self.cfg.l1_warm_up_steps),
-            "contrastive": TrainCoefficientConfig(self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up()),
+            **super().get_coefficients(),
+            "contrastive": TrainCoefficientConfig(
+                self.cfg.contrastive_coefficient, self.cfg.contrastive_warm_up()
+            ),
         }
 
     _positive_retrieval: Tensor = torch.zeros(())
@@ -262,25 +267,42 @@ class SeqContrastiveTrainingSAE(
         weight = step_input.coefficients["contrastive"]
         if weight > 0:
             assert isinstance(step_input, SequenceStepInput)  # training_forward_pass builds it
-            contrastive, self._positive_retrieval = self.contrastive_loss(feature_acts, step_input.token_context)
+            contrastive, self._positive_retrieval = self.contrastive_loss(
+                feature_acts, step_input.token_context
+            )
             losses["contrastive_loss"] = weight * contrastive
         return losses
 
     @override
     def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
-        return {**super().step_metrics(output), "seq_contrastive/positive_retrieval": self._positive_retrieval}
+        return {
+            **super().step_metrics(output),
+            "seq_contrastive/positive_retrieval": self._positive_retrieval,
+        }
 
     def contrastive_loss(
         self, feature_acts: Float[Tensor, "rows d_sae"], context: TokenContext
     ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
         """S4-S5 on this batch: sampled window pairs, symmetric masked InfoNCE, and the top-1
         retrieval accuracy of the positives."""
-        partners = window_partners(context.positions, context.sequence_ids, self.cfg.positive_window)
+        partners = window_partners(
+            context.positions, context.sequence_ids, self.cfg.positive_window
+        )
         has_code = (feature_acts.detach() > 0).any(dim=-1)
         anchors, mates = sample_anchor_pairs(partners, has_code, self.cfg.contrastive_pairs)
-        compared = feature_acts if self.cfg.contrastive_similarity == "codes" else soft_support(feature_acts)
-        return masked_info_nce(compared, anchors, mates, context.sequence_ids, self.cfg.temperature,
-                               self.cfg.hard_negatives)
+        compared = (
+            feature_acts
+            if self.cfg.contrastive_similarity == "codes"
+            else soft_support(feature_acts)
+        )
+        return masked_info_nce(
+            compared,
+            anchors,
+            mates,
+            context.sequence_ids,
+            self.cfg.temperature,
+            self.cfg.hard_negatives,
+        )
 
 
 __all__ = [

@@ -40,7 +40,11 @@ def window_partners(
     same_high = torch.searchsorted(sorted_key, key, right=True)
     # Candidates are [low, high) minus the run of rows sharing this key, [same_low, same_high).
     n_candidates = (high - low) - (same_high - same_low)
-    draw = torch.rand(n, generator=generator, device=device) if generator is not None else torch.rand(n, device=device)
+    draw = (
+        torch.rand(n, generator=generator, device=device)
+        if generator is not None
+        else torch.rand(n, device=device)
+    )
     pick = (draw * n_candidates.clamp_min(1)).long().clamp_max((n_candidates - 1).clamp_min(0))
     slot = low + pick
     slot = torch.where(slot >= same_low, slot + (same_high - same_low), slot)
@@ -59,8 +63,13 @@ def sample_anchor_pairs(
     contrastive cost at ``2 n_pairs x rows`` similarities whatever the batch size (spec §5 g)."""
     candidates = (eligible & (partners >= 0)).nonzero().squeeze(1)
     if candidates.numel() > n_pairs:
-        keep = torch.randperm(candidates.numel(), generator=generator, device=candidates.device)[:n_pairs] \
-            if generator is not None else torch.randperm(candidates.numel(), device=candidates.device)[:n_pairs]
+        keep = (
+            torch.randperm(candidates.numel(), generator=generator, device=candidates.device)[
+                :n_pairs
+            ]
+            if generator is not None
+            else torch.randperm(candidates.numel(), device=candidates.device)[:n_pairs]
+        )
         candidates = candidates[keep]
     mates = partners[candidates]
     return torch.cat([candidates, mates]), torch.cat([mates, candidates])
@@ -73,7 +82,9 @@ def soft_support(codes: Float[Tensor, "rows d_sae"]) -> Float[Tensor, "rows d_sa
     soft supports approach the overlap ``|A n B| / sqrt(|A| |B|)`` of the active sets."""
     detached = codes.detach()
     fires = (detached > 0).sum(dim=0)
-    kappa = torch.where(fires > 0, detached.sum(dim=0) / fires.clamp_min(1), torch.ones_like(detached[0]))
+    kappa = torch.where(
+        fires > 0, detached.sum(dim=0) / fires.clamp_min(1), torch.ones_like(detached[0])
+    )
     return -torch.expm1(-codes / kappa)
 
 
@@ -108,7 +119,9 @@ def masked_info_nce(
     # outer product of norms, so no normalized copy of the whole batch is made.
     columns = codes[anchors].detach().gt(0).any(dim=0).nonzero().squeeze(1)
     fired = codes[:, columns] if 2 * columns.numel() < codes.shape[1] else codes
-    similarity = (fired[anchors] @ fired.T) / (norms[anchors].unsqueeze(1) * norms.unsqueeze(0) * temperature)
+    similarity = (fired[anchors] @ fired.T) / (
+        norms[anchors].unsqueeze(1) * norms.unsqueeze(0) * temperature
+    )
     rows = torch.arange(anchors.numel(), device=codes.device)
     masked = sequence_ids[anchors].unsqueeze(1) == sequence_ids.unsqueeze(0)
     masked[rows, partners] = False  # the positive stays in the denominator
@@ -119,7 +132,9 @@ def masked_info_nce(
         negatives = logits.clone()
         negatives[rows, partners] = float("-inf")
         hardest = negatives.topk(min(hard_negatives, negatives.shape[1]), dim=-1).values
-        loss = (torch.logsumexp(torch.cat([positive.unsqueeze(1), hardest], dim=1), dim=-1) - positive).mean()
+        loss = (
+            torch.logsumexp(torch.cat([positive.unsqueeze(1), hardest], dim=1), dim=-1) - positive
+        ).mean()
         # Retrieved when it beats every stranger, i.e. the hardest one.
         accuracy = (positive > hardest[:, 0]).float().mean()
         return loss, accuracy.detach()

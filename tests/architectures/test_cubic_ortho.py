@@ -36,7 +36,9 @@ def test_penalty_by_hand_for_two_features() -> None:
     expected = 2 * (2**-0.5) ** 3 * 0.5  # both orders (0,1) and (1,0)
     # One block holds both features, so the block form is exact too.
     for penalty in (cubic_ortho_penalty_dense, cubic_ortho_penalty_blocks):
-        torch.testing.assert_close(penalty(acts, W_dec), torch.tensor(expected), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            penalty(acts, W_dec), torch.tensor(expected), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_penalty_vanishes_for_orthonormal_rows_and_for_features_that_never_cofire() -> None:
@@ -54,7 +56,9 @@ def test_block_form_equals_dense_form_in_value_and_gradient(act_mode: str) -> No
     d_sae = 48  # one block of 64 holds every feature, so the block form is exact here
     # Gradients are compared at the pre-activations: codes come out of a ReLU, so a form may skip
     # the gradient at zero codes (the block form does), which the ReLU would zero anyway.
-    hidden_pre = (torch.randn(64, d_sae, generator=torch.Generator().manual_seed(0)) - 1.3).requires_grad_()
+    hidden_pre = (
+        torch.randn(64, d_sae, generator=torch.Generator().manual_seed(0)) - 1.3
+    ).requires_grad_()
     W_dec = torch.randn(d_sae, 8, requires_grad=True)
     mean_acts = torch.rand(d_sae)
     results = []
@@ -74,10 +78,12 @@ def test_block_form_is_unbiased_with_many_blocks() -> None:
     W_dec = torch.randn(48, 8)
     exact = cubic_ortho_penalty_dense(acts, W_dec).item()
     generator = torch.Generator().manual_seed(0)
-    estimates = torch.tensor([
-        cubic_ortho_penalty_blocks(acts, W_dec, block_size=8, generator=generator).item()
-        for _ in range(2000)
-    ])
+    estimates = torch.tensor(
+        [
+            cubic_ortho_penalty_blocks(acts, W_dec, block_size=8, generator=generator).item()
+            for _ in range(2000)
+        ]
+    )
     standard_error = estimates.std().item() / len(estimates) ** 0.5
     assert abs(estimates.mean().item() - exact) < 4 * standard_error
     assert estimates.std() > 0  # really an estimate: blocks differ between draws
@@ -108,15 +114,21 @@ def test_block_form_never_allocates_a_dense_square() -> None:
     # batch * d_sae tensors (the codes and their gradient) are unavoidable; d_sae^2 is 64x larger.
     acts = _sparse_acts(64, d_sae, 8 / d_sae).requires_grad_()
     W_dec = torch.randn(d_sae, 16, requires_grad=True)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         cubic_ortho_penalty_blocks(acts, W_dec).backward()
     largest = max(event.cpu_memory_usage for event in prof.events())
     square_bytes = d_sae * d_sae * 4
-    assert largest < square_bytes / 16, f"an op allocated {largest} bytes (a d_sae^2 matrix is {square_bytes})"
+    assert largest < square_bytes / 16, (
+        f"an op allocated {largest} bytes (a d_sae^2 matrix is {square_bytes})"
+    )
     assert acts.grad is not None
     assert W_dec.grad is not None
     # The dense reference does allocate the square, so the measurement can see one.
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         cubic_ortho_penalty_dense(acts, W_dec)
     assert max(event.cpu_memory_usage for event in prof.events()) >= square_bytes
 
@@ -126,11 +138,15 @@ def test_half_batch_ratio_ranks_by_hand() -> None:
 
     # Feature ratios (first half / second half): 4, 1, 0.25 -> ranks 3, 2, 1 of 3.
     acts = torch.tensor([[4.0, 1.0, 1.0], [1.0, 1.0, 4.0]])
-    torch.testing.assert_close(half_batch_ratio_ranks(acts, eps=0.0), torch.tensor([1.0, 2 / 3, 1 / 3]))
+    torch.testing.assert_close(
+        half_batch_ratio_ranks(acts, eps=0.0), torch.tensor([1.0, 2 / 3, 1 / 3])
+    )
 
 
 def test_eps_hinge_tolerance_shrinks_for_coactive_pairs() -> None:
-    terms = pair_terms(torch.tensor([0.0, 1.0, 3.0]), torch.zeros(2, 3), "eps_hinge", eps0=0.1, beta=1.0)
+    terms = pair_terms(
+        torch.tensor([0.0, 1.0, 3.0]), torch.zeros(2, 3), "eps_hinge", eps0=0.1, beta=1.0
+    )
     _, margin = terms(torch.tensor([0, 1]), torch.tensor([1, 2]))
     torch.testing.assert_close(margin, torch.tensor([0.1, 0.1 / 4]))
 
@@ -158,8 +174,13 @@ def test_bad_hyperparameters_are_refused(field: str, value: object, message: str
 
 
 def _step_input(sae: CubicOrthoTrainingSAE, x: torch.Tensor, step: int = 0) -> TrainStepInput:
-    return TrainStepInput(sae_in=x, coefficients={"l1": 0.01, "ortho": 1.0}, dead_neuron_mask=None,
-                          n_training_steps=step, is_logging_step=False)
+    return TrainStepInput(
+        sae_in=x,
+        coefficients={"l1": 0.01, "ortho": 1.0},
+        dead_neuron_mask=None,
+        n_training_steps=step,
+        is_logging_step=False,
+    )
 
 
 def test_decoder_rows_stay_unit_norm_through_training() -> None:
@@ -219,7 +240,9 @@ def test_saved_as_standard_and_loadable_without_sae_variants(tmp_path: Path) -> 
         f"torch.save(sae.decode(sae.encode(x)), {str(tmp_path / 'out.pt')!r})\n"
         "print(float(sae.W_dec.norm(dim=-1).sub(1).abs().max()))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-5, rtol=1e-5)

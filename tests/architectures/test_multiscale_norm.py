@@ -38,7 +38,9 @@ D_IN, D_SAE = 32, 128
 def _sae(**options: Any) -> MultiScaleNormTrainingSAE:
     """A fresh SAE bound to an Adam of its own (its training steps act on their optimizer)."""
     torch.manual_seed(0)
-    sae = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options))
+    sae = MultiScaleNormTrainingSAE(
+        MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options)
+    )
     sae.bind_optimizer(torch.optim.Adam(sae.parameters(), lr=1e-3))
     return sae
 
@@ -51,13 +53,22 @@ def _activations(n: int = 256, seed: int = 0) -> torch.Tensor:
 
 def _step(sae: MultiScaleNormTrainingSAE, x: torch.Tensor, step: int = 0, l1: float = 0.04) -> Any:
     return sae.training_forward_pass(
-        TrainStepInput(sae_in=x, coefficients={"l1": l1}, dead_neuron_mask=None,
-                       n_training_steps=step, is_logging_step=False)
+        TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": l1},
+            dead_neuron_mask=None,
+            n_training_steps=step,
+            is_logging_step=False,
+        )
     )
 
 
-def _train(sae: MultiScaleNormTrainingSAE, steps: int, optimizer: torch.optim.Optimizer | None = None,
-           x: torch.Tensor | None = None) -> torch.optim.Optimizer:
+def _train(
+    sae: MultiScaleNormTrainingSAE,
+    steps: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    x: torch.Tensor | None = None,
+) -> torch.optim.Optimizer:
     if optimizer is None:
         optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
         sae.bind_optimizer(optimizer)
@@ -72,12 +83,24 @@ def _train(sae: MultiScaleNormTrainingSAE, steps: int, optimizer: torch.optim.Op
 
 
 def test_config_rejects_bad_values() -> None:
-    for field, value in [("normalization", "batchnorm"), ("scales", [1.0, 0.0]), ("norm_eps", 0.0),
-                         ("attention_slots", 0), ("attention_key_dim", 0), ("l1_coefficient", -1.0),
-                         ("grad_accumulation", 0), ("gate_ema_decay", 1.0), ("lr_floor", 0.0),
-                         ("lr_spike_ratio", 1.0), ("lr_decay", 1.0), ("lr_recovery", 0.5),
-                         ("dead_window_steps", 0), ("reactivation_rank", 0), ("weight_decay", -0.1),
-                         ("normalize_activations", "covariance_whitening")]:
+    for field, value in [
+        ("normalization", "batchnorm"),
+        ("scales", [1.0, 0.0]),
+        ("norm_eps", 0.0),
+        ("attention_slots", 0),
+        ("attention_key_dim", 0),
+        ("l1_coefficient", -1.0),
+        ("grad_accumulation", 0),
+        ("gate_ema_decay", 1.0),
+        ("lr_floor", 0.0),
+        ("lr_spike_ratio", 1.0),
+        ("lr_decay", 1.0),
+        ("lr_recovery", 0.5),
+        ("dead_window_steps", 0),
+        ("reactivation_rank", 0),
+        ("weight_decay", -0.1),
+        ("normalize_activations", "covariance_whitening"),
+    ]:
         cfg = MultiScaleNormTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=field):
@@ -91,9 +114,12 @@ def test_multiscale_normalization_is_the_softmax_mixture_of_per_scale_layernorms
     mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
     weights = torch.softmax(logits, 0)
     expected = sum(
-        weights[s] * (gains[s] * (x - mean) / torch.sqrt(scales[s] * var + 1e-5) + biases[s]) for s in range(4)
+        weights[s] * (gains[s] * (x - mean) / torch.sqrt(scales[s] * var + 1e-5) + biases[s])
+        for s in range(4)
     )
-    torch.testing.assert_close(multiscale_normalize(x, mean, var, gains, biases, logits, scales, 1e-5), expected)
+    torch.testing.assert_close(
+        multiscale_normalize(x, mean, var, gains, biases, logits, scales, 1e-5), expected
+    )
 
 
 def test_slot_attention_is_per_token_and_starts_as_the_identity() -> None:
@@ -103,7 +129,9 @@ def test_slot_attention_is_per_token_and_starts_as_the_identity() -> None:
     torch.testing.assert_close(slot_attention(x, query, keys, zero_values, torch.tensor(0.0)), x)
     values = torch.randn(16, D_IN)
     together = slot_attention(x, query, keys, values, torch.tensor(0.3))
-    alone = torch.cat([slot_attention(x[i : i + 1], query, keys, values, torch.tensor(0.3)) for i in range(8)])
+    alone = torch.cat(
+        [slot_attention(x[i : i + 1], query, keys, values, torch.tensor(0.3)) for i in range(8)]
+    )
     torch.testing.assert_close(together, alone)
     logits = (x @ query) @ keys.T / math.sqrt(8) * torch.sigmoid(torch.tensor(0.3))
     torch.testing.assert_close(together, x + torch.softmax(logits, -1) @ values)
@@ -114,7 +142,9 @@ def test_frame_orthogonality_equals_the_d_sae_squared_formula_and_its_floor() ->
     explicit = torch.linalg.matrix_norm(W @ W.T - torch.eye(40, dtype=torch.float64))
     torch.testing.assert_close(frame_orthogonality(W), explicit)
     # A unit-row tight frame (rows of 5 stacked orthonormal bases) attains the floor.
-    tight = torch.cat([torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))[0] for _ in range(5)])
+    tight = torch.cat(
+        [torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))[0] for _ in range(5)]
+    )
     assert float(frame_orthogonality(tight)) == pytest.approx(frame_orthogonality_floor(40, 8))
 
 
@@ -178,7 +208,9 @@ def test_importance_scales_exactly_the_per_feature_gradients() -> None:
     grads = []
     for weighting in (False, True):
         # With no L1 and no orthogonality term both losses are the same MSE; only the scaling differs.
-        sae = _sae(grad_accumulation=1, importance_weighting=weighting, orthogonality_coefficient=0.0)
+        sae = _sae(
+            grad_accumulation=1, importance_weighting=weighting, orthogonality_coefficient=0.0
+        )
         out = _step(sae, x, l1=0.0)
         out.loss.backward()
         grads.append({name: p.grad.clone() for name, p in sae.named_parameters()})
@@ -195,7 +227,9 @@ def test_importance_is_the_sigmoid_of_standardized_mean_code_times_decoder_norm(
     codes = torch.rand(64, 10)
     norms = torch.rand(10) + 0.5
     raw = codes.mean(0) * norms
-    torch.testing.assert_close(feature_importance(codes, norms), torch.sigmoid((raw - raw.mean()) / raw.std()))
+    torch.testing.assert_close(
+        feature_importance(codes, norms), torch.sigmoid((raw - raw.mean()) / raw.std())
+    )
 
 
 def test_adaptive_lr_factor_shrinks_on_spikes_recovers_and_respects_the_floor() -> None:
@@ -248,7 +282,9 @@ def test_weight_decay_is_decoupled_and_only_on_the_encoder_and_attention_matrice
         torch.testing.assert_close(parameter.detach(), before[name] * factor, msg=name)
 
 
-def test_reactivation_revives_dead_features_into_the_residual_subspace_and_resets_their_moments() -> None:
+def test_reactivation_revives_dead_features_into_the_residual_subspace_and_resets_their_moments() -> (
+    None
+):
     sae = _sae(reactivation_interval=3, dead_window_steps=2, reactivation_rank=4)
     optimizer = _train(sae, 2)
     with torch.no_grad():
@@ -256,10 +292,17 @@ def test_reactivation_revives_dead_features_into_the_residual_subspace_and_reset
         sae.steps_since_fired[:5] = 10
         sae.W_dec[:5] = torch.randn(5, D_IN)
     snapshots: list[dict[str, torch.Tensor]] = []
-    before = {k: optimizer.state[p]["exp_avg"].clone() for k, p in (("W_enc", sae.W_enc), ("W_dec", sae.W_dec))}
+    before = {
+        k: optimizer.state[p]["exp_avg"].clone()
+        for k, p in (("W_enc", sae.W_enc), ("W_dec", sae.W_dec))
+    }
     optimizer.register_step_pre_hook(
-        lambda opt, *_: snapshots.append({"W_enc": opt.state[sae.W_enc]["exp_avg"].clone(),
-                                          "W_dec": opt.state[sae.W_dec]["exp_avg"].clone()})
+        lambda opt, *_: snapshots.append(
+            {
+                "W_enc": opt.state[sae.W_enc]["exp_avg"].clone(),
+                "W_dec": opt.state[sae.W_dec]["exp_avg"].clone(),
+            }
+        )
     )
     x = _activations(seed=9)
     revived = sae.revive_dead_features(x)
@@ -300,8 +343,11 @@ def test_a_training_step_without_a_bound_optimizer_is_refused() -> None:
     with pytest.raises(OptimizerNotBoundError, match=r"bind_optimizer\(optimizer\)"):
         _step(sae, _activations())
     # Without the adaptive learning rate, the decay and reactivation there is nothing to bind.
-    plain = MultiScaleNormTrainingSAE(MultiScaleNormTrainingSAEConfig(
-        d_in=D_IN, d_sae=D_SAE, adaptive_lr=False, weight_decay=0.0, reactivation=False))
+    plain = MultiScaleNormTrainingSAE(
+        MultiScaleNormTrainingSAEConfig(
+            d_in=D_IN, d_sae=D_SAE, adaptive_lr=False, weight_decay=0.0, reactivation=False
+        )
+    )
     plain.train()
     assert torch.isfinite(_step(plain, _activations()).loss)
     with pytest.raises(ValueError, match="does not hold this SAE's parameters"):
@@ -309,7 +355,9 @@ def test_a_training_step_without_a_bound_optimizer_is_refused() -> None:
 
 
 def test_training_step_refuses_positions() -> None:
-    with pytest.raises(ValueError, match=r"trains on \[batch, d_in=32\] activations, got \(2, 4, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"trains on \[batch, d_in=32\] activations, got \(2, 4, 32\)"
+    ):
         _step(_sae(), torch.randn(2, 4, D_IN))
 
 
@@ -346,9 +394,13 @@ def test_reactivation_residual_is_in_input_space_when_centring() -> None:
     torch.testing.assert_close(revived[1], revived[0], atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.parametrize("options", [{}, {"restore_scale": False}, {"normalization": "none"},
-                                     {"apply_b_dec_to_input": False}])
-def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_function: Any) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"restore_scale": False}, {"normalization": "none"}, {"apply_b_dec_to_input": False}],
+)
+def test_folds_keep_the_function(
+    options: dict[str, Any], check_folds_keep_the_function: Any
+) -> None:
     sae = _sae(**options)
     _train(sae, 3)
     sae.eval()
@@ -362,8 +414,13 @@ def test_saved_model_keeps_the_gate_and_drops_training_state(tmp_path: Path) -> 
     loaded = SAE.load_from_disk(tmp_path)
     assert isinstance(loaded, MultiScaleNormSAE)
     assert set(loaded.state_dict()) == set(sae.state_dict()) - {
-        "gate_initialized", "steps_since_fired", "training_step", "lr_factor", "grad_norm_ema",
-        "pending_moment_reset", "features_revived",
+        "gate_initialized",
+        "steps_since_fired",
+        "training_step",
+        "lr_factor",
+        "grad_norm_ema",
+        "pending_moment_reset",
+        "features_revived",
     }
     torch.testing.assert_close(loaded.gate_mean, sae.gate_mean)
     log = json.loads((tmp_path / TRAINING_LOG_FILENAME).read_text())
@@ -378,8 +435,14 @@ def test_saved_model_keeps_the_gate_and_drops_training_state(tmp_path: Path) -> 
 def test_running_state_survives_checkpoint_and_resume(checkpointed_runs: Any) -> None:
     # The pre-fix gate (z = 2, uncentred) leaves features dead in this short run, so reactivation
     # runs before the checkpoint.
-    sae_cfg = dict(d_in=64, d_sae=128, reactivation_interval=4, dead_window_steps=2,
-                   z_threshold=2.0, apply_b_dec_to_input=False)
+    sae_cfg = dict(
+        d_in=64,
+        d_sae=128,
+        reactivation_interval=4,
+        dead_window_steps=2,
+        z_threshold=2.0,
+        apply_b_dec_to_input=False,
+    )
 
     def run(resume_from: str | None, output: str) -> MultiScaleNormTrainingSAE:
         sae = checkpointed_runs.run(MultiScaleNormTrainingSAEConfig(**sae_cfg), output, resume_from)

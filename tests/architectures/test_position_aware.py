@@ -25,8 +25,9 @@ D_IN, D_SAE, CONTEXT = 32, 128, 16
 def _sae(alpha: float = 1.0, **options: Any) -> PositionAwareTrainingSAE:
     torch.manual_seed(0)
     options.setdefault("total_training_steps", 100)
-    sae = PositionAwareTrainingSAE(PositionAwareTrainingSAEConfig(
-        d_in=D_IN, d_sae=D_SAE, position_context=CONTEXT, **options))
+    sae = PositionAwareTrainingSAE(
+        PositionAwareTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, position_context=CONTEXT, **options)
+    )
     sae.alpha.fill_(alpha)
     sae.eval()
     # Its decoupled weight decay acts on the optimizer, so training steps need one bound.
@@ -38,19 +39,38 @@ def _contexts(n: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, CONTEXT, D_IN, generator=torch.Generator().manual_seed(seed)) + 0.5
 
 
-def _step(sae: PositionAwareTrainingSAE, x: torch.Tensor, positions: torch.Tensor, step: int) -> Any:
+def _step(
+    sae: PositionAwareTrainingSAE, x: torch.Tensor, positions: torch.Tensor, step: int
+) -> Any:
     rows = torch.arange(x.shape[0])
     sae.attach_token_context(TokenContext(positions, rows // CONTEXT, rows))
-    return sae.training_forward_pass(TrainStepInput(
-        sae_in=x, coefficients={"l1": 0.04}, dead_neuron_mask=None, n_training_steps=step,
-        is_logging_step=False))
+    return sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": 0.04},
+            dead_neuron_mask=None,
+            n_training_steps=step,
+            is_logging_step=False,
+        )
+    )
 
 
 def test_config_rejects_bad_values() -> None:
-    for field, value in [("n_ranges", 0), ("position_context", 0), ("ln_eps", 0.0), ("adapter_dropout", 1.0),
-                         ("adapter_rank", 0), ("base_norm", "batchnorm"), ("adapter_ln", "input"), ("adapter_ln_gain_init", 0.0),
-                         ("l1_coefficient", -1.0), ("weight_decay", -1.0), ("curriculum_end_fraction", 0.05),
-                         ("total_training_steps", 0), ("normalize_activations", "covariance_whitening")]:
+    for field, value in [
+        ("n_ranges", 0),
+        ("position_context", 0),
+        ("ln_eps", 0.0),
+        ("adapter_dropout", 1.0),
+        ("adapter_rank", 0),
+        ("base_norm", "batchnorm"),
+        ("adapter_ln", "input"),
+        ("adapter_ln_gain_init", 0.0),
+        ("l1_coefficient", -1.0),
+        ("weight_decay", -1.0),
+        ("curriculum_end_fraction", 0.05),
+        ("total_training_steps", 0),
+        ("normalize_activations", "covariance_whitening"),
+    ]:
         cfg = PositionAwareTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=field):
@@ -79,7 +99,9 @@ def _literal_codes(sae: PositionAwareTrainingSAE, x: torch.Tensor) -> torch.Tens
     x = x - sae.b_dec
     if cfg.base_norm == "input_ln":
         s = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + cfg.ln_eps)
-        pre = (sae.input_ln_gain * (x - x.mean(-1, keepdim=True)) / s + sae.input_ln_bias) @ sae.W_enc + sae.b_enc
+        pre = (
+            sae.input_ln_gain * (x - x.mean(-1, keepdim=True)) / s + sae.input_ln_bias
+        ) @ sae.W_enc + sae.b_enc
     else:
         pre = x @ sae.W_enc + sae.b_enc
         s = torch.ones_like(pre[..., :1])
@@ -91,21 +113,34 @@ def _literal_codes(sae: PositionAwareTrainingSAE, x: torch.Tensor) -> torch.Tens
     ranges = torch.arange(x.shape[1]) * cfg.n_ranges // cfg.position_context
     shift = torch.zeros_like(pre)
     for r in range(cfg.n_ranges):
-        hidden = torch.relu(torch.relu(pre[:, ranges == r]) @ sae.adapter_down[r] + sae.adapter_down_bias[r])
+        hidden = torch.relu(
+            torch.relu(pre[:, ranges == r]) @ sae.adapter_down[r] + sae.adapter_down_bias[r]
+        )
         out = hidden @ sae.adapter_up[r] + sae.adapter_up_bias[r]
         if cfg.adapter_ln == "output":
-            out = torch.nn.functional.layer_norm(out, (D_SAE,), sae.adapter_ln_gain[r], sae.adapter_ln_bias[r],
-                                                 cfg.ln_eps)
+            out = torch.nn.functional.layer_norm(
+                out, (D_SAE,), sae.adapter_ln_gain[r], sae.adapter_ln_bias[r], cfg.ln_eps
+            )
         shift[:, ranges == r] = out
     return s * torch.relu(pre + sae.alpha * shift)
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"restore_scale": False}, {"adapter_ln": "none"}, {"base_norm": "input_ln"},
-    {"base_norm": "input_ln", "restore_scale": False}, {"base_norm": "none"}, {"base_norm": "none", "adapter_ln": "none"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"restore_scale": False},
+        {"adapter_ln": "none"},
+        {"base_norm": "input_ln"},
+        {"base_norm": "input_ln", "restore_scale": False},
+        {"base_norm": "none"},
+        {"base_norm": "none", "adapter_ln": "none"},
+    ],
+)
 @pytest.mark.parametrize("alpha", [0.0, 0.7])
-def test_product_form_encoder_equals_the_spec_formulas(options: dict[str, Any], alpha: float) -> None:
+def test_product_form_encoder_equals_the_spec_formulas(
+    options: dict[str, Any], alpha: float
+) -> None:
     sae = _sae(alpha=alpha, **options)
     with torch.no_grad():  # move every parameter off its initial value so each one matters
         for parameter in sae.parameters():
@@ -133,8 +168,9 @@ def test_positions_at_inference_are_never_guessed() -> None:
     with torch.no_grad():
         full = sae.encode(x)
         flat_positions = torch.arange(CONTEXT).repeat(x.shape[0])
-        torch.testing.assert_close(sae.encode(x.reshape(-1, D_IN), positions=flat_positions),
-                                   full.reshape(-1, D_SAE))
+        torch.testing.assert_close(
+            sae.encode(x.reshape(-1, D_IN), positions=flat_positions), full.reshape(-1, D_SAE)
+        )
         with pytest.raises(ValueError, match=r"encode\(x, positions=...\)"):
             sae.encode(x.reshape(-1, D_IN))
         with pytest.raises(ValueError, match="position_offset"):
@@ -190,7 +226,9 @@ def test_training_step_losses_are_the_spec_loss() -> None:
     with torch.no_grad():
         torch.testing.assert_close(out.losses["mse_loss"], (x_hat - flat).pow(2).sum(-1).mean())
         torch.testing.assert_close(out.losses["l1_loss"], 0.04 * h_b.sum(-1).mean())
-        torch.testing.assert_close(out.losses["deviation_loss"], 0.04 * alpha * (h_r - h_b).abs().sum(-1).mean())
+        torch.testing.assert_close(
+            out.losses["deviation_loss"], 0.04 * alpha * (h_r - h_b).abs().sum(-1).mean()
+        )
     torch.testing.assert_close(out.sae_in, flat)
     torch.testing.assert_close(out.feature_acts, h_r.detach(), rtol=1e-4, atol=1e-4)
 
@@ -212,8 +250,12 @@ def test_weight_decay_is_decoupled_and_only_on_the_encoder_and_adapter_matrices(
         torch.testing.assert_close(p.detach(), expected, msg=name)
 
 
-@pytest.mark.parametrize("options", [{}, {"base_norm": "input_ln"}, {"base_norm": "none", "adapter_ln": "none"}])
-def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_function: Any) -> None:
+@pytest.mark.parametrize(
+    "options", [{}, {"base_norm": "input_ln"}, {"base_norm": "none", "adapter_ln": "none"}]
+)
+def test_folds_keep_the_function(
+    options: dict[str, Any], check_folds_keep_the_function: Any
+) -> None:
     sae = _sae(**options)
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(D_IN))
@@ -242,8 +284,9 @@ def test_binding_the_run_fills_in_its_length_and_context() -> None:
     assert bound.total_training_steps == preset.training_tokens // preset.train_batch_size_tokens
     assert bound.position_context == preset.context_size
     assert bind_run(bind_run(runner_cfg)).sae == bound  # binding twice changes nothing
-    explicit, _ = build_runner_config(TrainRequest(architecture="position_aware", d_sae=512,
-                                                   sae_options={"position_context": 64}))
+    explicit, _ = build_runner_config(
+        TrainRequest(architecture="position_aware", d_sae=512, sae_options={"position_context": 64})
+    )
     assert bind_run(explicit).sae.position_context == 64
     # The bound config is validated again: a run shorter than the ranges is refused.
     with pytest.raises(ValueError, match="n_ranges=4 exceeds position_context=2"):
@@ -267,17 +310,22 @@ def test_tied_init_reads_the_direction_each_feature_writes() -> None:
 def test_codes_and_penalties_backward_equals_autograds() -> None:
     generator = torch.Generator().manual_seed(3)
     base_pre = torch.randn(40, 24, generator=generator, dtype=torch.float64)
-    adapted_pre = (base_pre + 0.7 * torch.randn(40, 24, generator=generator, dtype=torch.float64)).requires_grad_()
+    adapted_pre = (
+        base_pre + 0.7 * torch.randn(40, 24, generator=generator, dtype=torch.float64)
+    ).requires_grad_()
     base_codes = torch.relu(base_pre).requires_grad_()
     probe = torch.randn(40, 24, generator=generator, dtype=torch.float64)
 
     def loss(codes: torch.Tensor, l1: torch.Tensor, deviation: torch.Tensor) -> torch.Tensor:
         return (codes * probe).sum() + 0.3 * l1 + 0.9 * deviation
 
-    fused = torch.autograd.grad(loss(*codes_and_penalties(base_codes, adapted_pre)), (base_codes, adapted_pre))
+    fused = torch.autograd.grad(
+        loss(*codes_and_penalties(base_codes, adapted_pre)), (base_codes, adapted_pre)
+    )
     codes = torch.relu(adapted_pre)
-    reference = torch.autograd.grad(loss(codes, base_codes.sum(), (codes - base_codes).abs().sum()),
-                                    (base_codes, adapted_pre))
+    reference = torch.autograd.grad(
+        loss(codes, base_codes.sum(), (codes - base_codes).abs().sum()), (base_codes, adapted_pre)
+    )
     for got, expected in zip(fused, reference, strict=True):
         torch.testing.assert_close(got, expected)
 

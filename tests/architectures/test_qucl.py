@@ -32,8 +32,13 @@ D_IN, D_SAE = 32, 96
 def _step(sae: QuCLTrainingSAE, x: torch.Tensor, step: int = 0) -> Any:
     coefficients = {"l1": sae.cfg.l1_coefficient, "contrastive": sae.cfg.contrastive_coefficient}
     return sae.training_forward_pass(
-        TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=None,
-                       n_training_steps=step, is_logging_step=False)
+        TrainStepInput(
+            sae_in=x,
+            coefficients=coefficients,
+            dead_neuron_mask=None,
+            n_training_steps=step,
+            is_logging_step=False,
+        )
     )
 
 
@@ -130,8 +135,10 @@ def test_feature_importance_weights_average_one_and_are_nearly_uniform_as_the_sp
 @pytest.mark.parametrize("density", [0.02, 0.5])
 def test_infonce_sparse_route_equals_dense_maths_in_value_and_gradient(density: float) -> None:
     g = torch.Generator().manual_seed(0)
-    pre = (torch.randn(300, 200, generator=g) + torch.distributions.Normal(0, 1).icdf(
-        torch.tensor(density))).requires_grad_()
+    pre = (
+        torch.randn(300, 200, generator=g)
+        + torch.distributions.Normal(0, 1).icdf(torch.tensor(density))
+    ).requires_grad_()
     anchors = torch.randperm(300, generator=g)[:64]
     codes = torch.relu(pre)
     codes.retain_grad()
@@ -153,10 +160,17 @@ def test_infonce_sparse_route_equals_dense_maths_in_value_and_gradient(density: 
 
 def test_config_rejects_bad_values() -> None:
     cfg = QuCLTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
-    for name, value in [("initial_rank_fraction", 0.95), ("min_rank_fraction", 0.0),
-                        ("quantization_bits", 0), ("contrastive_temperature", 0.0),
-                        ("curriculum_window", 0), ("threshold_max", 0.01), ("l1_coefficient", -1.0),
-                        ("shrink_ratio", 1.0), ("rank_grow_fraction", 0.0)]:
+    for name, value in [
+        ("initial_rank_fraction", 0.95),
+        ("min_rank_fraction", 0.0),
+        ("quantization_bits", 0),
+        ("contrastive_temperature", 0.0),
+        ("curriculum_window", 0),
+        ("threshold_max", 0.01),
+        ("l1_coefficient", -1.0),
+        ("shrink_ratio", 1.0),
+        ("rank_grow_fraction", 0.0),
+    ]:
         bad = QuCLTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(bad, name, value)
         with pytest.raises(ValueError, match=name.split("_")[0]):
@@ -169,7 +183,9 @@ def test_curriculum_sets_threshold_from_diversity_then_moves_the_rank_every_inte
     sae.train()
     start = sae.current_rank
     schedule = sae.cfg.schedule()
-    x = torch.randn(64, D_IN) + 3.0  # strongly aligned rows: diversity ~0.1, threshold clipped to 0.2
+    x = (
+        torch.randn(64, D_IN) + 3.0
+    )  # strongly aligned rows: diversity ~0.1, threshold clipped to 0.2
     expected_diversity = float(batch_diversity(x))
     for step in range(1, 9):
         _step(sae, x, step)
@@ -177,7 +193,8 @@ def test_curriculum_sets_threshold_from_diversity_then_moves_the_rank_every_inte
             assert not sae.threshold_ready
         if step == 3:
             assert float(sae.curriculum_threshold) == pytest.approx(
-                min(max(1 - expected_diversity, 0.05), 0.2), abs=1e-6)
+                min(max(1 - expected_diversity, 0.05), 0.2), abs=1e-6
+            )
         # An untrained SAE reconstructs badly (FVU ~1 > threshold): the rank grows at steps 4 and 8.
         assert sae.current_rank == start + schedule.grow * (step // 4)
     assert [e.step for e in sae.rank_trajectory] == [4, 8]
@@ -191,7 +208,9 @@ def test_curriculum_sets_threshold_from_diversity_then_moves_the_rank_every_inte
 
 
 def test_fixed_rank_and_eval_mode_never_move_the_curriculum() -> None:
-    fixed = _sae(dynamic_rank=False, diversity_init=False, curriculum_window=1, curriculum_interval=1)
+    fixed = _sae(
+        dynamic_rank=False, diversity_init=False, curriculum_window=1, curriculum_interval=1
+    )
     fixed.train()
     for step in range(5):
         _step(fixed, torch.randn(32, D_IN), step)
@@ -215,7 +234,11 @@ def test_adaptive_sparsity_scales_l1_by_sigmoid_of_windowed_fvu() -> None:
     sae.fvu_count.fill_(2)
     assert sae.sparsity_scale() == pytest.approx(float(torch.sigmoid(torch.tensor(2.0))))
     out = _step(sae, torch.randn(16, D_IN))
-    expected = sae.cfg.l1_coefficient * float(torch.sigmoid(torch.tensor(2.0))) * out.feature_acts.sum(-1).mean()
+    expected = (
+        sae.cfg.l1_coefficient
+        * float(torch.sigmoid(torch.tensor(2.0)))
+        * out.feature_acts.sum(-1).mean()
+    )
     torch.testing.assert_close(out.losses["l1_loss"], expected)
 
 
@@ -248,7 +271,9 @@ def test_folds_keep_the_function(tmp_path: Path) -> None:
         torch.testing.assert_close(sae.decode(sae.encode(x)), scaled / 2.5, atol=1e-5, rtol=1e-4)
 
 
-def test_saved_model_keeps_rank_drops_training_state_and_logs_the_curriculum(tmp_path: Path) -> None:
+def test_saved_model_keeps_rank_drops_training_state_and_logs_the_curriculum(
+    tmp_path: Path,
+) -> None:
     sae = _sae(diversity_batches=1, curriculum_window=1, curriculum_interval=1)
     sae.train()
     for step in range(3):
@@ -268,7 +293,9 @@ def test_saved_model_keeps_rank_drops_training_state_and_logs_the_curriculum(tmp
 
 
 def test_resumed_run_continues_with_the_rank_it_stopped_at(checkpointed_runs: Any) -> None:
-    sae_cfg = dict(d_in=64, d_sae=128, diversity_batches=2, curriculum_window=2, curriculum_interval=2)
+    sae_cfg = dict(
+        d_in=64, d_sae=128, diversity_batches=2, curriculum_window=2, curriculum_interval=2
+    )
 
     def run(resume_from: str | None, output: str) -> QuCLTrainingSAE:
         sae = checkpointed_runs.run(QuCLTrainingSAEConfig(**sae_cfg), output, resume_from)
@@ -282,7 +309,9 @@ def test_resumed_run_continues_with_the_rank_it_stopped_at(checkpointed_runs: An
     saved = QuCLTrainingSAE(QuCLTrainingSAEConfig(**sae_cfg))
     saved.load_weights_from_checkpoint(checkpoint)
     stopped_rank, stopped_step = saved.current_rank, int(saved.curriculum_step)
-    assert stopped_rank != saved.cfg.schedule().initial, "the rank should have moved before the checkpoint"
+    assert stopped_rank != saved.cfg.schedule().initial, (
+        "the rank should have moved before the checkpoint"
+    )
 
     resumed = run(str(checkpoint), "resumed")
     first_decision = resumed.rank_trajectory[0]

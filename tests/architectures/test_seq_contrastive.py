@@ -32,7 +32,9 @@ SEQUENCES, POSITIONS = 16, 8
 def _sae(**options: Any) -> SeqContrastiveTrainingSAE:
     torch.manual_seed(0)
     options.setdefault("contrastive_warm_up_steps", 0)
-    return SeqContrastiveTrainingSAE(SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options))
+    return SeqContrastiveTrainingSAE(
+        SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, **options)
+    )
 
 
 def _batch(seed: int = 0, shared: float = 2.0) -> tuple[torch.Tensor, TokenContext]:
@@ -42,25 +44,47 @@ def _batch(seed: int = 0, shared: float = 2.0) -> tuple[torch.Tensor, TokenConte
     base = torch.randn(SEQUENCES, 1, D_IN, generator=generator) * shared
     x = (base + torch.randn(SEQUENCES, POSITIONS, D_IN, generator=generator)).reshape(-1, D_IN)
     positions = torch.randint(0, 4, (SEQUENCES, 1), generator=generator) + torch.arange(POSITIONS)
-    context = TokenContext(positions.reshape(-1), torch.arange(SEQUENCES).repeat_interleave(POSITIONS) + 100,
-                           torch.randint(0, 50, (SEQUENCES * POSITIONS,), generator=generator))
+    context = TokenContext(
+        positions.reshape(-1),
+        torch.arange(SEQUENCES).repeat_interleave(POSITIONS) + 100,
+        torch.randint(0, 50, (SEQUENCES * POSITIONS,), generator=generator),
+    )
     return x, context
 
 
-def _step(sae: SeqContrastiveTrainingSAE, x: torch.Tensor, context: TokenContext | None,
-          contrastive: float = 0.1, l1: float = 0.04) -> Any:
+def _step(
+    sae: SeqContrastiveTrainingSAE,
+    x: torch.Tensor,
+    context: TokenContext | None,
+    contrastive: float = 0.1,
+    l1: float = 0.04,
+) -> Any:
     if context is not None:
         sae.attach_token_context(context)
-    return sae.training_forward_pass(TrainStepInput(
-        sae_in=x, coefficients={"l1": l1, "contrastive": contrastive}, dead_neuron_mask=None,
-        n_training_steps=0, is_logging_step=True))
+    return sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": l1, "contrastive": contrastive},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=True,
+        )
+    )
 
 
 def test_config_rejects_bad_values() -> None:
-    for field, value in [("ln_eps", 0.0), ("l1_coefficient", -1.0), ("contrastive_coefficient", -0.1),
-                         ("temperature", 0.0), ("positive_window", 0), ("contrastive_pairs", 0),
-                         ("contrastive_warm_up_steps", -1), ("contrastive_similarity", "dot"), ("hard_negatives", 0),
-                         ("normalize_activations", "covariance_whitening")]:
+    for field, value in [
+        ("ln_eps", 0.0),
+        ("l1_coefficient", -1.0),
+        ("contrastive_coefficient", -0.1),
+        ("temperature", 0.0),
+        ("positive_window", 0),
+        ("contrastive_pairs", 0),
+        ("contrastive_warm_up_steps", -1),
+        ("contrastive_similarity", "dot"),
+        ("hard_negatives", 0),
+        ("normalize_activations", "covariance_whitening"),
+    ]:
         cfg = SeqContrastiveTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE)
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=field):
@@ -91,7 +115,9 @@ def test_encoder_is_the_scale_restored_layer_norm_relu() -> None:
         torch.testing.assert_close(sae.decode(sae.encode(x)), sae.encode(x) @ sae.W_dec + sae.b_dec)
     paper_literal = _sae(restore_scale=False)
     with torch.no_grad():
-        torch.testing.assert_close(paper_literal.encode(3.0 * x), paper_literal.encode(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            paper_literal.encode(3.0 * x), paper_literal.encode(x), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_window_partners_are_same_sequence_in_window_never_self() -> None:
@@ -102,7 +128,11 @@ def test_window_partners_are_same_sequence_in_window_never_self() -> None:
         partners = window_partners(positions, sequences, window, generator)
         for row in range(300):
             distance = (positions - positions[row]).abs()
-            candidates = ((sequences == sequences[row]) & (distance >= 1) & (distance <= window)).nonzero().squeeze(1)
+            candidates = (
+                ((sequences == sequences[row]) & (distance >= 1) & (distance <= window))
+                .nonzero()
+                .squeeze(1)
+            )
             if candidates.numel() == 0:
                 assert partners[row] == -1
             else:
@@ -162,20 +192,32 @@ def test_hard_negatives_keep_only_the_most_similar_strangers() -> None:
     sequences = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
     anchors, partners = torch.tensor([0, 1, 3, 9]), torch.tensor([1, 0, 5, 10])
     temperature, k = 0.5, 3
-    loss, accuracy = masked_info_nce(codes, anchors, partners, sequences, temperature, hard_negatives=k)
+    loss, accuracy = masked_info_nce(
+        codes, anchors, partners, sequences, temperature, hard_negatives=k
+    )
     unit = codes / codes.norm(dim=-1, keepdim=True)
     terms, hits = [], []
     for a, p in zip(anchors.tolist(), partners.tolist(), strict=True):
-        strangers = sorted((float(unit[a] @ unit[j]) / temperature for j in range(12) if sequences[j] != sequences[a]),
-                           reverse=True)[:k]
+        strangers = sorted(
+            (
+                float(unit[a] @ unit[j]) / temperature
+                for j in range(12)
+                if sequences[j] != sequences[a]
+            ),
+            reverse=True,
+        )[:k]
         positive = unit[a] @ unit[p] / temperature
-        terms.append(torch.logsumexp(torch.cat([positive.view(1), torch.tensor(strangers)]), 0) - positive)
+        terms.append(
+            torch.logsumexp(torch.cat([positive.view(1), torch.tensor(strangers)]), 0) - positive
+        )
         hits.append(float(positive) > strangers[0])
     torch.testing.assert_close(loss, torch.stack(terms).mean())
     assert math.isclose(float(accuracy), sum(hits) / len(hits))
     # With k at least the number of strangers it is the full InfoNCE.
     full, _ = masked_info_nce(codes, anchors, partners, sequences, temperature)
-    torch.testing.assert_close(masked_info_nce(codes, anchors, partners, sequences, temperature, 50)[0], full)
+    torch.testing.assert_close(
+        masked_info_nce(codes, anchors, partners, sequences, temperature, 50)[0], full
+    )
 
 
 def test_soft_support_counts_active_features_about_equally() -> None:
@@ -187,17 +229,23 @@ def test_soft_support_counts_active_features_about_equally() -> None:
     # share one of their three features, by far the largest of each.
     a, b = torch.tensor([[9.0, 0.2, 0.2, 0.0, 0.0]]), torch.tensor([[9.0, 0.0, 0.0, 0.2, 0.2]])
     code_cosine = torch.cosine_similarity(a, b)
-    support_cosine = torch.cosine_similarity(soft_support(torch.cat([a, b]))[:1], soft_support(torch.cat([a, b]))[1:])
+    support_cosine = torch.cosine_similarity(
+        soft_support(torch.cat([a, b]))[:1], soft_support(torch.cat([a, b]))[1:]
+    )
     assert code_cosine > 0.99
     assert support_cosine < 0.34
 
 
-@pytest.mark.parametrize(("similarity", "hard_negatives"), [("codes", None), ("support", None), ("codes", 8)])
+@pytest.mark.parametrize(
+    ("similarity", "hard_negatives"), [("codes", None), ("support", None), ("codes", 8)]
+)
 def test_contrastive_term_follows_its_coefficient_and_pulls_positives_together(
     similarity: str, hard_negatives: int | None
 ) -> None:
     x, context = _batch(shared=0.4)
-    sae = _sae(contrastive_pairs=64, contrastive_similarity=similarity, hard_negatives=hard_negatives)
+    sae = _sae(
+        contrastive_pairs=64, contrastive_similarity=similarity, hard_negatives=hard_negatives
+    )
     out = _step(sae, x, context, contrastive=0.0)
     assert "contrastive_loss" not in out.losses
     torch.manual_seed(5)
@@ -237,12 +285,16 @@ def test_training_step_needs_its_token_context_and_two_dimensional_rows() -> Non
     _step(sae, x, context)
     with pytest.raises(MissingTokenContextError, match=r"sae.attach_token_context\(TokenContext"):
         _step(sae, x, None)  # a context is consumed by its step, never reused
-    with pytest.raises(ValueError, match=r"trains on \[batch, d_in=32\] activations, got \(2, 4, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"trains on \[batch, d_in=32\] activations, got \(2, 4, 32\)"
+    ):
         _step(sae, torch.randn(2, 4, D_IN), context)
 
 
 @pytest.mark.parametrize("options", [{}, {"restore_scale": False}, {"layer_norm": False}])
-def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_function: Any) -> None:
+def test_folds_keep_the_function(
+    options: dict[str, Any], check_folds_keep_the_function: Any
+) -> None:
     sae = _sae(**options)
     sae.eval()
     with torch.no_grad():
@@ -252,15 +304,25 @@ def test_folds_keep_the_function(options: dict[str, Any], check_folds_keep_the_f
 
 
 def test_binding_the_run_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
-    runner_cfg, preset = build_runner_config(TrainRequest(architecture="seq_contrastive", d_sae=512))
+    runner_cfg, preset = build_runner_config(
+        TrainRequest(architecture="seq_contrastive", d_sae=512)
+    )
     assert runner_cfg.sae.contrastive_warm_up_steps is None  # not bound yet
     assert bind_run(runner_cfg).sae.contrastive_warm_up_steps == preset.lr_warm_up_steps
-    explicit, _ = build_runner_config(TrainRequest(
-        architecture="seq_contrastive", d_sae=512, sae_options={"contrastive_warm_up_steps": 7}))
+    explicit, _ = build_runner_config(
+        TrainRequest(
+            architecture="seq_contrastive", d_sae=512, sae_options={"contrastive_warm_up_steps": 7}
+        )
+    )
     assert bind_run(explicit).sae.contrastive_warm_up_steps == 7
     # Unbound, the SAE falls back to the paper's ramp and says so.
     with pytest.warns(UserWarning, match="contrastive_warm_up_steps is None"):
-        assert SeqContrastiveTrainingSAE(runner_cfg.sae).get_coefficients()["contrastive"].warm_up_steps == 1000
+        assert (
+            SeqContrastiveTrainingSAE(runner_cfg.sae)
+            .get_coefficients()["contrastive"]
+            .warm_up_steps
+            == 1000
+        )
 
 
 def test_init_is_tied_with_unit_decoder_rows() -> None:

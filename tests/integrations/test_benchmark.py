@@ -21,8 +21,9 @@ def test_synthetic_contexts_have_the_pipelines_shape() -> None:
 
 
 def test_step_timing_runs_a_sequence_aware_variant() -> None:
-    timing = time_training_step("seq_contrastive", d_in=16, d_sae=64, batch_size=256, target_l0=8,
-                                steps=1, repeats=1)
+    timing = time_training_step(
+        "seq_contrastive", d_in=16, d_sae=64, batch_size=256, target_l0=8, steps=1, repeats=1
+    )
     assert timing.ratio > 0
     assert 0 < timing.variant_l0 <= 64
     assert torch.isfinite(torch.tensor(timing.variant_seconds))

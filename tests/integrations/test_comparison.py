@@ -35,23 +35,36 @@ from sae_variants.integrations.comparison.report import (
 )
 
 TINY = ComparisonSettings(
-    training_tokens=60 * 512, train_batch_size_tokens=512, expansion_factor=1, eval_batches=1,
-    max_attempts=1, name="tiny",
-    synthetic=SyntheticSettings(num_features=32, hidden_dim=16, training_samples=20_000,
-                                eval_samples=2_000, max_attempts=1),
-    benchmark=BenchmarkSettings(d_in=32, d_sae=64, batch_size=256, repeats=1, steps=1,
-                                memory=False, pipeline=False),
+    training_tokens=60 * 512,
+    train_batch_size_tokens=512,
+    expansion_factor=1,
+    eval_batches=1,
+    max_attempts=1,
+    name="tiny",
+    synthetic=SyntheticSettings(
+        num_features=32, hidden_dim=16, training_samples=20_000, eval_samples=2_000, max_attempts=1
+    ),
+    benchmark=BenchmarkSettings(
+        d_in=32, d_sae=64, batch_size=256, repeats=1, steps=1, memory=False, pipeline=False
+    ),
 )
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny_comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[ComparisonReport, Path, Path]:
+def tiny_comparison(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[ComparisonReport, Path, Path]:
     root = tmp_path_factory.mktemp("compare")
     readme = root / "README.md"
     readme.write_text(f"# title\n\nbefore\n\n{README_START}\nold table\n{README_END}\n\nafter\n")
-    report = run_comparison(TINY, work_dir=root / "work", report_dir=root / "report",
-                            command="pytest tiny comparison", readme=readme)
+    report = run_comparison(
+        TINY,
+        work_dir=root / "work",
+        report_dir=root / "report",
+        command="pytest tiny comparison",
+        readme=readme,
+    )
     return report, root, readme
 
 
@@ -67,15 +80,35 @@ def _finite_numbers(value: object) -> list[float]:
     return []
 
 
-def test_the_tiny_comparison_reports_every_architecture_with_finite_metrics(tiny_comparison) -> None:
+def test_the_tiny_comparison_reports_every_architecture_with_finite_metrics(
+    tiny_comparison,
+) -> None:
     report, root, _ = tiny_comparison
     data = json.loads((root / "report" / REPORT_JSON).read_text())
-    assert {"date", "command", "settings", "embedded", "claims", "synthetic", "performance", "plots",
-            "wall_seconds", "phase_seconds"} <= set(data)
+    assert {
+        "date",
+        "command",
+        "settings",
+        "embedded",
+        "claims",
+        "synthetic",
+        "performance",
+        "plots",
+        "wall_seconds",
+        "phase_seconds",
+    } <= set(data)
     assert [r["architecture"] for r in data["embedded"]] == list(ALL_ARCHITECTURES)
     for run in data["embedded"]:
-        for metric in ("l0", "explained_variance", "ce_loss_score", "kl_div_score", "dead_fraction",
-                       "mean_max_decoder_cosine", "contextual_consistency", "fvu_positions_3"):
+        for metric in (
+            "l0",
+            "explained_variance",
+            "ce_loss_score",
+            "kl_div_score",
+            "dead_fraction",
+            "mean_max_decoder_cosine",
+            "contextual_consistency",
+            "fvu_positions_3",
+        ):
             assert math.isfinite(run["metrics"][metric]), (run["architecture"], metric)
         assert run["attempts"]
         assert run["training_seconds"] > 0
@@ -84,18 +117,32 @@ def test_the_tiny_comparison_reports_every_architecture_with_finite_metrics(tiny
     topk = next(r for r in data["embedded"] if r["architecture"] == "topk")
     assert topk["metrics"]["l0"] == pytest.approx(32.0)
     assert topk["matched"]
-    assert next(r for r in data["embedded"] if r["architecture"] == "qucl")["metrics"]["final_rank"] > 0
+    assert (
+        next(r for r in data["embedded"] if r["architecture"] == "qucl")["metrics"]["final_rank"]
+        > 0
+    )
 
     claims = {(c["architecture"], c["metric"]) for c in data["claims"]}
-    assert claims == {("cubic_ortho", "mean_max_decoder_cosine"), ("qucl", "final_rank_fraction"),
-                      ("multiscale_norm", "dead_fraction"), ("seq_contrastive", "contextual_consistency"),
-                      *{("position_aware", f"fvu_positions_{r}") for r in range(4)}}
+    assert claims == {
+        ("cubic_ortho", "mean_max_decoder_cosine"),
+        ("qucl", "final_rank_fraction"),
+        ("multiscale_norm", "dead_fraction"),
+        ("seq_contrastive", "contextual_consistency"),
+        *{("position_aware", f"fvu_positions_{r}") for r in range(4)},
+    }
 
     by_arch = {r["architecture"]: r for r in data["synthetic"]}
     for architecture in ("seq_contrastive", "position_aware"):
         assert by_arch[architecture]["skipped"]
         assert not by_arch[architecture]["metrics"]
-    for architecture in ("standard", "topk", "matryoshka_batchtopk", "cubic_ortho", "qucl", "multiscale_norm"):
+    for architecture in (
+        "standard",
+        "topk",
+        "matryoshka_batchtopk",
+        "cubic_ortho",
+        "qucl",
+        "multiscale_norm",
+    ):
         metrics = by_arch[architecture]["metrics"]
         assert 0.0 <= metrics["mcc"] <= 1.0
         assert 0.0 < metrics["uniqueness"] <= 1.0
@@ -105,8 +152,12 @@ def test_the_tiny_comparison_reports_every_architecture_with_finite_metrics(tiny
     for name in data["plots"].values():
         assert (root / "report" / name).read_bytes()[:8] == PNG_MAGIC
     markdown = (root / "report" / "report.md").read_text()
-    for heading in ("## Embedded model at matched L0", "## Each paper's claim", "## Ground-truth features",
-                    "## Performance against SAELens standard"):
+    for heading in (
+        "## Embedded model at matched L0",
+        "## Each paper's claim",
+        "## Ground-truth features",
+        "## Performance against SAELens standard",
+    ):
         assert heading in markdown
     assert report.claims
     assert report.performance
@@ -122,7 +173,9 @@ def test_the_readme_block_is_replaced_by_the_variant_table(tiny_comparison) -> N
     assert all(f"`{a}`" in text for a in ALL_ARCHITECTURES)
 
 
-def test_a_rerun_reuses_every_finished_part(tiny_comparison, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rerun_reuses_every_finished_part(
+    tiny_comparison, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, root, _ = tiny_comparison
 
     def must_not_run(*_args: object, **_kwargs: object) -> None:
@@ -134,21 +187,32 @@ def test_a_rerun_reuses_every_finished_part(tiny_comparison, monkeypatch: pytest
     monkeypatch.setattr(performance, "_measure", must_not_run)
     again = run_comparison(TINY, work_dir=root / "work", report_dir=root / "again", command="rerun")
     assert [r.metrics["l0"] for r in again.embedded] == [
-        r["metrics"]["l0"] for r in json.loads((root / "report" / REPORT_JSON).read_text())["embedded"]]
+        r["metrics"]["l0"]
+        for r in json.loads((root / "report" / REPORT_JSON).read_text())["embedded"]
+    ]
 
 
 def _run(architecture: str, **metrics: float) -> EmbeddedRun:
     base = {"explained_variance": 0.9, "ce_loss_score": 0.9}
-    return EmbeddedRun(architecture, 32.0, "l1_coefficient", 1.0, True, {**base, **metrics}, "", None)
+    return EmbeddedRun(
+        architecture, 32.0, "l1_coefficient", 1.0, True, {**base, **metrics}, "", None
+    )
 
 
 def test_claims_are_signed_by_the_direction_the_paper_claims() -> None:
-    rows = claim_rows([
-        _run("standard", contextual_consistency=1.5, dead_fraction=0.0, mean_max_decoder_cosine=0.8),
-        _run("seq_contrastive", contextual_consistency=1.8),
-        _run("cubic_ortho", mean_max_decoder_cosine=0.4),
-        _run("multiscale_norm", dead_fraction=0.1),
-    ])
+    rows = claim_rows(
+        [
+            _run(
+                "standard",
+                contextual_consistency=1.5,
+                dead_fraction=0.0,
+                mean_max_decoder_cosine=0.8,
+            ),
+            _run("seq_contrastive", contextual_consistency=1.8),
+            _run("cubic_ortho", mean_max_decoder_cosine=0.4),
+            _run("multiscale_norm", dead_fraction=0.1),
+        ]
+    )
     by_arch = {r.architecture: r for r in rows}
     assert by_arch["seq_contrastive"].relative_improvement == pytest.approx(0.2)
     assert by_arch["cubic_ortho"].relative_improvement == pytest.approx(0.5)
@@ -165,13 +229,24 @@ def test_calibration_rounds_integer_knobs_and_starts_from_the_history() -> None:
         calls.append(k)
         return k * 1.5, None  # L0 overshoots k and grows with it
 
-    attempts, _ = calibrate(batch_topk_like, 30.0, initial_value=30.0, max_attempts=4,
-                            integer_knob=True, l0_rises_with_knob=True)
+    attempts, _ = calibrate(
+        batch_topk_like,
+        30.0,
+        initial_value=30.0,
+        max_attempts=4,
+        integer_knob=True,
+        l0_rises_with_knob=True,
+    )
     assert calls == [30.0, 20.0]
     assert attempts[-1].l0 == pytest.approx(30.0)
     # L0 = 64 / knob measured at another target: the first guess for target 32 is knob 2.
-    attempts, _ = calibrate(lambda v: (64.0 / v, None), 32.0, initial_value=100.0, max_attempts=1,
-                            history=[Attempt(1.0, 64.0, "")])
+    attempts, _ = calibrate(
+        lambda v: (64.0 / v, None),
+        32.0,
+        initial_value=100.0,
+        max_attempts=1,
+        history=[Attempt(1.0, 64.0, "")],
+    )
     assert attempts[0].knob_value == pytest.approx(2.0)
 
 
@@ -205,8 +280,20 @@ def test_a_readme_without_the_block_is_refused(tmp_path: Path) -> None:
 
 
 def test_benchmark_all_prints_one_table_of_every_ratio(capsys: pytest.CaptureFixture[str]) -> None:
-    tiny = ["--d-in", "32", "--d-sae", "64", "--batch-size", "256", "--repeats", "1", "--steps", "1",
-            "--no-memory", "--no-pipeline"]
+    tiny = [
+        "--d-in",
+        "32",
+        "--d-sae",
+        "64",
+        "--batch-size",
+        "256",
+        "--repeats",
+        "1",
+        "--steps",
+        "1",
+        "--no-memory",
+        "--no-pipeline",
+    ]
     assert cli.main(["benchmark", "--architecture", "all", *tiny]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| architecture | shape |")
@@ -216,10 +303,14 @@ def test_benchmark_all_prints_one_table_of_every_ratio(capsys: pytest.CaptureFix
     assert "--set applies to one architecture" in capsys.readouterr().err
 
 
-def test_synthetic_scores_are_keyed_by_the_resolved_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_synthetic_scores_are_keyed_by_the_resolved_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trained: list[dict[str, object]] = []
 
-    def fake_score(architecture: str, options: dict[str, object], settings: SyntheticSettings) -> dict[str, float]:
+    def fake_score(
+        architecture: str, options: dict[str, object], settings: SyntheticSettings
+    ) -> dict[str, float]:
         trained.append(options)
         return {"sae_l0": 1.0}
 

@@ -12,10 +12,13 @@ from sae_variants.integrations.evaluation.evaluate import evaluate_sae
 
 def test_within_window_and_cross_sequence_jaccard_by_hand() -> None:
     # Two contexts of 3 tokens over 4 features.
-    active = torch.tensor([
-        [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]],
-        [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]],
-    ], dtype=torch.bool)
+    active = torch.tensor(
+        [
+            [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]],
+            [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]],
+        ],
+        dtype=torch.bool,
+    )
     usable = torch.ones(2, 3, dtype=torch.bool)
     result = contextual_consistency(active, usable, window=1)
     # Window pairs (t, t+1): J = 1/2 and 0 in context 0; 1 and 0 (one side empty) in context 1.
@@ -38,9 +41,12 @@ def test_features_that_persist_along_a_context_score_higher() -> None:
 
 
 def test_evaluate_reports_consistency(trained_standard_sae, embedded_model) -> None:
-    metrics = evaluate_sae(trained_standard_sae.output_path, model=embedded_model, n_batches=1).metrics
+    metrics = evaluate_sae(
+        trained_standard_sae.output_path, model=embedded_model, n_batches=1
+    ).metrics
     assert metrics["contextual_consistency"] == pytest.approx(
-        metrics["window_jaccard"] / metrics["cross_sequence_jaccard"])
+        metrics["window_jaccard"] / metrics["cross_sequence_jaccard"]
+    )
     assert 0 < metrics["cross_sequence_jaccard"] < metrics["window_jaccard"] < 1
     # Per-range FVU: four ranges, each a fraction of variance (the SAE explains most of it).
     fvus = [metrics[f"fvu_positions_{r}"] for r in range(4)]

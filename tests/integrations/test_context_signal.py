@@ -32,11 +32,16 @@ def test_between_context_share_is_the_variance_of_context_offsets() -> None:
     # The unusable token is ignored whatever it holds.
     poisoned = (noise + offsets).clone()
     poisoned[:, 0] = 1e6
-    assert math.isclose(activation_context_signal(poisoned, usable).between_context_share,
-                        shifted.between_context_share, rel_tol=1e-9)
+    assert math.isclose(
+        activation_context_signal(poisoned, usable).between_context_share,
+        shifted.between_context_share,
+        rel_tol=1e-9,
+    )
 
 
-def test_overdispersion_is_about_one_for_context_blind_features_and_large_for_contextual_ones() -> None:
+def test_overdispersion_is_about_one_for_context_blind_features_and_large_for_contextual_ones() -> (
+    None
+):
     generator = torch.Generator().manual_seed(1)
     usable = torch.ones(CONTEXTS, POSITIONS, dtype=torch.bool)
     blind = torch.rand(CONTEXTS, POSITIONS, 1, generator=generator) < 0.2

@@ -12,8 +12,16 @@ from sae_variants.integrations import cli
 from sae_variants.integrations.evaluation.evaluate import evaluate_sae, load_sae
 
 EXPECTED = {
-    "explained_variance", "l0", "l1", "dead_fraction", "dense_fraction", "ce_loss_score",
-    "kl_div_score", "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated",
+    "explained_variance",
+    "l0",
+    "l1",
+    "dead_fraction",
+    "dense_fraction",
+    "ce_loss_score",
+    "kl_div_score",
+    "ce_loss_clean",
+    "ce_loss_spliced",
+    "ce_loss_zero_ablated",
 }
 
 
@@ -27,12 +35,17 @@ def test_evaluation_reports_every_metric(trained_standard_sae, embedded_model) -
     assert 0.0 <= m["dead_fraction"] <= 1.0
     # Clean < spliced < zero-ablated CE, and the score is their documented ratio.
     assert m["ce_loss_clean"] < m["ce_loss_spliced"] < m["ce_loss_zero_ablated"]
-    ratio = (m["ce_loss_zero_ablated"] - m["ce_loss_spliced"]) / (m["ce_loss_zero_ablated"] - m["ce_loss_clean"])
+    ratio = (m["ce_loss_zero_ablated"] - m["ce_loss_spliced"]) / (
+        m["ce_loss_zero_ablated"] - m["ce_loss_clean"]
+    )
     assert m["ce_loss_score"] == pytest.approx(ratio, rel=1e-3)
 
 
 def test_cli_json_output(trained_standard_sae, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["evaluate", str(trained_standard_sae.output_path), "--json", "--batches", "1"]) == 0
+    assert (
+        cli.main(["evaluate", str(trained_standard_sae.output_path), "--json", "--batches", "1"])
+        == 0
+    )
     payload = json.loads(capsys.readouterr().out)
     assert set(payload["metrics"]) >= EXPECTED
     assert payload["hook_name"] == "blocks.1.hook_resid_post"
@@ -45,7 +58,9 @@ def test_a_path_without_an_sae_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "holds no saved SAE" in capsys.readouterr().err
 
 
-def test_an_unregistered_architecture_is_a_clear_error(trained_standard_sae, tmp_path: Path) -> None:
+def test_an_unregistered_architecture_is_a_clear_error(
+    trained_standard_sae, tmp_path: Path
+) -> None:
     source = trained_standard_sae.output_path
     for item in source.iterdir():
         if item.is_file():

@@ -35,17 +35,29 @@ def test_export_standard_saves_a_standard_sae_and_reports_the_change(
     assert isinstance(SAE.load_from_disk(str(tmp_path / "std")), StandardSAE)
 
 
-def test_export_standard_refuses_beyond_the_tolerance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_standard_refuses_beyond_the_tolerance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = _saved_qucl(tmp_path / "qucl", bits=1)
-    code = cli.main(["export-standard", str(source), str(tmp_path / "std"), "--contexts", "2",
-                     "--tolerance", "0"])
+    code = cli.main(
+        [
+            "export-standard",
+            str(source),
+            str(tmp_path / "std"),
+            "--contexts",
+            "2",
+            "--tolerance",
+            "0",
+        ]
+    )
     assert code == 2
     assert "changes explained variance by" in capsys.readouterr().err
     assert not (tmp_path / "std").exists()
 
 
-def test_export_standard_refuses_other_architectures(trained_standard_sae, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_standard_refuses_other_architectures(
+    trained_standard_sae, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = cli.main(["export-standard", str(trained_standard_sae.output_path), str(tmp_path / "x")])
     assert code == 2
     assert "takes a 'qucl' SAE" in capsys.readouterr().err

@@ -17,9 +17,11 @@ def test_known_sizes_match_transformer_lens() -> None:
 def test_every_preset_has_the_right_hook_and_width(layer: int, site: str) -> None:
     preset = gemma2.gemma2_2b_hook_preset(layer, site)
     cfg = gemma2.gemma2_2b_config()
-    expected = {"resid_post": (f"blocks.{layer}.hook_resid_post", cfg.d_model),
-                "mlp_out": (f"blocks.{layer}.hook_mlp_out", cfg.d_model),
-                "attn_z": (f"blocks.{layer}.attn.hook_z", cfg.n_heads * cfg.d_head)}[site]
+    expected = {
+        "resid_post": (f"blocks.{layer}.hook_resid_post", cfg.d_model),
+        "mlp_out": (f"blocks.{layer}.hook_mlp_out", cfg.d_model),
+        "attn_z": (f"blocks.{layer}.attn.hook_z", cfg.n_heads * cfg.d_head),
+    }[site]
     assert (preset.hook_name, preset.d_in) == expected
 
 

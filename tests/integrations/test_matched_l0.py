@@ -44,7 +44,9 @@ def test_finished_runs_are_reused_and_changed_or_interrupted_ones_retrained(
         (Path(request.output_path) / "cfg.json").write_text("{}")
 
     monkeypatch.setattr(matched_l0, "train_sae", fake_train)
-    request = TrainRequest(architecture="qucl", output_path=tmp_path / "run", sae_options={"l1_coefficient": 2.0})
+    request = TrainRequest(
+        architecture="qucl", output_path=tmp_path / "run", sae_options={"l1_coefficient": 2.0}
+    )
     assert matched_l0.train_or_reuse(request) is False
     assert matched_l0.train_or_reuse(request) is True
     assert len(trained) == 1
@@ -70,12 +72,15 @@ def test_calibration_steers_by_the_quick_l0_and_fully_evaluates_only_the_chosen_
         return EvalResult(str(path), "standard", "hook", "model", {"l0": 41.0}, {})
 
     monkeypatch.setattr(matched_l0, "train_sae", fake_train)
+
     def quick_l0(path: Path, _model: object) -> float:
         return 80.0 / float(Path(path).name.split("=")[1])  # 80 at l1 = 1, 40 at l1 = 2
 
     monkeypatch.setattr(matched_l0, "heldout_l0", quick_l0)
     monkeypatch.setattr(matched_l0, "evaluate_sae", fake_evaluate)
-    run = train_at_target_l0(TrainRequest(output_path=tmp_path / "std"), target_l0=40.0, initial_value=1.0)
+    run = train_at_target_l0(
+        TrainRequest(output_path=tmp_path / "std"), target_l0=40.0, initial_value=1.0
+    )
     assert [(a.knob_value, a.l0) for a in run.attempts] == [(1.0, 80.0), (2.0, 40.0)]
     assert [Path(a.path).name for a in run.attempts] == ["l1_coefficient=1", "l1_coefficient=2"]
     assert evaluated == ["l1_coefficient=2"]

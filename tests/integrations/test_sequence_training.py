@@ -55,18 +55,33 @@ def marked_model() -> HookedSAETransformer:
 
 def tagged_tokens() -> torch.Tensor:
     """Contexts whose token at position 1 is a unique tag (1..N_CONTEXTS)."""
-    tokens = torch.randint(1, 500, (N_CONTEXTS, CONTEXT), generator=torch.Generator().manual_seed(3))
+    tokens = torch.randint(
+        1, 500, (N_CONTEXTS, CONTEXT), generator=torch.Generator().manual_seed(3)
+    )
     tokens[:, 1] = torch.arange(1, N_CONTEXTS + 1)
     return tokens
 
 
-def runner_config(sae_cfg: TrainingSAEConfig, tmp_path: Path, steps: int = 6, **overrides: Any) -> LanguageModelSAERunnerConfig[Any]:
+def runner_config(
+    sae_cfg: TrainingSAEConfig, tmp_path: Path, steps: int = 6, **overrides: Any
+) -> LanguageModelSAERunnerConfig[Any]:
     settings: dict[str, Any] = dict(
-        sae=sae_cfg, model_name="random-tiny-gemma2", hook_name=HOOK, is_dataset_tokenized=True,
-        streaming=False, context_size=CONTEXT, training_tokens=steps * 256, train_batch_size_tokens=256,
-        store_batch_size_prompts=8, n_batches_in_buffer=16, lr=1e-3,
-        logger=LoggingConfig(log_to_wandb=False), checkpoint_path=str(tmp_path / "ckpt"),
-        output_path=str(tmp_path / "sae"), exclude_special_tokens=False, verbose=False,
+        sae=sae_cfg,
+        model_name="random-tiny-gemma2",
+        hook_name=HOOK,
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=CONTEXT,
+        training_tokens=steps * 256,
+        train_batch_size_tokens=256,
+        store_batch_size_prompts=8,
+        n_batches_in_buffer=16,
+        lr=1e-3,
+        logger=LoggingConfig(log_to_wandb=False),
+        checkpoint_path=str(tmp_path / "ckpt"),
+        output_path=str(tmp_path / "sae"),
+        exclude_special_tokens=False,
+        verbose=False,
         model_from_pretrained_kwargs={},
     )
     settings.update(overrides)
@@ -79,12 +94,18 @@ def seq_config(**fields: Any) -> SeqContrastiveTrainingSAEConfig:
     return SeqContrastiveTrainingSAEConfig(d_in=64, d_sae=128, **fields)
 
 
-def sequence_runner(sae_cfg: TrainingSAEConfig, tmp_path: Path, model: HookedSAETransformer | None = None,
-                    layout: SequenceLayout | None = None, **overrides: Any) -> VariantTrainingRunner:
+def sequence_runner(
+    sae_cfg: TrainingSAEConfig,
+    tmp_path: Path,
+    model: HookedSAETransformer | None = None,
+    layout: SequenceLayout | None = None,
+    **overrides: Any,
+) -> VariantTrainingRunner:
     return VariantTrainingRunner(
         runner_config(sae_cfg, tmp_path, **overrides),
         override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
-        override_model=model or marked_model(), layout=layout,
+        override_model=model or marked_model(),
+        layout=layout,
     )
 
 
@@ -94,7 +115,9 @@ def assert_true_provenance(batch: torch.Tensor, context: TokenContext) -> None:
     tags = batch[:, 2].round().long()
     for sequence in context.sequence_ids.unique():
         rows = context.sequence_ids == sequence
-        assert tags[rows].unique().numel() == 1, "rows of one sequence id come from several contexts"
+        assert tags[rows].unique().numel() == 1, (
+            "rows of one sequence id come from several contexts"
+        )
     # ...and different sequence ids are different contexts.
     first_rows = torch.unique(context.sequence_ids, return_inverse=True)[1]
     assert tags.unique().numel() == first_rows.max() + 1
@@ -102,10 +125,17 @@ def assert_true_provenance(batch: torch.Tensor, context: TokenContext) -> None:
 
 @pytest.mark.parametrize(
     "layout",
-    [SequenceLayout(8, "pairs", 4), SequenceLayout(8, "uniform"), SequenceLayout(16, "span"), SequenceLayout(None)],
+    [
+        SequenceLayout(8, "pairs", 4),
+        SequenceLayout(8, "uniform"),
+        SequenceLayout(16, "span"),
+        SequenceLayout(None),
+    ],
     ids=["pairs", "uniform", "span", "whole"],
 )
-def test_every_row_carries_its_true_position_sequence_and_token(layout: SequenceLayout, tmp_path: Path) -> None:
+def test_every_row_carries_its_true_position_sequence_and_token(
+    layout: SequenceLayout, tmp_path: Path
+) -> None:
     runner = sequence_runner(seq_config(), tmp_path, layout=layout)
     source = runner.sequence_batches
     served: dict[int, list[int]] = {}
@@ -118,7 +148,9 @@ def test_every_row_carries_its_true_position_sequence_and_token(layout: Sequence
         per_context = context.sequence_ids.reshape(-1, source.per_group)
         assert (per_context == per_context[:, :1]).all()
         assert per_context[:, 0].unique().numel() == per_context.shape[0]
-        for sequence, position in zip(context.sequence_ids.tolist(), context.positions.tolist(), strict=True):
+        for sequence, position in zip(
+            context.sequence_ids.tolist(), context.positions.tolist(), strict=True
+        ):
             served.setdefault(sequence, []).append(position)
     # A position is served at most once per context.
     assert all(len(p) == len(set(p)) for p in served.values())
@@ -134,7 +166,9 @@ def test_special_tokens_are_never_served(tmp_path: Path) -> None:
     tokens[:, 0] = 0  # a BOS at the start of every context
     tokens[::3, 10] = 0  # and some mid-context separators
     stream = iter(tokens)
-    runner.sequence_batches.store.get_batch_tokens = lambda n, **_: torch.stack([next(stream) for _ in range(n)])
+    runner.sequence_batches.store.get_batch_tokens = lambda n, **_: torch.stack(
+        [next(stream) for _ in range(n)]
+    )
     for _ in range(8):
         batch = next(runner.sequence_batches)
         context = runner.sequence_batches.context_of(batch)
@@ -146,7 +180,11 @@ def test_group_plans_follow_their_sampling() -> None:
     generator = torch.Generator().manual_seed(0)
     usable = torch.rand(50, 64, generator=generator) > 0.1
     usable[:, 0] = False
-    for layout, size in ((SequenceLayout(8, "pairs", 3), 8), (SequenceLayout(8, "uniform"), 8), (SequenceLayout(6, "span"), 6)):
+    for layout, size in (
+        (SequenceLayout(8, "pairs", 3), 8),
+        (SequenceLayout(8, "uniform"), 8),
+        (SequenceLayout(6, "span"), 6),
+    ):
         groups, counts = plan_groups(usable, layout, size, generator)
         for c in range(50):
             served = groups[c, : counts[c]]
@@ -224,8 +262,11 @@ def test_bad_layouts_are_clear_errors(tmp_path: Path) -> None:
         SequenceLayout(8, "random")
     with pytest.raises(ValueError, match="seqpos_slice"):
         sequence_runner(seq_config(), tmp_path, seqpos_slice=(1, None))
-    plain = VariantTrainingRunner(runner_config(StandardTrainingSAEConfig(d_in=64, d_sae=128), tmp_path),
-                                  override_model=marked_model(), override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}))
+    plain = VariantTrainingRunner(
+        runner_config(StandardTrainingSAEConfig(d_in=64, d_sae=128), tmp_path),
+        override_model=marked_model(),
+        override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
+    )
     assert plain.sequence_batches is None  # a per-token config trains on SAELens's shuffled store
 
 
@@ -259,9 +300,16 @@ def test_train_sae_picks_the_sequence_pipeline_from_the_config(tmp_path: Path) -
     from sae_variants.integrations.training.pipeline import train_sae
     from sae_variants.integrations.training.request import TrainRequest
 
-    result = train_sae(TrainRequest(
-        architecture="seq_contrastive", d_sae=256, training_tokens=52 * 1024, train_batch_size_tokens=1024,
-        sae_options={"l1_coefficient": 1.0}, output_path=tmp_path / "seq", preset="demo",
-    ))
+    result = train_sae(
+        TrainRequest(
+            architecture="seq_contrastive",
+            d_sae=256,
+            training_tokens=52 * 1024,
+            train_batch_size_tokens=1024,
+            sae_options={"l1_coefficient": 1.0},
+            output_path=tmp_path / "seq",
+            preset="demo",
+        )
+    )
     assert isinstance(result.sae, SeqContrastiveTrainingSAE)
     assert isinstance(SAE.load_from_disk(str(tmp_path / "seq")), SeqContrastiveSAE)

@@ -27,11 +27,17 @@ def sae(trained_standard_sae):
 
 @pytest.fixture
 def tokens(embedded_model):
-    return embedded_model.to_tokens(["It is a truth universally acknowledged, that a single man",
-                                     "Emma Woodhouse, handsome, clever, and rich, with a comfort"])
+    return embedded_model.to_tokens(
+        [
+            "It is a truth universally acknowledged, that a single man",
+            "Emma Woodhouse, handsome, clever, and rich, with a comfort",
+        ]
+    )
 
 
-def test_both_splicing_routes_reproduce_clean_logits_with_the_error_term(embedded_model, sae, tokens) -> None:
+def test_both_splicing_routes_reproduce_clean_logits_with_the_error_term(
+    embedded_model, sae, tokens
+) -> None:
     with torch.no_grad():
         clean = embedded_model(tokens)
         via_hooks = run_with_sae(embedded_model, tokens, sae, use_error_term=True)
@@ -44,7 +50,9 @@ def test_both_splicing_routes_reproduce_clean_logits_with_the_error_term(embedde
     torch.testing.assert_close(via_add_sae, clean, atol=1e-4, rtol=1e-4)
 
 
-def test_plain_hooks_equal_hooked_sae_transformer_without_error_term(embedded_model, sae, tokens) -> None:
+def test_plain_hooks_equal_hooked_sae_transformer_without_error_term(
+    embedded_model, sae, tokens
+) -> None:
     with torch.no_grad():
         via_hooks = run_with_sae(embedded_model, tokens, sae, use_error_term=False)
         via_saelens = embedded_model.run_with_saes(tokens, saes=[sae], use_error_term=False)
@@ -62,12 +70,16 @@ def test_ablating_an_active_feature_changes_the_logits(embedded_model, sae, toke
     assert (ablated[0, -1] - clean[0, -1]).abs().max() > 1e-3
     # Before the feature first fires at a position, ablating it cannot change anything there.
     first_active = int((acts[0, :, strongest] > 0).nonzero()[0])
-    torch.testing.assert_close(ablated[0, :first_active], clean[0, :first_active], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        ablated[0, :first_active], clean[0, :first_active], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_unknown_hook_is_a_clear_error(embedded_model, sae) -> None:
     sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pots"
-    with pytest.raises(ValueError, match=r"unknown hook 'blocks.1.hook_resid_pots'.*blocks.1.hook_resid_post"):
+    with pytest.raises(
+        ValueError, match=r"unknown hook 'blocks.1.hook_resid_pots'.*blocks.1.hook_resid_post"
+    ):
         check_sae_fits(embedded_model, sae)
 
 
@@ -79,7 +91,9 @@ def test_missing_hook_name_is_a_clear_error(embedded_model, sae) -> None:
 
 def test_wrong_width_is_a_clear_error(embedded_model, sae) -> None:
     sae.cfg.metadata.hook_name = "blocks.1.mlp.hook_post"
-    with pytest.raises(ValueError, match=r"d_in=256 but hook blocks.1.mlp.hook_post of this model is 1024"):
+    with pytest.raises(
+        ValueError, match=r"d_in=256 but hook blocks.1.mlp.hook_post of this model is 1024"
+    ):
         check_sae_fits(embedded_model, sae)
 
 

@@ -15,7 +15,9 @@ from sae_variants.integrations.comparison.synthetic import (
     train_on_synthetic,
 )
 
-SETTINGS = SyntheticSettings(num_features=32, hidden_dim=16, training_samples=40 * 256, batch_size=256)
+SETTINGS = SyntheticSettings(
+    num_features=32, hidden_dim=16, training_samples=40 * 256, batch_size=256
+)
 
 
 def _trained(train) -> StandardTrainingSAE:
@@ -28,16 +30,28 @@ def _trained(train) -> StandardTrainingSAE:
 
 def test_training_on_synthetic_data_is_sae_lens_train_toy_sae() -> None:
     ours = _trained(lambda sae, f, g: train_on_synthetic(sae, f, g, SETTINGS))
-    theirs = _trained(lambda sae, f, g: train_toy_sae(sae, f, g, training_samples=SETTINGS.training_samples,
-                                                       batch_size=SETTINGS.batch_size, lr=SETTINGS.lr))
+    theirs = _trained(
+        lambda sae, f, g: train_toy_sae(
+            sae,
+            f,
+            g,
+            training_samples=SETTINGS.training_samples,
+            batch_size=SETTINGS.batch_size,
+            lr=SETTINGS.lr,
+        )
+    )
     for name, value in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[name], value), name
 
 
 def test_a_variant_that_acts_on_its_optimizer_trains_on_synthetic_data() -> None:
     features, generator = ground_truth(SETTINGS)
-    cfg = synthetic_config("multiscale_norm", {"l1_coefficient": 1.0, "dead_window_steps": 5}, SETTINGS)
+    cfg = synthetic_config(
+        "multiscale_norm", {"l1_coefficient": 1.0, "dead_window_steps": 5}, SETTINGS
+    )
     sae = MultiScaleNormTrainingSAE(cfg)
-    train_on_synthetic(sae, features, generator, SETTINGS)  # refuses unless bound to the trainer's Adam
+    train_on_synthetic(
+        sae, features, generator, SETTINGS
+    )  # refuses unless bound to the trainer's Adam
     assert int(sae.training_step) == 40
     assert float(sae.grad_norm_ema) > 0  # the optimizer policy saw every step's gradient norm

@@ -21,7 +21,9 @@ from sae_variants.integrations.models.tiny_gemma2.config import GEMMA2_ARCHITECT
 from sae_variants.integrations.models.tiny_gemma2.model import REPORT_PATH, build_model
 
 
-@pytest.mark.parametrize("cfg", [tiny_gemma2_config(), random_tiny_gemma2_config()], ids=["embedded", "random"])
+@pytest.mark.parametrize(
+    "cfg", [tiny_gemma2_config(), random_tiny_gemma2_config()], ids=["embedded", "random"]
+)
 def test_architecture_fields_equal_transformer_lens_gemma_2_2b(cfg) -> None:
     reference = get_pretrained_model_config("gemma-2-2b")
     for field in GEMMA2_ARCHITECTURE_FIELDS:
@@ -36,13 +38,21 @@ def test_transformer_lens_matches_hf_gemma2_on_the_tiny_config() -> None:
     transformers = pytest.importorskip("transformers")
     cfg = random_tiny_gemma2_config()
     hf_cfg = transformers.Gemma2Config(
-        vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_key_value_heads, head_dim=cfg.d_head,
-        hidden_activation="gelu_pytorch_tanh", rms_norm_eps=cfg.eps, rope_theta=cfg.rotary_base,
+        vocab_size=cfg.d_vocab,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_key_value_heads,
+        head_dim=cfg.d_head,
+        hidden_activation="gelu_pytorch_tanh",
+        rms_norm_eps=cfg.eps,
+        rope_theta=cfg.rotary_base,
         attn_logit_softcapping=cfg.attn_scores_soft_cap,
-        final_logit_softcapping=cfg.output_logits_soft_cap, query_pre_attn_scalar=cfg.d_head,
-        sliding_window=cfg.window_size, max_position_embeddings=cfg.n_ctx,
+        final_logit_softcapping=cfg.output_logits_soft_cap,
+        query_pre_attn_scalar=cfg.d_head,
+        sliding_window=cfg.window_size,
+        max_position_embeddings=cfg.n_ctx,
         attn_implementation="eager",
     )
     torch.manual_seed(0)
@@ -97,4 +107,11 @@ def test_embedded_model_predicts_austen(embedded_model) -> None:
     tokens = embedded_model.to_tokens('"My dear Mr.')
     with torch.no_grad():
         next_id = embedded_model(tokens)[0, -1].argmax().item()
-    assert tokenizer.decode([next_id]).strip() in {"Bennet", "Knightley", "Darcy", "Elton", "Woodhouse", "Weston"}
+    assert tokenizer.decode([next_id]).strip() in {
+        "Bennet",
+        "Knightley",
+        "Darcy",
+        "Elton",
+        "Woodhouse",
+        "Weston",
+    }

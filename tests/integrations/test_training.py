@@ -33,8 +33,12 @@ def test_gemma_attn_z_uses_the_flattened_head_width() -> None:
     assert (cfg.hook_name, cfg.sae.d_in) == ("blocks.5.attn.hook_z", 2048)
 
 
-def test_gemma_training_fails_cleanly_without_the_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["train", "--model", "gemma-2-2b", "--layer", "12", "--output", str(tmp_path / "g")])
+def test_gemma_training_fails_cleanly_without_the_hub(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["train", "--model", "gemma-2-2b", "--layer", "12", "--output", str(tmp_path / "g")]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "could not fetch the weights of 'gemma-2-2b' from the Hugging Face hub" in err
@@ -60,7 +64,9 @@ def test_unknown_option_lists_the_architectures_options() -> None:
 
 
 def test_cli_options_are_read_with_the_fields_types() -> None:
-    cfg = build_sae_config("topk", 8, 16, {"k": "12", "rescale_acts_by_decoder_norm": "true"}, "none")
+    cfg = build_sae_config(
+        "topk", 8, 16, {"k": "12", "rescale_acts_by_decoder_norm": "true"}, "none"
+    )
     assert cfg.k == 12
     assert cfg.rescale_acts_by_decoder_norm is True
     with pytest.raises(ValueError, match=r"cannot be read"):
@@ -126,12 +132,21 @@ def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_warm_up_longer_than_the_run_is_refused() -> None:
-    cfg, _ = build_runner_config(TrainRequest(training_tokens=60 * 4096, sae_options={"l1_warm_up_steps": "1000"}))
-    with pytest.raises(ValueError, match=r"l1_warm_up_steps=1000 is longer than the whole run \(60 steps\)"):
+    cfg, _ = build_runner_config(
+        TrainRequest(training_tokens=60 * 4096, sae_options={"l1_warm_up_steps": "1000"})
+    )
+    with pytest.raises(
+        ValueError, match=r"l1_warm_up_steps=1000 is longer than the whole run \(60 steps\)"
+    ):
         bind_run(cfg)
     # A warm-up the run fills in is checked too: an explicit one above the run, refused.
-    cfg, _ = build_runner_config(TrainRequest(architecture="cubic_ortho", training_tokens=60 * 4096,
-                                              sae_options={"ortho_warm_up_steps": "61"}))
+    cfg, _ = build_runner_config(
+        TrainRequest(
+            architecture="cubic_ortho",
+            training_tokens=60 * 4096,
+            sae_options={"ortho_warm_up_steps": "61"},
+        )
+    )
     with pytest.raises(ValueError, match=r"ortho_warm_up_steps=61 is longer"):
         bind_run(cfg)
     with pytest.raises(ValueError, match=r"warms the learning rate up over 1000 steps"):

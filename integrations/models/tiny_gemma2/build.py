@@ -180,13 +180,21 @@ def train_model(total_tokens: int, batch_size: int, peak_lr: float, seed: int) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deb-dir", type=Path, default=None,
-                        help="an already extracted r-cran-janeaustenr package (default: apt-get download it)")
+    parser.add_argument(
+        "--deb-dir",
+        type=Path,
+        default=None,
+        help="an already extracted r-cran-janeaustenr package (default: apt-get download it)",
+    )
     parser.add_argument("--tokens", type=int, default=4_800_000, help="training token budget")
-    parser.add_argument("--batch-size", type=int, default=32, help="contexts of 128 tokens per step")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="contexts of 128 tokens per step"
+    )
     parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="rebuild every step even if its output exists")
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild every step even if its output exists"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     if args.force or not corpus.CORPUS_PATH.is_file():

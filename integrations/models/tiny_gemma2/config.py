@@ -82,6 +82,13 @@ def tiny_gemma2_config(
 def random_tiny_gemma2_config(seed: int = 0) -> HookedTransformerConfig:
     """A much smaller random-weight twin (d_model 64, vocab 512) for fast architecture tests."""
     return tiny_gemma2_config(
-        d_model=64, n_layers=4, n_heads=4, n_key_value_heads=2, d_mlp=256, d_vocab=512,
-        n_ctx=CONTEXT_SIZE, window_size=8, seed=seed,
+        d_model=64,
+        n_layers=4,
+        n_heads=4,
+        n_key_value_heads=2,
+        d_mlp=256,
+        d_vocab=512,
+        n_ctx=CONTEXT_SIZE,
+        window_size=8,
+        seed=seed,
     )

@@ -72,7 +72,9 @@ def load_tiny_gemma2() -> HookedSAETransformer:
 @torch.no_grad()
 def heldout_loss(model: HookedSAETransformer, max_contexts: int | None = None) -> float:
     """Mean next-token cross-entropy (nats/token) on the held-out tail of every novel."""
-    contexts = corpus.token_contexts(corpus.corpus_split("held_out"), load_tokenizer(), CONTEXT_SIZE)
+    contexts = corpus.token_contexts(
+        corpus.corpus_split("held_out"), load_tokenizer(), CONTEXT_SIZE
+    )
     if max_contexts is not None:
         contexts = contexts[:max_contexts]
     total, count = 0.0, 0
