@@ -30,7 +30,13 @@ from sae_variants.integrations.benchmark.step_time import (
 from sae_variants.integrations.comparison import ALL_ARCHITECTURES, BenchmarkSettings
 from sae_variants.integrations.comparison.command import add_compare_arguments, run_from_args
 from sae_variants.integrations.comparison.performance import measure_performance
-from sae_variants.integrations.comparison.report import performance_table, variant_table
+from sae_variants.integrations.comparison.report import (
+    performance_table,
+    read_report,
+    update_readme,
+    variant_table,
+    write_report,
+)
 from sae_variants.integrations.evaluation.evaluate import evaluate_sae, format_table
 from sae_variants.integrations.export import export_saved_qucl
 from sae_variants.integrations.models import HubAccessError
@@ -42,22 +48,13 @@ from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS, TRAININ
 from sae_variants.integrations.training.request import (
     TrainRequest,
     build_runner_config,
+    parse_options,
     training_config_class,
 )
 from sae_variants.integrations.training.runner import needs_sequence_pipeline
 from sae_variants.registry import registered_variants, training_architectures
 
 DEMO_OUTPUT = Path("sae_runs/demo")
-
-
-def parse_options(pairs: list[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +248,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    report = read_report(args.report_dir)
+    write_report(report, args.report_dir)
+    for page in args.readme:
+        update_readme(page, report)
+    print(variant_table(report))
+
+
 def _cmd_architectures(_: argparse.Namespace) -> None:
     ours = {v.name for v in registered_variants()}
     for name in sorted(training_architectures()):
@@ -352,6 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_compare_arguments(compare)
     compare.set_defaults(run=_cmd_compare)
+
+    report = commands.add_parser(
+        "report", help="re-render a finished comparison's report.md and tables from its report.json"
+    )
+    report.add_argument("report_dir", type=Path, help="a folder written by `sae-variants compare`")
+    report.add_argument(
+        "--readme",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="rewrite the generated comparison blocks of these pages",
+    )
+    report.set_defaults(run=_cmd_report)
 
     commands.add_parser("architectures", help="list trainable architectures").set_defaults(
         run=_cmd_architectures

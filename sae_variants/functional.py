@@ -36,7 +36,7 @@ def token_moments(
 
 def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor, "*batch 1"]:
     """``sigma_b = sqrt(v_b + eps)`` from the token variance: the scale a per-token
-    normalization removes and scale-restored codes put back (seed spec 001-d2, 003-S1)."""
+    normalization removes and scale-restored codes put back (docs/spec.md §3 d2, §5 S1)."""
     return torch.sqrt(variance + eps)
 
 
@@ -60,7 +60,7 @@ def layer_normalized_preactivation(
 ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch 1"] | None]:
     """A linear encoder behind an input LayerNorm: ``n = (gain (x - mu) / s + bias) W + b`` with
     ``s = sqrt(var(x) + eps)`` per token. Returns ``(s n, s)`` when the codes restore the scale
-    (their ``ReLU(s n) = s ReLU(n)`` decode linearly to raw activations; seed spec 003-S1, 004
+    (their ``ReLU(s n) = s ReLU(n)`` decode linearly to raw activations; docs/spec.md §5 S1, §6
     input_ln) or ``(n, None)``. One product, no ``[rows, d_sae]`` normalization or scaling pass:
     ``s n = (gain (x - mu)) W + s (bias W + b)``."""
     leading = x.shape[:-1]

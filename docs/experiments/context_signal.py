@@ -6,7 +6,7 @@ Seed 003's contrastive term asks nearby tokens of a sequence to share features; 
 succeed where the activations hold something nearby tokens share and strangers do not. For each
 residual-stream hook of the embedded model, on held-out contexts, this prints the share of the
 activations' variance explained by the token's own context mean and the centred cosine of adjacent
-tokens against tokens of different contexts (``integrations/context_signal.py``). For each saved
+tokens against tokens of different contexts (``integrations/evaluation/context_signal.py``). For each saved
 SAE given with ``--sae`` (of the embedded model) it adds the contextual consistency and how
 context-dependent its features' firing rates are (overdispersion over a context-blind feature).
 

@@ -1,7 +1,7 @@
 """Why a trained MultiScaleNormSAE has dead features: where its gate thresholds sit and what the
 dead features' pre-activations look like on held-out text of the embedded model.
 
-    python docs/experiments/multiscale_norm_gate_diagnosis.py sae_runs/qucl_vs_standard/multiscale_norm/l1_coefficient=0.4
+    python docs/experiments/multiscale_norm_gate_diagnosis.py sae_runs/vs_standard/multiscale_norm/l1_coefficient=0.4
 
 Prints the dead fraction on 64 held-out contexts, the share of features whose threshold
 ``max(EMA mean + z EMA std, 0)`` is clamped to 0 (there the ReLU, not the z-gate, decides), and the

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
     # Shares its standard reference (same request, so it is reused) with docs/experiments/qucl_vs_standard.py.
-    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
+    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

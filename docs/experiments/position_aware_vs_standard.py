@@ -6,7 +6,7 @@ Both SAEs train on blocks.1.hook_resid_post with d_sae 2048 and the same token b
 standard SAE at the demo's L1 coefficient, the position-aware SAE through the sequence-aware
 pipeline (true positions) with its lambda calibrated until held-out L0 is within 10% of the
 standard's (``--max-attempts`` runs at most). Reported: `sae-variants evaluate`'s metrics, with
-the fraction of variance unexplained in each quarter of the context (integrations/position_metrics.py)
+the fraction of variance unexplained in each quarter of the context (integrations/evaluation/position_metrics.py)
 for both SAEs, and the adapters' measured parameter overhead.
 
 Finished runs are reused on a re-run. Results go to docs/experiments/results/position_aware.{json,md}
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from sae_variants.architectures.position_aware import parameter_overhead
-from sae_variants.integrations.cli import parse_options
 from sae_variants.integrations.comparison.matched_l0 import (
     summary_row,
     train_at_target_l0,
@@ -35,7 +34,7 @@ from sae_variants.integrations.evaluation.evaluate import POSITION_RANGES, load_
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS
-from sae_variants.integrations.training.request import TrainRequest
+from sae_variants.integrations.training.request import TrainRequest, parse_options
 
 RESULTS = Path(__file__).parent / "results"
 ARCHITECTURE = "position_aware"
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="another position_aware option (an ablation); named in the results file",
     )
     # Shares its standard reference (same request, so it is reused) with the other comparisons.
-    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
+    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

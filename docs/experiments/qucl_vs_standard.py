@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--configurations", nargs="+", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS)
     )
-    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/qucl_vs_standard"))
+    parser.add_argument("--work-dir", type=Path, default=Path("sae_runs/vs_standard"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 

@@ -6,7 +6,7 @@ Both SAEs train on blocks.1.hook_resid_post (``--layer``: another block's) with 
 the same token budget; the standard SAE at the demo's L1 coefficient, the sequence-contrastive SAE through the
 sequence-aware pipeline with its lambda calibrated until held-out L0 is within 10% of the
 standard's. Both are evaluated with `sae-variants evaluate`'s metrics, which include contextual
-consistency (integrations/consistency.py: mean Jaccard of active feature sets of tokens at most 8
+consistency (integrations/evaluation/consistency.py: mean Jaccard of active feature sets of tokens at most 8
 positions apart in one context, over that of random tokens from different contexts).
 
 Variants at the calibrated lambda (``--variants``) separate what each ingredient does: the
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--work-dir",
         type=Path,
         default=None,
-        help="default sae_runs/qucl_vs_standard, or sae_runs/layer{N}_vs_standard with --layer",
+        help="default sae_runs/vs_standard, or sae_runs/layer{N}_vs_standard with --layer",
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.work_dir is None:
         args.work_dir = Path(
-            "sae_runs/qucl_vs_standard"
+            "sae_runs/vs_standard"
             if args.layer is None
             else f"sae_runs/layer{args.layer}_vs_standard"
         )

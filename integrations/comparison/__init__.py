@@ -2,18 +2,21 @@
 
     from sae_variants.integrations.comparison import ComparisonSettings, run_comparison
     report = run_comparison(ComparisonSettings(), work_dir=Path("sae_runs/compare"),
-                            report_dir=Path("examples/results/compare"))
+                            report_dir=Path("sae_runs/compare/report"))
 
 Three parts, each in its own module: the embedded model at matched L0 (``embedded.py``, with the
 per-paper claims in ``claims.py``), ground-truth feature recovery (``synthetic.py``) and the
 performance table (``performance.py``); ``plots.py`` and ``report.py`` turn them into PNGs,
-markdown, JSON and the README's variant table.
+markdown, JSON and the generated tables of the documentation pages. The calibration to a target
+L0 (``matched_l0.py``) and the cache of finished results (``result_cache.py``) serve the
+research drivers in ``docs/experiments/`` too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +32,6 @@ from sae_variants.integrations.comparison.plots import (
 from sae_variants.integrations.comparison.report import (
     ComparisonReport,
     update_readme,
-    variant_table,
     write_report,
 )
 from sae_variants.integrations.comparison.settings import (
@@ -63,14 +65,14 @@ def run_comparison(
     work_dir: Path,
     report_dir: Path,
     command: str = "",
-    readme: Path | None = None,
+    readmes: Sequence[Path] = (),
     remeasure: bool = False,
 ) -> ComparisonReport:
     """Run (or resume) the comparison and write its report into ``report_dir``.
 
     Trained SAEs, evaluations, synthetic scores and the benchmark table are kept under
-    ``work_dir`` and reused when the settings match. ``readme``: a README whose marked block is
-    replaced by the variant table.
+    ``work_dir`` and reused when the settings match. ``readmes``: pages whose generated blocks
+    are rewritten (see :func:`~.report.update_readme`).
     """
     started = time.perf_counter()
     phases: dict[str, float] = {}
@@ -122,6 +124,6 @@ def run_comparison(
         plots=plots,
     )
     write_report(report, report_dir)
-    if readme is not None:
-        update_readme(readme, variant_table(report))
+    for readme in readmes:
+        update_readme(readme, report)
     return report

@@ -16,7 +16,6 @@ from sae_variants.integrations.comparison import (
 )
 
 DEFAULT_WORK_DIR = Path("sae_runs/compare")
-DEFAULT_REPORT_DIR = Path("examples/results/compare")
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,13 +65,16 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--report-dir",
         type=Path,
         default=None,
-        help=f"report.md, report.json and PNGs (default {DEFAULT_REPORT_DIR}[-quick])",
+        help="report.md, report.json and PNGs (default: WORK_DIR/report)",
     )
     parser.add_argument(
         "--readme",
         type=Path,
-        default=None,
-        help="replace this README's marked comparison block with the variant table",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="rewrite the generated comparison blocks of these pages (the full variant table "
+        "and/or the summary with each variant's verdict)",
     )
 
 
@@ -98,12 +100,12 @@ def run_from_args(args: argparse.Namespace, command: str) -> ComparisonReport:
     settings = settings_from_args(args)
     suffix = "-quick" if args.quick else ""
     work_dir = args.work_dir or Path(f"{DEFAULT_WORK_DIR}{suffix}")
-    report_dir = args.report_dir or Path(f"{DEFAULT_REPORT_DIR}{suffix}")
+    report_dir = args.report_dir or work_dir / "report"
     return run_comparison(
         settings,
         work_dir=work_dir,
         report_dir=report_dir,
         command=command,
-        readme=args.readme,
+        readmes=args.readme,
         remeasure=args.rebenchmark,
     )

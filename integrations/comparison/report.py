@@ -1,5 +1,7 @@
-"""The comparison report: raw JSON, a markdown page with the PNG figures, and the README's variant
-table. Everything here formats figures the comparison measured; nothing is computed twice."""
+"""The comparison report: raw JSON, a markdown page with the PNG figures, and two generated
+tables for documentation pages (the full variant table, and the README's summary with each
+variant's verdict). Everything here formats figures the comparison measured; nothing is computed
+twice, and a report is re-rendered from its ``report.json`` alone (``sae-variants report``)."""
 
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from sae_variants.integrations.comparison.synthetic import SyntheticRun
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
-README_START = "<!-- compare-table:start (written by `sae-variants compare --readme README.md`) -->"
+README_START = "<!-- compare-table:start (written by `sae-variants compare --readme FILE`) -->"
 README_END = "<!-- compare-table:end -->"
+SUMMARY_START = "<!-- variants-table:start (written by `sae-variants compare --readme FILE`) -->"
+SUMMARY_END = "<!-- variants-table:end -->"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -50,6 +54,21 @@ class ComparisonReport:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ComparisonReport:
+        """The report :meth:`to_json` wrote (``report.json``)."""
+        rows = {
+            "embedded": EmbeddedRun,
+            "claims": ClaimRow,
+            "synthetic": SyntheticRun,
+            "performance": PerformanceRow,
+        }
+        fields = {
+            **data,
+            **{name: [kind(**row) for row in data[name]] for name, kind in rows.items()},
+        }
+        return cls(**fields)
 
 
 def nonfinite_values(value: Any, where: str = "report") -> list[str]:
@@ -230,15 +249,23 @@ def render_markdown(report: ComparisonReport) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def headline_claims(report: ComparisonReport, target: float) -> dict[str, ClaimRow]:
+    """Each variant's claim row at ``target``; of several (PositionAware's four quarters), the
+    one where the variant does best, as its claim is "better in at least one range"."""
+    claims: dict[str, ClaimRow] = {}
+    for row in report.claims:
+        best = claims.get(row.architecture)
+        if row.target_l0 == target and (
+            best is None or row.relative_improvement > best.relative_improvement
+        ):
+            claims[row.architecture] = row
+    return claims
+
+
 def variant_table(report: ComparisonReport) -> str:
     """The README's variant table: one row per architecture at the first target L0."""
     target = report.settings["target_l0s"][0]
-    claims = {r.architecture: r for r in report.claims if r.target_l0 == target}
-    position_claims = [
-        r for r in report.claims if r.target_l0 == target and r.architecture == "position_aware"
-    ]
-    if position_claims:  # the issue asks for the best quarter
-        claims["position_aware"] = max(position_claims, key=lambda r: r.relative_improvement)
+    claims = headline_claims(report, target)
     synthetic = {r.architecture: r for r in report.synthetic}
     performance = {r.architecture: r for r in report.performance}
     rows = []
@@ -273,15 +300,74 @@ def variant_table(report: ComparisonReport) -> str:
     return header + "\n\n" + _table(rows)
 
 
-def update_readme(readme: Path, table: str) -> None:
-    """Replace the marked block of ``readme`` with ``table`` (the markers must be present)."""
-    text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
-    if not pattern.search(text):
-        raise ValueError(
-            f"{readme} has no comparison block; add the two lines\n{README_START}\n{README_END}"
+def summary_table(report: ComparisonReport) -> str:
+    """The README's table: each variant's paper, saved architecture, quality against SAELens
+    ``standard`` at the first target L0, its claim's metric, and its verdict."""
+    target = report.settings["target_l0s"][0]
+    runs = {r.architecture: r for r in report.embedded if r.target_l0 == target}
+    claims = headline_claims(report, target)
+    reference = runs["standard"].metrics
+    rows = []
+    for name, run in runs.items():
+        plan = ARCHITECTURE_PLANS[name]
+        if not plan.verdict:
+            continue
+        claim = claims.get(name)
+        m = run.metrics
+        rows.append(
+            {
+                "variant": f"`{name}`",
+                "paper": plan.source,
+                "L0": f"{m['l0']:.1f}",
+                "EV / CE score vs standard": f"{m['explained_variance'] - reference['explained_variance']:+.3f} / "
+                f"{m['ce_loss_score'] - reference['ce_loss_score']:+.3f}",
+                "claim": "-"
+                if claim is None
+                else f"{claim.metric} {claim.relative_improvement:+.0%}",
+                "good for / not for": plan.verdict,
+            }
         )
-    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{table}\n{README_END}", text))
+    header = (
+        f"{report.settings['training_tokens']:,} tokens per SAE on the embedded model at target L0 "
+        f"{target:g}; standard: L0 {reference['l0']:.1f}, EV {reference['explained_variance']:.3f}, "
+        f"CE score {reference['ce_loss_score']:.3f} (`{report.command}`, {report.date})."
+    )
+    return header + "\n\n" + _table(rows)
+
+
+def update_readme(readme: Path, report: ComparisonReport) -> None:
+    """Replace the generated blocks ``readme`` holds: the full variant table between
+    :data:`README_START` / :data:`README_END` and the summary between :data:`SUMMARY_START` /
+    :data:`SUMMARY_END` (at least one must be present)."""
+    text = readme.read_text()
+    found = False
+    for start, end, render in (
+        (README_START, README_END, variant_table),
+        (SUMMARY_START, SUMMARY_END, summary_table),
+    ):
+        # Any start marker of this block (its explanatory text may differ) up to its end marker.
+        opening = re.escape(start.split(" (", 1)[0]) + r"[^>]*-->"
+        pattern = re.compile(opening + r".*?" + re.escape(end), re.DOTALL)
+        if pattern.search(text):
+            table = render(report)
+            text = pattern.sub(
+                lambda _, start=start, end=end, table=table: f"{start}\n{table}\n{end}", text
+            )
+            found = True
+    if not found:
+        raise ValueError(
+            f"{readme} has no comparison block; add the two lines\n{README_START}\n{README_END}\n"
+            f"(the full table) or\n{SUMMARY_START}\n{SUMMARY_END}\n(the summary)"
+        )
+    readme.write_text(text)
+
+
+def read_report(report_dir: Path) -> ComparisonReport:
+    """The report saved in ``report_dir`` (its ``report.json``), with a clear error if none."""
+    file = report_dir / REPORT_JSON
+    if not file.is_file():
+        raise FileNotFoundError(f"{report_dir} holds no comparison report (expected {REPORT_JSON})")
+    return ComparisonReport.from_json(json.loads(file.read_text()))
 
 
 def write_report(report: ComparisonReport, report_dir: Path) -> Path:

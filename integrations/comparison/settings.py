@@ -41,6 +41,9 @@ class ArchitecturePlan:
     l1_warm_up: bool = True
     """Ramp the L1 coefficient up over the first :data:`L1_WARM_UP_STEPS` steps (at most a fifth
     of the run), as the demo does; TopK-style architectures have no L1 term."""
+    verdict: str = ""
+    """What the variant is good for and where it is not, as the comparison measured it (the
+    README's summary table shows it beside the figures; empty for SAELens's baselines)."""
 
     def first_value(self, target_l0: float) -> float:
         if self.integer_knob:
@@ -81,8 +84,20 @@ ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
             l0_rises_with_knob=True,
             l1_warm_up=False,
         ),
-        ArchitecturePlan("cubic_ortho", "paper 002", "l1_coefficient", 0.7),
-        ArchitecturePlan("qucl", "paper 000", "l1_coefficient", 2.0),
+        ArchitecturePlan(
+            "cubic_ortho",
+            "paper 002",
+            "l1_coefficient",
+            0.7,
+            verdict="a less redundant decoder at equal or better quality; leaves many features dead",
+        ),
+        ArchitecturePlan(
+            "qucl",
+            "paper 000",
+            "l1_coefficient",
+            2.0,
+            verdict="a low-rank quantized encoder; pays for it in reconstruction and feature recovery",
+        ),
         # Reactivation every 100 steps: the spec's 1000-step window is longer than these runs.
         ArchitecturePlan(
             "multiscale_norm",
@@ -91,9 +106,24 @@ ARCHITECTURE_PLANS: dict[str, ArchitecturePlan] = {
             2.5,
             l0_slope=0.63,
             options={"dead_window_steps": 100},
+            verdict="quality on a par with standard; its dead-feature claim does not hold at L0 32",
         ),
-        ArchitecturePlan("seq_contrastive", "paper 003", "l1_coefficient", 0.8),
-        ArchitecturePlan("position_aware", "paper 004", "l1_coefficient", 0.9),
+        ArchitecturePlan(
+            "seq_contrastive",
+            "paper 003",
+            "l1_coefficient",
+            0.8,
+            verdict="better reconstruction; its consistency claim fails on the embedded model, "
+            "whose activations carry little context signal",
+        ),
+        ArchitecturePlan(
+            "position_aware",
+            "paper 004",
+            "l1_coefficient",
+            0.9,
+            verdict="better reconstruction in every quarter of the context, but nothing "
+            "position-specific: the base without adapters does better still",
+        ),
     )
 }
 ALL_ARCHITECTURES: tuple[str, ...] = tuple(ARCHITECTURE_PLANS)
@@ -136,7 +166,7 @@ class BenchmarkSettings:
     steps: int = 3
     memory: bool = True
     pipeline: bool = True
-    """Also time the sequence-aware pipeline against SAELens's store (issue 6's ratio)."""
+    """Also time the sequence-aware pipeline against SAELens's store (the data path of the sequence-aware variants)."""
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,7 @@ from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 from torch import Tensor
 
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
-from sae_variants.integrations.models.tiny_gemma2.corpus import (
-    contexts_dataset,
-    corpus_split,
-    token_contexts,
-)
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, austen_dataset
 
 
 def special_token_ids(model: HookedSAETransformer) -> list[int]:
@@ -39,9 +34,7 @@ def special_token_ids(model: HookedSAETransformer) -> list[int]:
 
 def heldout_dataset(context_size: int) -> Dataset:
     """The Austen held-out split (never seen by the tiny model or by SAE training)."""
-    return contexts_dataset(
-        token_contexts(corpus_split("held_out"), load_tokenizer(), context_size)
-    )
+    return austen_dataset("held_out", context_size)
 
 
 @torch.no_grad()

@@ -16,12 +16,7 @@ from sae_lens import LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, load_tokenizer
-from sae_variants.integrations.models.tiny_gemma2.corpus import (
-    contexts_dataset,
-    corpus_split,
-    token_contexts,
-)
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, austen_dataset
 from sae_variants.integrations.training.request import TrainRequest, build_runner_config
 from sae_variants.integrations.training.runner import VariantTrainingRunner
 from sae_variants.validation import check_activations
@@ -53,7 +48,7 @@ def initialize_b_dec_to_mean(
 
 def embedded_training_dataset(context_size: int) -> Dataset:
     """The Austen train split as pretokenized ``[BOS] + text`` contexts."""
-    return contexts_dataset(token_contexts(corpus_split("train"), load_tokenizer(), context_size))
+    return austen_dataset("train", context_size)
 
 
 def _refuse_to_overwrite(output: Path, overwrite: bool) -> None:

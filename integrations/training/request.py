@@ -61,7 +61,7 @@ class TrainRequest:
     n_checkpoints: int = 0
     normalize_activations: str = "expected_average_only_in"
     init_b_dec_to_mean: bool = True
-    """Start ``b_dec`` at the mean activation (seed spec §1.3) instead of SAELens's zeros: the
+    """Start ``b_dec`` at the mean activation (docs/spec.md §1.3) instead of SAELens's zeros: the
     residual stream has a large mean, and an SAE that must first learn it wastes features on it."""
     seed: int = 42
     device: str = "cpu"
@@ -121,6 +121,18 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         elif option in (str, "str") or typing.get_origin(option) is typing.Literal:
             return value
     raise ValueError(f"option {name}={value!r} cannot be read as {annotation}")
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """``["key=value", ...]`` (the command line's ``--set``) as a dict of strings, which
+    :func:`build_sae_config` reads with each field's type."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def build_sae_config(
@@ -209,7 +221,7 @@ def build_runner_config(
         lr_decay_steps=int(preset.lr_decay_fraction * total_steps),
         # SAELens's decay phase starts at lr_end (default lr / 10); start it at the full lr.
         lr_end=lr,
-        # BOS activations are extreme outliers that dominate a squared loss (seed spec §1.3).
+        # BOS activations are extreme outliers that dominate a squared loss (docs/spec.md §1.3).
         exclude_special_tokens=True,
         n_checkpoints=request.n_checkpoints,
         checkpoint_path=str(output / "checkpoints"),

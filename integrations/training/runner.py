@@ -15,7 +15,7 @@ through seams SAELens exposes:
    the data provider returned it) hands a sequence-aware SAE the batch's token context first.
 
 Everything else (the model, Adam, schedules, clipping, checkpoints, normalization and its fold,
-saving) is SAELens's own; ``tests/integrations/test_sequence_training.py`` pins the SAELens
+saving) is SAELens's own; ``tests/integrations/training/test_sequence_training.py`` pins the SAELens
 behaviour this relies on.
 
     runner = VariantTrainingRunner(LanguageModelSAERunnerConfig(

@@ -242,14 +242,14 @@ class VariantSAE(VariantModule, SAE[C]):
 class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
     """Training SAE of a variant: the decoder constraint, the step's output, saving.
 
+    Decoder rows have unit norm: they are restored before every training step and folded exactly
+    into the encoder when the SAE is saved.
+
     Subclasses set the class attributes below, extend :meth:`training_forward_pass` through
     ``super()`` where SAELens's loss template fits (MSE + ``calculate_aux_loss``), and report
     their own figures in :meth:`step_metrics`, which runs on logging steps only.
     """
 
-    unit_norm_decoder: ClassVar[bool] = True
-    """Decoder rows are kept at unit norm: restored before every training step and folded
-    exactly into the encoder when the SAE is saved."""
     tangent_decoder_gradient: ClassVar[bool] = True
     """The decoder's gradient loses its radial part, so a step rotates a row but does not grow
     it and the renormalization before the next step does not undo the optimizer's work."""
@@ -295,11 +295,10 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
                 "sae_variants.integrations' variant runner (or `sae-variants train`), or call "
                 "sae.bind_optimizer(optimizer) in your own loop."
             )
-        if self.unit_norm_decoder:
-            with torch.no_grad():
-                self.W_dec.copy_(unit_norm_rows(self.W_dec))
-            if self.tangent_decoder_gradient:
-                self._project_decoder_gradients()
+        with torch.no_grad():
+            self.W_dec.copy_(unit_norm_rows(self.W_dec))
+        if self.tangent_decoder_gradient:
+            self._project_decoder_gradients()
         return step_input
 
     def finish_step(self, step_input: TrainStepInput, output: TrainStepOutput) -> TrainStepOutput:
@@ -371,8 +370,7 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
         """Save the inference SAE; unit decoder rows are first made exact by folding the last
         step's drift into the encoder (in place: the module computes the same function), and
         :meth:`training_log` is written beside it."""
-        if self.unit_norm_decoder:
-            self.fold_W_dec_norm()
+        self.fold_W_dec_norm()
         saved = super().save_inference_model(path)
         if self.training_log_filename is not None:
             log = json.dumps(self.training_log(), indent=1)

@@ -83,7 +83,7 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
     "ratio_rank" reproduces the paper's "ratio-based ranking" as its code ran it (runs 1-4): each
     feature's ratio of mean activation in the first half of the batch to the second half is ranked,
     and a pair is weighted by the product of the two normalized ranks. On shuffled batches those
-    ratios are noise (seed spec §4 d5); the mode exists to reproduce the paper, not to be used."""
+    ratios are noise (docs/spec.md §4 d5); the mode exists to reproduce the paper, not to be used."""
     eps0: float = 0.1
     """eps_0 of eq. 3 (unspecified by the paper; >= 0)."""
     beta: float = 1.0

@@ -83,7 +83,7 @@ class MultiScaleNormArchitectureFields(ArchitectureFields):
     """Fields the inference SAE needs (shared by the inference and training configs).
 
     SAELens's own ``apply_b_dec_to_input`` (default True, kept) centres each token on ``b_dec``
-    before the normalization. The spec drops it (§3 d3: LayerNorm centres each token over its
+    before the normalization. The spec drops it (docs/spec.md §3 d3: LayerNorm centres each token over its
     dimensions), but that leaves the data's mean direction, which dominates the residual stream,
     in every normalized token, and encoder columns pointing against it never fire (the
     dead-feature diagnosis in ``docs/variants/multiscale_norm.md``). ``b_dec`` starts at the data
@@ -101,7 +101,7 @@ class MultiScaleNormArchitectureFields(ArchitectureFields):
     adaptive_gate: bool = True
     """Multiply the normalized input by sigmoid(a), a learnable scalar initialized to 1 (run 7)."""
     restore_scale: bool = True
-    """Multiply the codes by the token scale sigma_b the normalization removed (spec d2), so the
+    """Multiply the codes by the token scale sigma_b the normalization removed (docs/spec.md §3 d2), so the
     linear decoder reconstructs raw activations; False is the paper-literal behaviour."""
     norm_eps: float = 1e-5
     """epsilon of the normalization (code: 1e-5; > 0). Folding an input scale c into the SAE divides
@@ -151,7 +151,7 @@ class MultiScaleNormSAEConfig(VariantSAEConfig, MultiScaleNormArchitectureFields
 
 @dataclass
 class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormArchitectureFields):
-    """Training configuration; every default is the spec's resolution of the paper (§3 c), except
+    """Training configuration; every default is the spec's resolution of the paper (docs/spec.md §3 c), except
     the input centring and the gate's z (both measured; see the fields' docs)."""
 
     inference_config_class: ClassVar[type[SAEConfig]] = MultiScaleNormSAEConfig
@@ -164,9 +164,9 @@ class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormAr
     """Weight the L1 by u and scale per-feature gradients by u (C7); False: plain L1."""
     grad_accumulation: int = 4
     """Micro-batches per step (paper: 4). Gradients sum to the full batch's, so tokens per step
-    stay those of the baseline; the gate statistics and u move per micro-batch (spec d13)."""
+    stay those of the baseline; the gate statistics and u move per micro-batch (docs/spec.md §3 d13)."""
     adaptive_lr: bool = True
-    """Scale the learning rate by the spike-driven factor rho (C9, spec d11)."""
+    """Scale the learning rate by the spike-driven factor rho (C9, docs/spec.md §3 d11)."""
     lr_floor: float = 1e-5
     """The adaptive factor never takes the learning rate below this (paper: 1e-5)."""
     lr_spike_ratio: float = 2.0
@@ -186,7 +186,7 @@ class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormAr
     reactivation_interval: int = 100
     """Steps between reactivation passes (paper: 100; >= 1)."""
     dead_window_steps: int = 1000
-    """A feature is dead when it has not fired for this many steps (spec: 1000; >= 1). Keep it
+    """A feature is dead when it has not fired for this many steps (docs/spec.md §3: 1000; >= 1). Keep it
     below the run length or reactivation never triggers."""
     reactivation_rank: int = 32
     """Rank of the randomized SVD of the residual (paper: 32; >= 1)."""

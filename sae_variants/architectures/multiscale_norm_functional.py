@@ -1,4 +1,4 @@
-"""Pure maths of the multi-scale normalization SAE (seed 001; spec §3 of seed-algorithms.md).
+"""Pure maths of the multi-scale normalization SAE (seed 001; ``docs/spec.md`` §3).
 
 Every function here is stateless and shape-annotated; the module in ``multiscale_norm.py`` owns
 the parameters and the running statistics and calls these.
@@ -29,7 +29,7 @@ def multiscale_normalize(
 
     Computed as one per-token gain instead of ``len(scales)`` normalized copies:
     ``(x - mu) * (c @ (pi gamma)) + pi beta`` with ``c_bs = 1 / sqrt(s v_b + eps)``. (Up to eps this
-    is a single affine LayerNorm; spec §3 d1: the scales only reparametrize it.) ``mean`` and
+    is a single affine LayerNorm; docs/spec.md §3 d1: the scales only reparametrize it.) ``mean`` and
     ``variance`` are :func:`token_moments` of ``x``, passed in because the scale restoration
     needs the same variance.
     """
@@ -49,7 +49,7 @@ def slot_attention(
     """Eq. 5 with learned slots (C2): ``x + softmax(q K^T / sqrt(d_k) * sigmoid(alpha)) V``.
 
     Each token attends over ``slots`` learned keys, never over other tokens, so a row's output
-    depends on that row alone (spec §3 d4: the code attended over the shuffled batch).
+    depends on that row alone (docs/spec.md §3 d4: the code attended over the shuffled batch).
     """
     logits = (x @ query) @ keys.T * (torch.sigmoid(temperature_logit) / math.sqrt(keys.shape[1]))
     return x + torch.softmax(logits, dim=-1) @ values
@@ -105,7 +105,7 @@ def frame_orthogonality(W: Float[Tensor, "d_sae d_in"]) -> Float[Tensor, ""]:
 def frame_orthogonality_floor(d_sae: int, d_in: int) -> float:
     """The smallest value :func:`frame_orthogonality` can take for unit rows (a tight frame).
 
-    For ``d_sae > d_in`` it is ``sqrt(d_sae^2 / d_in - d_sae) > 0`` (spec §3 d7), so the penalty
+    For ``d_sae > d_in`` it is ``sqrt(d_sae^2 / d_in - d_sae) > 0`` (docs/spec.md §3 d7), so the penalty
     never vanishes; reports subtract it to show how far a decoder is from the optimum.
     """
     return math.sqrt(max(d_sae * d_sae / d_in - d_sae, 0.0))
@@ -136,7 +136,7 @@ def next_lr_factor(
     recovery_interval: int,
     minimum: float,
 ) -> float:
-    """The adaptive learning-rate factor rho (C9, spec §3 d11).
+    """The adaptive learning-rate factor rho (C9, docs/spec.md §3 d11).
 
     A pre-clip gradient norm above ``spike_ratio`` times its running average shrinks rho by
     ``decay`` (not below ``minimum``); otherwise every ``recovery_interval`` steps it grows by

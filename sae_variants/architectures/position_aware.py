@@ -16,7 +16,7 @@ are in ``docs/variants/position_aware.md``.
 ``r(p) = min(floor(p R / L), R - 1)`` over the training context L (P2). ``alpha_t`` is 0 for the
 first ``min(1000, 0.1 T)`` steps and ramps linearly to 1 at ``min(10000, 0.9 T)`` (P6); its final
 value is a buffer used at inference. Adapters have rank ``round(0.0375 d_in)`` by default, which
-gives the paper's stated ~15% parameter overhead at any width (spec d6). Both LayerNorms and
+gives the paper's stated ~15% parameter overhead at any width (docs/spec.md §6 d6). Both LayerNorms and
 the scale restoration are evaluated inside matrix products (``position_aware_functional``), every
 row's adapter shift enters through one block-sparse product, and the codes' penalties have a
 hand-written backward, so the step costs little more than a plain SAE's.
@@ -108,7 +108,7 @@ class PositionAwareArchitectureFields(ArchitectureFields):
     the d_sae pre-activations (paper, eq. 2), which reconstructed far worse on the embedded model
     (``docs/variants/position_aware.md``); "none": a plain ReLU base."""
     restore_scale: bool = True
-    """Multiply codes by the scale the normalization removed, so decoding stays linear (spec d3)."""
+    """Multiply codes by the scale the normalization removed, so decoding stays linear (docs/spec.md §6 d3)."""
     ln_eps: float = 1e-5
     """epsilon of the base normalization and the adapters' LayerNorm (> 0)."""
     tied_init: bool = True
@@ -160,7 +160,7 @@ class PositionAwareSAEConfig(VariantSAEConfig, PositionAwareArchitectureFields):
 
 @dataclass
 class PositionAwareTrainingSAEConfig(VariantTrainingSAEConfig, PositionAwareArchitectureFields):
-    """Training configuration; every default is the spec's resolution of the paper (§6 c)."""
+    """Training configuration; every default is the spec's resolution of the paper (docs/spec.md §6 c)."""
 
     inference_config_class: ClassVar[type[SAEConfig]] = PositionAwareSAEConfig
 

@@ -1,4 +1,4 @@
-"""The maths of PositionAwareSAE (seed 004), as pure functions (spec §6, P1-P6).
+"""The maths of PositionAwareSAE (seed 004), as pure functions (docs/spec.md §6, P1-P6).
 
 Every normalization of the spec is computed where it is cheap. The codes are ``s ReLU(n)`` with
 ``n`` a normalized pre-activation and ``s`` the scale it removed; since ``s > 0`` that is
@@ -6,10 +6,9 @@ Every normalization of the spec is computed where it is cheap. The codes are ``s
 extra input columns. So each of P1 (LayerNorm over the d_sae pre-activations, whose moments are
 quadratic forms in the d_in-dimensional input), input LayerNorm and P3 (a LayerNorm over the
 d_sae outputs of a rank-rho adapter, whose moments are quadratic forms in its rho hidden units)
-becomes one matrix product: no ``[rows, d_sae]`` normalization, scaling or dropout pass. These
-were most of the variant's step time (issue 7: 2.9x SAELens standard before, see
-``sae-variants benchmark --architecture position_aware``). Tests check every function against
-the spec's literal formula.
+becomes one matrix product: no ``[rows, d_sae]`` normalization, scaling or dropout pass (those
+passes were most of the variant's step time; ``sae-variants benchmark --architecture
+position_aware`` measures it). Tests check every function against the spec's literal formula.
 """
 
 from __future__ import annotations
@@ -149,7 +148,7 @@ def range_adapter_shift(
 class _CodesAndPenalties(torch.autograd.Function):
     """Forward: ``h_r = ReLU(adapted_pre)``, ``sum h_b`` and ``sum |h_r - h_b|``. Backward in four
     passes over ``[rows, d_sae]`` (autograd's own graph of relu, subtraction, abs and two sums
-    takes about twice as many, issue 7's step-time budget)."""
+    takes about twice as many)."""
 
     @staticmethod
     def forward(ctx: Any, base_codes: Tensor, adapted_pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -102,7 +102,7 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
     inference_config_class: ClassVar[type[SAEConfig]] = QuCLSAEConfig
 
     adaptive_sparsity: bool = True
-    """lambda_t = lambda0 * sigmoid(slope * windowed FVU) (eq. 6, on FVU: spec d8); False: lambda0."""
+    """lambda_t = lambda0 * sigmoid(slope * windowed FVU) (eq. 6, on FVU: docs/spec.md §2 d8); False: lambda0."""
     sparsity_slope: float = 10.0
     """The slope of that sigmoid (paper: 10, > 0)."""
     min_rank_fraction: float = 0.1
@@ -120,7 +120,7 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
     curriculum_window: int = 100
     """Steps of FVU averaged for each curriculum decision (code: 100)."""
     curriculum_interval: int = 100
-    """Steps between curriculum decisions (spec d15: 100, so the encoder adapts in between)."""
+    """Steps between curriculum decisions (docs/spec.md §2 d15: 100, so the encoder adapts in between)."""
     diversity_init: bool = True
     """Set the threshold from activation diversity over the first ``diversity_batches`` (eq. 4);
     False: use ``default_threshold`` from the start."""
@@ -135,7 +135,7 @@ class QuCLTrainingSAEConfig(VariantTrainingSAEConfig, QuCLArchitectureFields):
     default_threshold: float = 0.1
     """Threshold when ``diversity_init`` is off (the code's default)."""
     feature_weight: bool = True
-    """Weight the reconstruction over input dims by eq. 5 (numerically ~1: spec d11)."""
+    """Weight the reconstruction over input dims by eq. 5 (numerically ~1: docs/spec.md §2 d11)."""
     contrastive: bool = True
     """Add the code-uniformity InfoNCE term (eq. 7, B8)."""
     contrastive_coefficient: float = 0.1

@@ -1,5 +1,5 @@
 """The maths of QuCL-SAE (seed 000) as pure functions: projection, quantizer, pyramid, curriculum
-signals and the code-uniformity InfoNCE. Spec: ``seed-algorithms.md`` §2 (b), items B0-B8.
+signals and the code-uniformity InfoNCE. Spec: ``docs/spec.md`` §2, items B0-B8.
 
 Nothing here holds state; ``qucl.py`` owns the buffers and decides when each function runs.
 """
@@ -21,7 +21,7 @@ PYRAMID_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25)
 
 @dataclass(frozen=True)
 class RankSchedule:
-    """Rank bounds and steps in units of ``d_ref = min(d_in, d_sae)`` (spec §2 d4)."""
+    """Rank bounds and steps in units of ``d_ref = min(d_in, d_sae)`` (docs/spec.md §2 d4)."""
 
     minimum: int
     initial: int
@@ -67,7 +67,7 @@ def fake_quantize(values: Float[Tensor, "*batch r"], bits: int) -> Float[Tensor,
     """Per-row asymmetric min-max quantization to ``2**bits`` levels, straight-through (B1).
 
     Statistics are per row (token), never per batch, so a token's code does not depend on the
-    other rows it is batched with (spec §2 d2). The forward value is quantized; the gradient is
+    other rows it is batched with (docs/spec.md §2 d2). The forward value is quantized; the gradient is
     the identity (``q = u + sg(Q(u) - u)``).
     """
     levels = 2**bits - 1
@@ -149,7 +149,7 @@ def feature_importance_weights(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, 
     ``v_j = Var_b(x_bj / ||x_:,j||)``, detached (B6).
 
     Implemented literally: ``v_j`` is about ``1/B``, so the weights are 1 to within ~1e-3 and the
-    term reproduces the paper's own "no effect" ablation (spec §2 d11).
+    term reproduces the paper's own "no effect" ablation (docs/spec.md §2 d11).
     """
     x = x.detach()
     column_norms = x.norm(dim=0).clamp_min(1e-8)
@@ -231,7 +231,7 @@ def code_uniformity_infonce(
     anchors: Int[Tensor, " n_anchors"],
     temperature: float,
 ) -> Float[Tensor, ""]:
-    """Eq. 7 in its self-positive form (B8, spec §2 d13):
+    """Eq. 7 in its self-positive form (B8, docs/spec.md §2 d13):
     ``mean_a [-s_aa / t + logsumexp_k s_ak / t]`` over anchor rows ``a``, with ``s`` the cosine of
     the codes and ``k`` ranging over the whole batch. With a single view ``s_aa = 1``, so the term
     only pushes the codes of different tokens apart (a uniformity loss).

@@ -85,7 +85,7 @@ class SeqContrastiveArchitectureFields(ArchitectureFields):
     ReLU SAE (the paper's code, which never had the normalization its text describes)."""
     restore_scale: bool = True
     """Multiply the codes by the token scale sigma the normalization removed, so the linear
-    decoder reconstructs raw activations (spec d9); False is the paper-literal behaviour."""
+    decoder reconstructs raw activations (docs/spec.md §5 d9); False is the paper-literal behaviour."""
     ln_eps: float = 1e-5
     """epsilon of the layer normalization (> 0). Folding an input scale c into the SAE divides it
     by c^2, which keeps the function exact."""
@@ -103,7 +103,7 @@ class SeqContrastiveSAEConfig(VariantSAEConfig, SeqContrastiveArchitectureFields
 
 @dataclass
 class SeqContrastiveTrainingSAEConfig(VariantTrainingSAEConfig, SeqContrastiveArchitectureFields):
-    """Training configuration; every default is the spec's resolution of the paper (§5 c)."""
+    """Training configuration; every default is the spec's resolution of the paper (docs/spec.md §5 c)."""
 
     inference_config_class: ClassVar[type[SAEConfig]] = SeqContrastiveSAEConfig
 

@@ -1,4 +1,4 @@
-"""The maths of SeqContrastiveSAE (seed 003), as pure functions (spec §5, S1 and S4-S5).
+"""The maths of SeqContrastiveSAE (seed 003), as pure functions (docs/spec.md §5, S1 and S4-S5).
 
 Positive pairs are drawn from a batch's own rows: two rows of the same sequence whose positions
 are at most ``window`` apart. Negatives are every row of every other sequence; rows of the
@@ -60,7 +60,7 @@ def sample_anchor_pairs(
 ) -> tuple[Int[Tensor, " anchors"], Int[Tensor, " anchors"]]:
     """Up to ``n_pairs`` (row, partner) pairs among eligible rows with a partner, used in both
     directions (the symmetric NT-Xent form), so at most ``2 * n_pairs`` anchors: this bounds the
-    contrastive cost at ``2 n_pairs x rows`` similarities whatever the batch size (spec §5 g)."""
+    contrastive cost at ``2 n_pairs x rows`` similarities whatever the batch size (docs/spec.md §5 g)."""
     candidates = (eligible & (partners >= 0)).nonzero().squeeze(1)
     if candidates.numel() > n_pairs:
         keep = (
@@ -101,7 +101,7 @@ def masked_info_nce(
     and on its sequence's other rows, 0 elsewhere. Also returns the top-1 retrieval accuracy of
     the positive among the unmasked candidates (the spec's contrastive diagnostic).
 
-    ``hard_negatives=k`` (spec d10) keeps only each anchor's k most similar other-sequence rows
+    ``hard_negatives=k`` (docs/spec.md §5 d10) keeps only each anchor's k most similar other-sequence rows
     in the denominator beside its positive, so the gradient goes to the strangers the anchor is
     most confused with rather than spreading over thousands of easy ones.
 

@@ -93,7 +93,7 @@ def test_curriculum_is_base_only_then_a_linear_ramp_in_fractions_of_the_run() ->
 
 
 def _literal_codes(sae: PositionAwareTrainingSAE, x: torch.Tensor) -> torch.Tensor:
-    """Spec §6 P1-P3 written out literally (every LayerNorm over its full axis, the scale
+    """docs/spec.md §6 P1-P3 written out literally (every LayerNorm over its full axis, the scale
     multiplied back after the ReLU): the reference the product-form encoder must equal."""
     cfg = sae.cfg
     x = x - sae.b_dec

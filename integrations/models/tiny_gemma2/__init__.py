@@ -12,6 +12,7 @@ from sae_variants.integrations.models.tiny_gemma2.config import (
     tiny_gemma2_config,
 )
 from sae_variants.integrations.models.tiny_gemma2.model import (
+    austen_dataset,
     heldout_loss,
     load_tiny_gemma2,
     load_tokenizer,
@@ -20,6 +21,7 @@ from sae_variants.integrations.models.tiny_gemma2.model import (
 __all__ = [
     "CONTEXT_SIZE",
     "EMBEDDED_MODEL_NAME",
+    "austen_dataset",
     "heldout_loss",
     "load_tiny_gemma2",
     "load_tokenizer",

@@ -4,7 +4,7 @@ Both use exactly the Gemma-2 code paths TransformerLens runs for ``gemma-2-2b``:
 and after each sublayer, rotary embeddings, grouped-query attention, alternating local/global
 attention (even layers local, as in HF), attention and final-logit soft-capping, a gated
 GELU-tanh MLP, and embedding scaling (folded into ``W_E`` as TransformerLens's Gemma converter
-does). Only the sizes differ. ``tests/integrations/test_tiny_gemma2.py`` checks every
+does). Only the sizes differ. ``tests/integrations/models/test_tiny_gemma2.py`` checks every
 non-size field against TransformerLens's own ``gemma-2-2b`` config.
 """
 

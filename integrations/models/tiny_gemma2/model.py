@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from sae_lens import HookedSAETransformer
 from safetensors.torch import load_file
 from transformer_lens import HookedTransformerConfig
@@ -83,3 +84,12 @@ def heldout_loss(model: HookedSAETransformer, max_contexts: int | None = None) -
         total += loss.sum().item()
         count += loss.numel()
     return total / count
+
+
+def austen_dataset(split: str = "train", context_size: int = CONTEXT_SIZE) -> Dataset:
+    """The Austen ``"train"`` or ``"held_out"`` split as pretokenized ``[BOS] + text`` contexts
+    (column ``tokens``), ready for SAELens's runner as ``override_dataset`` (the embedded model
+    has no hub dataset, so a config's ``dataset_path`` cannot name it)."""
+    return corpus.contexts_dataset(
+        corpus.token_contexts(corpus.corpus_split(split), load_tokenizer(), context_size)
+    )

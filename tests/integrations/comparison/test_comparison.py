@@ -30,9 +30,15 @@ from sae_variants.integrations.comparison.report import (
     README_END,
     README_START,
     REPORT_JSON,
+    SUMMARY_END,
+    SUMMARY_START,
+    summary_table,
     update_readme,
     variant_table,
 )
+from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
+
+ROOT_REPORT = Path(__file__).resolve().parents[3] / "docs/experiments/results/compare"
 
 TINY = ComparisonSettings(
     training_tokens=60 * 512,
@@ -57,13 +63,16 @@ def tiny_comparison(
 ) -> tuple[ComparisonReport, Path, Path]:
     root = tmp_path_factory.mktemp("compare")
     readme = root / "README.md"
-    readme.write_text(f"# title\n\nbefore\n\n{README_START}\nold table\n{README_END}\n\nafter\n")
+    readme.write_text(
+        f"# title\n\nbefore\n\n{README_START}\nold table\n{README_END}\n\n"
+        f"{SUMMARY_START}\nold summary\n{SUMMARY_END}\n\nafter\n"
+    )
     report = run_comparison(
         TINY,
         work_dir=root / "work",
         report_dir=root / "report",
         command="pytest tiny comparison",
-        readme=readme,
+        readmes=[readme],
     )
     return report, root, readme
 
@@ -167,10 +176,33 @@ def test_the_readme_block_is_replaced_by_the_variant_table(tiny_comparison) -> N
     report, _, readme = tiny_comparison
     text = readme.read_text()
     assert "old table" not in text
+    assert "old summary" not in text
     assert text.startswith("# title\n\nbefore")
     assert text.endswith("after\n")
     assert variant_table(report) in text
+    assert summary_table(report) in text
     assert all(f"`{a}`" in text for a in ALL_ARCHITECTURES)
+    # The summary lists the five variants (the baselines have no verdict) with theirs.
+    summary = summary_table(report)
+    assert "`standard`" not in summary.split("\n\n", 1)[1]
+    for name in ("cubic_ortho", "qucl", "multiscale_norm", "seq_contrastive", "position_aware"):
+        assert ARCHITECTURE_PLANS[name].verdict in summary
+
+
+def test_a_report_re_renders_from_its_json_alone(tiny_comparison, tmp_path: Path) -> None:
+    report, root, _ = tiny_comparison
+    again = ComparisonReport.from_json(json.loads((root / "report" / REPORT_JSON).read_text()))
+    assert again.to_json() == json.loads(json.dumps(report.to_json()))  # tuples come back as lists
+    assert again.embedded == report.embedded
+    assert again.claims == report.claims
+    page = tmp_path / "page.md"
+    page.write_text(f"{SUMMARY_START}\n{SUMMARY_END}\n")
+    copy = tmp_path / "report"
+    copy.mkdir()
+    (copy / REPORT_JSON).write_text((root / "report" / REPORT_JSON).read_text())
+    assert cli.main(["report", str(copy), "--readme", str(page)]) == 0
+    assert summary_table(report) in page.read_text()
+    assert (copy / "report.md").read_text() == (root / "report" / "report.md").read_text()
 
 
 def test_a_rerun_reuses_every_finished_part(
@@ -275,8 +307,9 @@ def test_arguments_select_quick_sweep_and_parts() -> None:
 def test_a_readme_without_the_block_is_refused(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# no block here\n")
+    report = ComparisonReport.from_json(json.loads((ROOT_REPORT / REPORT_JSON).read_text()))
     with pytest.raises(ValueError, match="no comparison block"):
-        update_readme(readme, "table")
+        update_readme(readme, report)
 
 
 def test_benchmark_all_prints_one_table_of_every_ratio(capsys: pytest.CaptureFixture[str]) -> None:
