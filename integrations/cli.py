@@ -41,6 +41,7 @@ from sae_variants.integrations.evaluation.evaluate import evaluate_sae, format_t
 from sae_variants.integrations.export import export_saved_qucl
 from sae_variants.integrations.models import HubAccessError
 from sae_variants.integrations.models.gemma2 import GEMMA2_2B_HOOK_PRESETS
+from sae_variants.integrations.models.gemma3 import MissingExtraError
 from sae_variants.integrations.models.hooks import HOOK_SITES
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.pipeline import train_sae
@@ -66,7 +67,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=EMBEDDED_MODEL_NAME,
-        help=f"the embedded {EMBEDDED_MODEL_NAME!r} (default) or a TransformerLens name, e.g. gemma-2-2b",
+        help=f"the embedded {EMBEDDED_MODEL_NAME!r} (default), 'gemma-3-270m' (extra 'gemma3') or "
+        "a TransformerLens name, e.g. gemma-2-2b",
+    )
+    parser.add_argument(
+        "--model-path",
+        default=None,
+        help="a local Hugging Face folder holding --model's weights (offline checkpoints)",
     )
     parser.add_argument(
         "--layer", type=int, default=None, help="block index (default: the middle block)"
@@ -83,9 +90,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         choices=list(TRAINING_PRESETS),
-        help="training recipe (default: demo for the embedded model, paper otherwise)",
+        help="training recipe (default: demo for the embedded model, gemma3-cpu for "
+        "gemma-3-270m, paper otherwise)",
     )
-    parser.add_argument("--training-tokens", type=int, default=None)
+    parser.add_argument(
+        "--training-tokens",
+        "--tokens",
+        dest="training_tokens",
+        type=int,
+        default=None,
+        help="tokens to train on (default: the preset's)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="training batch in tokens")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument(
@@ -95,7 +110,12 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="an architecture hyperparameter, e.g. --set l1_coefficient=5 (repeatable)",
     )
-    parser.add_argument("--dataset", default=None, help="dataset path for non-embedded models")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="'austen' (bundled; the default for the embedded model and gemma-3-270m), a local "
+        ".txt/.jsonl/.json/.parquet file or saved dataset folder, or a hub dataset name",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an SAE already at --output"
@@ -106,6 +126,7 @@ def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) ->
     return TrainRequest(
         architecture=args.architecture,
         model_name=args.model,
+        model_path=args.model_path,
         layer=args.layer,
         site=args.site,
         hook_name=args.hook,
@@ -142,7 +163,7 @@ def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> N
     if not as_json:
         print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
     if evaluate:
-        report = evaluate_sae(result.output_path)
+        report = evaluate_sae(result.output_path, model_path=request.model_path)
         if as_json:
             print(
                 json.dumps(
@@ -168,7 +189,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    result = evaluate_sae(args.path, n_batches=args.batches)
+    result = evaluate_sae(args.path, n_batches=args.batches, model_path=args.model_path)
     if args.json:
         print(
             json.dumps(
@@ -296,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a saved SAE on held-out text")
     evaluate.add_argument("path", help="a folder written by `sae-variants train` or SAELens")
     evaluate.add_argument("--batches", type=int, default=8, help="eval batches of 16 contexts")
+    evaluate.add_argument(
+        "--model-path", default=None, help="a local Hugging Face folder of the SAE's model"
+    )
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.set_defaults(run=_cmd_evaluate)
 
@@ -388,7 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, HubAccessError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        HubAccessError,
+        MissingExtraError,
+    ) as err:
         print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

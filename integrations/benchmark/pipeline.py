@@ -19,8 +19,7 @@ from sae_lens import ActivationsStore
 from tqdm.auto import tqdm
 
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
-from sae_variants.integrations.training.pipeline import embedded_training_dataset
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, austen_dataset
 from sae_variants.integrations.training.request import TrainRequest, build_runner_config
 from sae_variants.integrations.training.runner import sequence_layout_of
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
@@ -55,7 +54,7 @@ def time_activation_pipelines(
     runner_cfg, _ = build_runner_config(TrainRequest(architecture=architecture, d_sae=d_sae))
     layout = sequence_layout_of(runner_cfg.sae) or SequenceLayout()
     model = load_model(EMBEDDED_MODEL_NAME)
-    dataset = embedded_training_dataset(runner_cfg.context_size)
+    dataset = austen_dataset("train", runner_cfg.context_size)
     saelens = ActivationsStore.from_config(model, runner_cfg, override_dataset=dataset)
     sequence = SequenceBatchSource(
         ActivationsStore.from_config(model, runner_cfg, override_dataset=dataset),

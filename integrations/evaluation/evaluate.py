@@ -32,6 +32,8 @@ from sae_variants.integrations.evaluation.heldout import (
 from sae_variants.integrations.evaluation.position_metrics import fvu_by_position_range
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.datasets import austen_contexts
+from sae_variants.integrations.training.request import OFFLINE_MODELS
 
 CONSISTENCY_CONTEXTS = 64
 """Held-out contexts the contextual-consistency measure uses (``consistency.py``)."""
@@ -100,12 +102,13 @@ def evaluate_sae(
     n_batches: int = 8,
     batch_size_prompts: int = 16,
     device: str = "cpu",
+    model_path: str | Path | None = None,
 ) -> EvalResult:
     """Run SAELens's full eval suite for the SAE at ``path`` on held-out text.
 
-    For SAEs of the embedded model the held-out Austen split is used and the model is loaded from
-    the package; for other models pass ``model`` and ``dataset`` (or let the model load from the
-    hub by its metadata name, with ``dataset`` a dataset path).
+    For SAEs of the embedded model and gemma-3-270m the held-out Austen split (tokenized by the
+    model) is the default; for other models pass ``dataset`` (and ``model``, or let it load by its
+    metadata name).
     """
     sae = load_sae(path, device=device)
     meta = sae.cfg.metadata
@@ -115,15 +118,16 @@ def evaluate_sae(
             f"the SAE in {path} records no hook_name in its metadata; cannot evaluate it"
         )
     if model is None:
-        model = load_model(model_name, device=device)
+        model = load_model(model_name, device=device, model_path=model_path)
     context_size = meta.context_size or 128
     if dataset is None:
-        if model_name != EMBEDDED_MODEL_NAME:
+        if model_name not in OFFLINE_MODELS:
             raise ValueError(
-                f"pass a held-out dataset to evaluate an SAE of {model_name!r} "
-                "(only the embedded model has one built in)"
+                f"pass a held-out dataset to evaluate an SAE of {model_name!r} (the bundled "
+                f"held-out Austen text is the default only for {sorted(OFFLINE_MODELS)})"
             )
-        dataset = heldout_dataset(context_size)
+        # The held-out Austen split, tokenized by the model's own tokenizer.
+        dataset = austen_contexts("held_out", model.tokenizer, context_size)
     store = ActivationsStore.from_sae(
         model,
         sae,

@@ -7,12 +7,10 @@ themselves only ever see ``d_in``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformer_lens import HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
-from sae_variants.integrations.models.hooks import HOOK_SITES, hook_name, hook_width
+from sae_variants.integrations.models.hooks import HOOK_SITES, HookPreset, hook_name, hook_width
 
 GEMMA2_2B = "gemma-2-2b"
 PAPER_LAYERS = (5, 12, 19)
@@ -22,17 +20,6 @@ PRESET_SITES = ("resid_post", "mlp_out", "attn_z")
 GEMMA2_2B_D_MODEL = 2304
 GEMMA2_2B_N_LAYERS = 26
 GEMMA2_2B_ATTN_Z_WIDTH = 8 * 256
-
-
-@dataclass(frozen=True)
-class HookPreset:
-    """Where an SAE reads its activations."""
-
-    model_name: str
-    layer: int
-    site: str
-    hook_name: str
-    d_in: int
 
 
 def gemma2_2b_config() -> HookedTransformerConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from transformer_lens import HookedTransformerConfig
 
@@ -19,6 +20,17 @@ HOOK_SITES: dict[str, str] = {
     "attn_z": "blocks.{layer}.attn.hook_z",
 }
 """The sites an SAE is usually trained on; ``resid_post`` is the residual stream after the block."""
+
+
+@dataclass(frozen=True)
+class HookPreset:
+    """Where an SAE reads its activations: a named model's block, site, hook and width."""
+
+    model_name: str
+    layer: int
+    site: str
+    hook_name: str
+    d_in: int
 
 
 def hook_name(cfg: HookedTransformerConfig, layer: int, site: str = "resid_post") -> str:

@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from sae_lens import LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, austen_dataset
-from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+from sae_variants.integrations.training.datasets import (
+    AUSTEN,
+    austen_contexts,
+    is_local_dataset,
+    local_dataset,
+)
+from sae_variants.integrations.training.request import (
+    TrainRequest,
+    build_runner_config,
+    default_dataset,
+)
 from sae_variants.integrations.training.runner import VariantTrainingRunner
 from sae_variants.validation import check_activations
 
@@ -46,11 +54,6 @@ def initialize_b_dec_to_mean(
     sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
 
 
-def embedded_training_dataset(context_size: int) -> Dataset:
-    """The Austen train split as pretokenized ``[BOS] + text`` contexts."""
-    return austen_dataset("train", context_size)
-
-
 def _refuse_to_overwrite(output: Path, overwrite: bool) -> None:
     if (output / "cfg.json").exists() and not overwrite:
         raise FileExistsError(
@@ -71,13 +74,13 @@ def train_sae(request: TrainRequest) -> TrainResult:
     runner_cfg, _ = build_runner_config(request)
     output = Path(request.output_path)
     _refuse_to_overwrite(output, request.overwrite)
+    source = request.dataset_path or default_dataset(request.model_name)
+    # A local dataset is read before the model loads, so a bad path fails in seconds.
+    dataset = local_dataset(Path(source).expanduser()) if is_local_dataset(source) else None
     torch.manual_seed(request.seed)
-    model = load_model(request.model_name, device=request.device)
-    dataset = (
-        embedded_training_dataset(runner_cfg.context_size)
-        if request.model_name == EMBEDDED_MODEL_NAME
-        else None
-    )
+    model = load_model(request.model_name, device=request.device, model_path=request.model_path)
+    if source == AUSTEN:
+        dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
     runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
     if request.init_b_dec_to_mean:
         initialize_b_dec_to_mean(

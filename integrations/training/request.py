@@ -20,13 +20,30 @@ from transformer_lens import HookedTransformerConfig
 
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
 from sae_variants.integrations.models import model_config
+from sae_variants.integrations.models.gemma3 import GEMMA3_270M
 from sae_variants.integrations.models.hooks import hook_name as site_hook_name
 from sae_variants.integrations.models.hooks import hook_width
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.datasets import AUSTEN, is_local_dataset
 from sae_variants.integrations.training.presets import TrainingPreset, training_preset
 
 PAPER_DATASET = "monology/pile-uncopyrighted"
 """The dataset the seed papers streamed for Gemma-2-2B (needs the hub)."""
+
+OFFLINE_MODELS = {EMBEDDED_MODEL_NAME: "demo", GEMMA3_270M: "gemma3-cpu"}
+"""Models that run without the hub, with their default training preset; they train on the bundled
+Austen text unless a dataset is named."""
+
+
+def default_dataset(model_name: str) -> str:
+    """The bundled Austen text for the offline models, the papers' Pile otherwise."""
+    return AUSTEN if model_name in OFFLINE_MODELS else PAPER_DATASET
+
+
+def default_preset(model_name: str) -> str:
+    """``demo`` for the embedded model, ``gemma3-cpu`` for gemma-3-270m, ``paper`` otherwise."""
+    return OFFLINE_MODELS.get(model_name, "paper")
+
 
 # Fields of TrainingSAEConfig that the request sets itself; users may not override them by name.
 _MANAGED_SAE_FIELDS = frozenset({"d_in", "d_sae", "metadata", "device", "dtype"})
@@ -39,6 +56,8 @@ class TrainRequest:
     architecture: str = "standard"
     """A registered SAELens training architecture (built-in or from ``sae_variants``)."""
     model_name: str = EMBEDDED_MODEL_NAME
+    model_path: str | None = None
+    """A local Hugging Face folder with ``model_name``'s weights (see ``models.load_model``)."""
     layer: int | None = None
     """Block index; ``None`` picks the middle of the model (``n_layers // 2 - 1``)."""
     site: str = "resid_post"
@@ -48,7 +67,7 @@ class TrainRequest:
     """``d_sae = expansion_factor * d_in`` unless ``d_sae`` is given."""
     d_sae: int | None = None
     preset: str | None = None
-    """A training preset name; ``None`` means ``demo`` for the embedded model, ``paper`` otherwise."""
+    """A training preset name; ``None`` means :func:`default_preset` of the model."""
     training_tokens: int | None = None
     train_batch_size_tokens: int | None = None
     lr: float | None = None
@@ -57,7 +76,8 @@ class TrainRequest:
     output_path: Path = Path("sae_runs/latest")
     overwrite: bool = False
     dataset_path: str | None = None
-    """Text or pretokenized dataset for non-embedded models (default: the papers' Pile)."""
+    """``"austen"``, a local text/JSONL/JSON/parquet file or saved dataset folder, or a hub dataset
+    name; ``None`` means :func:`default_dataset` of the model."""
     n_checkpoints: int = 0
     normalize_activations: str = "expected_average_only_in"
     init_b_dec_to_mean: bool = True
@@ -180,7 +200,11 @@ def build_runner_config(
     cfg = model_config(request.model_name)
     name, d_in = resolve_hook(request, cfg)
     embedded = request.model_name == EMBEDDED_MODEL_NAME
-    preset = training_preset(request.preset or ("demo" if embedded else "paper"))
+    preset = training_preset(request.preset or default_preset(request.model_name))
+    source = request.dataset_path or default_dataset(request.model_name)
+    # Austen and local data reach SAELens's store as override_dataset (train_sae loads them);
+    # only a hub name goes into the config, where SAELens streams it.
+    from_hub = source != AUSTEN and not is_local_dataset(source)
     d_sae = request.d_sae if request.d_sae is not None else request.expansion_factor * d_in
     if d_sae <= 0:
         raise ValueError(f"d_sae must be positive, got {d_sae}")
@@ -208,9 +232,9 @@ def build_runner_config(
         model_name=request.model_name,
         model_class_name="HookedTransformer",
         hook_name=name,
-        dataset_path="" if embedded else (request.dataset_path or PAPER_DATASET),
-        is_dataset_tokenized=embedded,
-        streaming=not embedded,
+        dataset_path=source if from_hub else "",
+        is_dataset_tokenized=not from_hub,
+        streaming=from_hub,
         context_size=preset.context_size,
         training_tokens=training_tokens,
         train_batch_size_tokens=batch_tokens,
