@@ -3,6 +3,8 @@
 sae-variants demo                                   # train + evaluate on the embedded model
 sae-variants train --architecture standard --set l1_coefficient=5 --output runs/std
 sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs the hub)
+sae-variants cache --model gemma-3-270m --layer 6 --tokens 1000000 --output acts/g6
+sae-variants train --activations acts/g6 --architecture cubic_ortho --output runs/cubic
 sae-variants evaluate runs/std [--json]
 sae-variants export-standard runs/qucl runs/qucl-as-standard [--tolerance 0.01]
 sae-variants compare [--quick] [--sweep] [--readme README.md]
@@ -17,7 +19,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from sae_variants.integrations.benchmark.cache_throughput import (
+    format_cache_throughput,
+    time_cache_against_live,
+)
 from sae_variants.integrations.benchmark.pipeline import (
     format_throughput,
     time_activation_pipelines,
@@ -44,12 +51,14 @@ from sae_variants.integrations.models.gemma2 import GEMMA2_2B_HOOK_PRESETS
 from sae_variants.integrations.models.gemma3 import MissingExtraError
 from sae_variants.integrations.models.hooks import HOOK_SITES
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
 from sae_variants.integrations.training.pipeline import train_sae
 from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
 from sae_variants.integrations.training.request import (
     TrainRequest,
     build_runner_config,
     parse_options,
+    request_from_cache,
     training_config_class,
 )
 from sae_variants.integrations.training.runner import needs_sequence_pipeline
@@ -58,17 +67,12 @@ from sae_variants.registry import registered_variants, training_architectures
 DEMO_OUTPUT = Path("sae_runs/demo")
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--architecture",
-        default="standard",
-        help="a registered training architecture (see `sae-variants architectures`)",
-    )
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        default=EMBEDDED_MODEL_NAME,
+        default=None,
         help=f"the embedded {EMBEDDED_MODEL_NAME!r} (default), 'gemma-3-270m' (extra 'gemma3') or "
-        "a TransformerLens name, e.g. gemma-2-2b",
+        "a TransformerLens name, e.g. gemma-2-2b (with --activations: the cache's model)",
     )
     parser.add_argument(
         "--model-path",
@@ -76,12 +80,24 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="a local Hugging Face folder holding --model's weights (offline checkpoints)",
     )
     parser.add_argument(
-        "--layer", type=int, default=None, help="block index (default: the middle block)"
+        "--layer",
+        type=int,
+        default=None,
+        help="block index (default: the middle block; with --activations: the cached hook)",
     )
     parser.add_argument(
         "--site", default="resid_post", choices=list(HOOK_SITES), help="hook site in the block"
     )
     parser.add_argument("--hook", default=None, help="explicit hook name; overrides --layer/--site")
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--architecture",
+        default="standard",
+        help="a registered training architecture (see `sae-variants architectures`)",
+    )
+    _add_model_arguments(parser)
     parser.add_argument("--expansion-factor", type=int, default=8, help="d_sae = factor * d_in")
     parser.add_argument(
         "--d-sae", type=int, default=None, help="dictionary width (overrides --expansion-factor)"
@@ -123,7 +139,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) -> TrainRequest:
-    return TrainRequest(
+    fields: dict[str, Any] = dict(
         architecture=args.architecture,
         model_name=args.model,
         model_path=args.model_path,
@@ -142,12 +158,20 @@ def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) ->
         dataset_path=args.dataset,
         seed=args.seed,
     )
+    activations = getattr(args, "activations", None)
+    if activations is not None:
+        return request_from_cache(activations, **fields)
+    if fields["model_name"] is None:
+        fields["model_name"] = EMBEDDED_MODEL_NAME
+    return TrainRequest(**fields)
 
 
 def _print_plan(request: TrainRequest) -> None:
     cfg, preset = build_runner_config(request)
     print(f"architecture {cfg.sae.architecture()}  d_in {cfg.sae.d_in}  d_sae {cfg.sae.d_sae}")
     print(f"model {cfg.model_name}  hook {cfg.hook_name}  preset {preset.name}")
+    if cfg.use_cached_activations:
+        print(f"activations from the cache at {cfg.cached_activations_path}")
     print(
         f"tokens {cfg.training_tokens:,}  batch {cfg.train_batch_size_tokens}  "
         f"context {cfg.context_size}  lr {cfg.lr}  warm-up {cfg.lr_warm_up_steps}"
@@ -183,6 +207,35 @@ def _cmd_train(args: argparse.Namespace) -> None:
     _train_and_report(request, evaluate=args.evaluate, as_json=args.json)
 
 
+def _cmd_cache(args: argparse.Namespace) -> None:
+    request = CacheRequest(
+        output_path=Path(args.output),
+        training_tokens=args.training_tokens,
+        model_name=args.model or EMBEDDED_MODEL_NAME,
+        model_path=args.model_path,
+        layer=args.layer,
+        site=args.site,
+        hook_name=args.hook,
+        context_size=args.context_size,
+        dataset_path=args.dataset,
+        model_batch_size=args.model_batch_size,
+        autocast_lm=args.autocast,
+        seed=args.seed,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    result = cache_activations(request)
+    info = result.info
+    size = sum(f.stat().st_size for f in result.path.iterdir() if f.is_file())
+    print(
+        f"cached {info.contexts} contexts x {info.context_size} tokens of {info.hook_name} "
+        f"(d_in {info.d_in}; {info.usable_tokens:,} usable tokens) from {info.model_name} in "
+        f"{info.seconds:.0f} s ({info.tokens / max(info.seconds or 0, 1e-9):,.0f} tokens/s), "
+        f"{size / 2**30:.2f} GiB at {result.path.resolve()}"
+    )
+    print(f"train from it: sae-variants train --activations {result.path} --architecture ...")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     options = {k: str(v) for k, v in DEMO_SAE_OPTIONS.items()} | parse_options(args.set)
     _train_and_report(_request(args, Path(args.output), options), evaluate=True, as_json=args.json)
@@ -209,7 +262,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(format_table(result))
 
 
+def _cmd_benchmark_cache(args: argparse.Namespace) -> None:
+    request = TrainRequest(
+        architecture=args.architecture,
+        model_name=args.model or EMBEDDED_MODEL_NAME,
+        model_path=args.model_path,
+        layer=args.layer,
+        d_sae=args.d_sae[0],
+        training_tokens=args.training_tokens,
+        train_batch_size_tokens=args.batch_size,
+        sae_options=parse_options(args.set),
+    )
+    result = time_cache_against_live(request, repeats=args.repeats or 2)
+    print(format_cache_throughput(result))
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> None:
+    if args.cache_vs_live:
+        _cmd_benchmark_cache(args)
+        return
+    if args.repeats is None:
+        args.repeats = 5
     if args.architecture == "all":
         if args.set:
             raise ValueError(
@@ -300,11 +373,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train)
     train.add_argument("--output", default="sae_runs/latest", help="where the trained SAE is saved")
     train.add_argument(
+        "--activations",
+        default=None,
+        metavar="DIR",
+        help="train from an activation cache (`sae-variants cache`) instead of running the model; "
+        "--tokens defaults to one pass over it",
+    )
+    train.add_argument(
         "--evaluate", action="store_true", help="evaluate on held-out text afterwards"
     )
     train.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
     train.add_argument("--json", action="store_true", help="print the evaluation as JSON")
     train.set_defaults(run=_cmd_train)
+
+    cache = commands.add_parser(
+        "cache",
+        help="write an activation cache (SAELens's CacheActivationsRunner: one row per context)",
+    )
+    _add_model_arguments(cache)
+    cache.add_argument(
+        "--training-tokens",
+        "--tokens",
+        dest="training_tokens",
+        type=int,
+        required=True,
+        help="tokens to cache (rounded up to whole model batches)",
+    )
+    cache.add_argument("--output", required=True, help="the cache folder to write")
+    cache.add_argument(
+        "--dataset",
+        default=None,
+        help="as for train: 'austen' (default for the offline models), a local file or saved "
+        "dataset folder, or a hub dataset name",
+    )
+    cache.add_argument(
+        "--context-size", type=int, default=None, help="tokens per context (default: the preset's)"
+    )
+    cache.add_argument(
+        "--model-batch-size", type=int, default=16, help="contexts per forward pass (default 16)"
+    )
+    cache.add_argument("--autocast", action="store_true", help="run the model in bfloat16 autocast")
+    cache.add_argument("--seed", type=int, default=42)
+    cache.add_argument("--device", default="cpu", help="the model's device (default cpu)")
+    cache.add_argument("--overwrite", action="store_true", help="replace a cache at --output")
+    cache.set_defaults(run=_cmd_cache)
 
     demo = commands.add_parser(
         "demo", help="train the standard SAE on the embedded model and evaluate it"
@@ -340,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--steps", type=int, default=3, help="steps per timed repeat")
     bench.add_argument(
-        "--repeats", type=int, default=5, help="interleaved repeats; the median ratio is reported"
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats; the median ratio is reported (default 5; 2 with --cache-vs-live)",
     )
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     bench.add_argument(
@@ -357,6 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
         dest="memory",
         action="store_false",
         help="skip the peak-memory measurement (one subprocess per architecture)",
+    )
+    bench.add_argument(
+        "--cache-vs-live",
+        action="store_true",
+        help="instead: training throughput from an activation cache against live training "
+        "(one cache written first; uses --model/--layer/--tokens, the first --d-sae, --batch-size)",
+    )
+    bench.add_argument("--model", default=None, help="with --cache-vs-live: the model to train on")
+    bench.add_argument("--model-path", default=None, help="with --cache-vs-live: its local folder")
+    bench.add_argument("--layer", type=int, default=None, help="with --cache-vs-live: block index")
+    bench.add_argument(
+        "--training-tokens",
+        "--tokens",
+        dest="training_tokens",
+        type=int,
+        default=409_600,
+        help="with --cache-vs-live: tokens per training run (default 409,600)",
     )
     bench.set_defaults(run=_cmd_benchmark)
 

@@ -1,6 +1,7 @@
 """Train any registered SAE architecture from a :class:`~.request.TrainRequest`, offline on the
 embedded model or on any model TransformerLens loads: :func:`train_sae` builds the runner config,
-trains with :class:`~.runner.VariantTrainingRunner` and saves the SAE in SAELens's format.
+trains with :class:`~.runner.VariantTrainingRunner` (on live activations or an activation cache,
+``request.activations_path``) and saves the SAE in SAELens's format.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import LanguageModelSAERunnerConfig
+from sae_lens import HookedSAETransformer, LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_variants.integrations.models import load_model
+from sae_variants.integrations.training.activation_cache import open_cache
 from sae_variants.integrations.training.datasets import (
     AUSTEN,
     austen_contexts,
@@ -32,6 +34,19 @@ from sae_variants.validation import check_activations
 logger = logging.getLogger(__name__)
 
 
+def sample_contexts(store: Any, n_contexts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids ``[n, context]``, activations ``[n, context, d_in]``) of ``n_contexts`` contexts:
+    the first rows of the store's activation cache, or the next contexts of its dataset stream run
+    through the model (training then starts that many contexts later in the data; they come round
+    again in later epochs)."""
+    cached = getattr(store, "cached_activation_dataset", None)
+    if cached is not None:
+        rows = cached[: min(n_contexts, len(cached))]
+        return rows["token_ids"].round().long(), rows[store.hook_name]
+    tokens = store.get_batch_tokens(n_contexts)
+    return tokens, store.get_activations(tokens)
+
+
 @torch.no_grad()
 def initialize_b_dec_to_mean(
     sae: TrainingSAE[Any], store: Any, normalize_activations: str, n_batches: int = 4
@@ -39,14 +54,13 @@ def initialize_b_dec_to_mean(
     """Set ``b_dec`` to the mean of a few store batches, in the space the SAE trains in.
 
     With ``expected_average_only_in`` the trainer scales inputs by sqrt(d_in) / E||x||, so the
-    mean is scaled the same way. The contexts are drawn from the store's own stream, so training
-    starts that many contexts later in the data (they come round again in later epochs).
+    mean is scaled the same way. Special tokens are left out, as in training.
     """
-    tokens = store.get_batch_tokens(n_batches * store.store_batch_size_prompts)
-    acts = store.get_activations(tokens).reshape(-1, sae.cfg.d_in)
+    tokens, acts = sample_contexts(store, n_batches * store.store_batch_size_prompts)
+    acts = acts.reshape(-1, sae.cfg.d_in)
     if store.exclude_special_tokens is not None:
         keep = ~torch.isin(tokens.reshape(-1), store.exclude_special_tokens.to(tokens.device))
-        acts = acts[keep]
+        acts = acts[keep.to(acts.device)]
     check_activations(acts, sae.cfg.d_in, where="activations for the b_dec initialization")
     mean = acts.mean(dim=0)
     if normalize_activations == "expected_average_only_in":
@@ -61,6 +75,18 @@ def _refuse_to_overwrite(output: Path, overwrite: bool) -> None:
         )
 
 
+def _warn_about_repeated_passes(activations_path: str, training_tokens: int) -> None:
+    _, info = open_cache(activations_path)
+    if info.usable_tokens is not None and training_tokens > info.usable_tokens:
+        logger.warning(
+            "training on %d tokens from an activation cache of %d usable tokens reads it %.1f "
+            "times; cache more tokens for a run without repeats",
+            training_tokens,
+            info.usable_tokens,
+            training_tokens / info.usable_tokens,
+        )
+
+
 @dataclass
 class TrainResult:
     output_path: Path
@@ -68,17 +94,21 @@ class TrainResult:
     runner_config: LanguageModelSAERunnerConfig[Any]
 
 
-def train_sae(request: TrainRequest) -> TrainResult:
+def train_sae(request: TrainRequest, *, model: HookedSAETransformer | None = None) -> TrainResult:
     """Train as requested with :class:`VariantTrainingRunner`; the SAE is saved to
-    ``request.output_path``."""
+    ``request.output_path``. ``model``: ``request.model_name`` already loaded (saves loading it
+    again for each of several runs)."""
     runner_cfg, _ = build_runner_config(request)
     output = Path(request.output_path)
     _refuse_to_overwrite(output, request.overwrite)
+    if request.activations_path is not None:
+        _warn_about_repeated_passes(request.activations_path, runner_cfg.training_tokens)
     source = request.dataset_path or default_dataset(request.model_name)
     # A local dataset is read before the model loads, so a bad path fails in seconds.
     dataset = local_dataset(Path(source).expanduser()) if is_local_dataset(source) else None
     torch.manual_seed(request.seed)
-    model = load_model(request.model_name, device=request.device, model_path=request.model_path)
+    if model is None:
+        model = load_model(request.model_name, device=request.device, model_path=request.model_path)
     if source == AUSTEN:
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
     runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)

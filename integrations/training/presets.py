@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sae_variants.integrations.models.gemma3 import GEMMA3_270M
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+
 
 @dataclass(frozen=True)
 class TrainingPreset:
@@ -81,6 +84,16 @@ def training_preset(name: str) -> TrainingPreset:
             f"unknown training preset {name!r}; valid presets: {', '.join(TRAINING_PRESETS)}"
         )
     return TRAINING_PRESETS[name]
+
+
+OFFLINE_MODELS = {EMBEDDED_MODEL_NAME: "demo", GEMMA3_270M: "gemma3-cpu"}
+"""Models that run without the hub, with their default training preset; they train on the bundled
+Austen text unless a dataset is named."""
+
+
+def default_preset(model_name: str) -> str:
+    """``demo`` for the embedded model, ``gemma3-cpu`` for gemma-3-270m, ``paper`` otherwise."""
+    return OFFLINE_MODELS.get(model_name, "paper")
 
 
 DEMO_SAE_OPTIONS: dict[str, float | int] = {"l1_coefficient": 1.0, "l1_warm_up_steps": 100}

@@ -20,29 +20,25 @@ from transformer_lens import HookedTransformerConfig
 
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
 from sae_variants.integrations.models import model_config
-from sae_variants.integrations.models.gemma3 import GEMMA3_270M
 from sae_variants.integrations.models.hooks import hook_name as site_hook_name
 from sae_variants.integrations.models.hooks import hook_width
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.activation_cache import CacheInfo, open_cache
 from sae_variants.integrations.training.datasets import AUSTEN, is_local_dataset
-from sae_variants.integrations.training.presets import TrainingPreset, training_preset
+from sae_variants.integrations.training.presets import (
+    OFFLINE_MODELS,
+    TrainingPreset,
+    default_preset,
+    training_preset,
+)
 
 PAPER_DATASET = "monology/pile-uncopyrighted"
 """The dataset the seed papers streamed for Gemma-2-2B (needs the hub)."""
-
-OFFLINE_MODELS = {EMBEDDED_MODEL_NAME: "demo", GEMMA3_270M: "gemma3-cpu"}
-"""Models that run without the hub, with their default training preset; they train on the bundled
-Austen text unless a dataset is named."""
 
 
 def default_dataset(model_name: str) -> str:
     """The bundled Austen text for the offline models, the papers' Pile otherwise."""
     return AUSTEN if model_name in OFFLINE_MODELS else PAPER_DATASET
-
-
-def default_preset(model_name: str) -> str:
-    """``demo`` for the embedded model, ``gemma3-cpu`` for gemma-3-270m, ``paper`` otherwise."""
-    return OFFLINE_MODELS.get(model_name, "paper")
 
 
 # Fields of TrainingSAEConfig that the request sets itself; users may not override them by name.
@@ -85,6 +81,27 @@ class TrainRequest:
     residual stream has a large mean, and an SAE that must first learn it wastes features on it."""
     seed: int = 42
     device: str = "cpu"
+    activations_path: str | None = None
+    """An activation cache (``sae-variants cache``) to train from instead of running the model: its
+    model and hook must be the request's (:func:`request_from_cache` takes them from the cache),
+    and ``training_tokens`` defaults to one pass over it."""
+
+
+def request_from_cache(activations_path: str | Path, **fields: Any) -> TrainRequest:
+    """A request that trains on the cache at ``activations_path``, with its model, model folder
+    and hook; ``fields`` set the rest (architecture, d_sae, ...)."""
+    _, info = open_cache(activations_path)
+    if info.model_name is None and "model_name" not in fields:
+        raise ValueError(
+            f"the activation cache at {activations_path} does not record its model (it was not "
+            "written by `sae-variants cache`); name it with model_name=..."
+        )
+    defaults: dict[str, Any] = {"model_name": info.model_name, "model_path": info.model_path}
+    if fields.get("layer") is None and fields.get("hook_name") is None:
+        defaults["hook_name"] = info.hook_name
+    # A field given as None keeps the cache's value (the command line passes unset flags so).
+    given = {k: v for k, v in fields.items() if not (v is None and k in defaults)}
+    return TrainRequest(**{**defaults, **given, "activations_path": str(activations_path)})
 
 
 def middle_layer(cfg: HookedTransformerConfig) -> int:
@@ -92,14 +109,40 @@ def middle_layer(cfg: HookedTransformerConfig) -> int:
     return max(0, cfg.n_layers // 2 - 1)
 
 
-def resolve_hook(request: TrainRequest, cfg: HookedTransformerConfig) -> tuple[str, int]:
-    """(hook name, d_in) for the request, validated against the model's config."""
+def resolve_hook(
+    request: TrainRequest, cfg: HookedTransformerConfig, cached: CacheInfo | None = None
+) -> tuple[str, int]:
+    """(hook name, d_in) for the request, validated against the model's config and, training from
+    a cache, against the hook it holds (which is also the default then)."""
     if request.hook_name is not None:
         name = request.hook_name
+    elif request.layer is None and cached is not None:
+        name = cached.hook_name
     else:
         layer = middle_layer(cfg) if request.layer is None else request.layer
         name = site_hook_name(cfg, layer, request.site)
-    return name, hook_width(cfg, name)
+    d_in = hook_width(cfg, name)
+    if cached is not None and (name, d_in) != (cached.hook_name, cached.d_in):
+        raise ValueError(
+            f"the activation cache at {request.activations_path} holds {cached.hook_name} "
+            f"(d_in {cached.d_in}), but this run asks for {name} (d_in {d_in}); drop --layer/--hook "
+            "to train on the cached hook"
+        )
+    return name, d_in
+
+
+def _cache_of(request: TrainRequest) -> CacheInfo | None:
+    """What the request's activation cache holds (None without one), checked against its model."""
+    if request.activations_path is None:
+        return None
+    _, info = open_cache(request.activations_path)
+    if info.model_name is not None and info.model_name != request.model_name:
+        raise ValueError(
+            f"the activation cache at {request.activations_path} was written with "
+            f"{info.model_name!r}, but this run names {request.model_name!r}; pass --model "
+            f"{info.model_name} (or leave --model out)"
+        )
+    return info
 
 
 def training_config_class(architecture: str) -> type[TrainingSAEConfig]:
@@ -185,6 +228,14 @@ def config_fields(cfg: TrainingSAEConfig) -> dict[str, Any]:
     return {k: v for k, v in vars(cfg).items() if k != "metadata"}
 
 
+def one_pass_tokens(cached: CacheInfo | None, batch_tokens: int) -> int | None:
+    """Whole batches in one pass over a cache's usable tokens (None without a cache, or for a cache
+    that does not record its usable tokens)."""
+    if cached is None or cached.usable_tokens is None:
+        return None
+    return max(batch_tokens, cached.usable_tokens // batch_tokens * batch_tokens)
+
+
 def _buffer_batches(batch_tokens: int, context_size: int) -> int:
     # SAELens's mixing buffer holds n_batches_in_buffer * context_size tokens and refuses a batch
     # larger than that (saelens-host pitfall 1); twice the batch keeps shuffling meaningful.
@@ -198,9 +249,11 @@ def build_runner_config(
     model). Its SAE config is not yet bound to the run: :func:`~.runner.bind_run` does that, once,
     when the runner is built (``bind_run(cfg)`` shows the result)."""
     cfg = model_config(request.model_name)
-    name, d_in = resolve_hook(request, cfg)
+    cached = _cache_of(request)
+    name, d_in = resolve_hook(request, cfg, cached)
     embedded = request.model_name == EMBEDDED_MODEL_NAME
     preset = training_preset(request.preset or default_preset(request.model_name))
+    context_size = cached.context_size if cached is not None else preset.context_size
     source = request.dataset_path or default_dataset(request.model_name)
     # Austen and local data reach SAELens's store as override_dataset (train_sae loads them);
     # only a hub name goes into the config, where SAELens streams it.
@@ -212,7 +265,8 @@ def build_runner_config(
         request.architecture, d_in, d_sae, request.sae_options, request.normalize_activations
     )
     batch_tokens = request.train_batch_size_tokens or preset.train_batch_size_tokens
-    training_tokens = request.training_tokens or preset.training_tokens
+    training_tokens = request.training_tokens or one_pass_tokens(cached, batch_tokens)
+    training_tokens = training_tokens or preset.training_tokens
     if training_tokens < batch_tokens:
         raise ValueError(
             f"training_tokens={training_tokens} is smaller than one batch ({batch_tokens} tokens)"
@@ -235,11 +289,13 @@ def build_runner_config(
         dataset_path=source if from_hub else "",
         is_dataset_tokenized=not from_hub,
         streaming=from_hub,
-        context_size=preset.context_size,
+        context_size=context_size,
+        use_cached_activations=cached is not None,
+        cached_activations_path=request.activations_path,
         training_tokens=training_tokens,
         train_batch_size_tokens=batch_tokens,
-        store_batch_size_prompts=max(1, min(32, batch_tokens // preset.context_size)),
-        n_batches_in_buffer=_buffer_batches(batch_tokens, preset.context_size),
+        store_batch_size_prompts=max(1, min(32, batch_tokens // context_size)),
+        n_batches_in_buffer=_buffer_batches(batch_tokens, context_size),
         lr=lr,
         lr_warm_up_steps=lr_warm_up_steps,
         lr_decay_steps=int(preset.lr_decay_fraction * total_steps),

@@ -14,23 +14,29 @@ whole in a pool instead:
 - a context leaves the pool once all its groups have been served, and free slots are refilled
   from the dataset stream a model batch at a time, so every forward pass is used in full.
 
+Contexts come from one of two supplies with the same interface: :class:`LiveContexts` runs the
+model through the store, :class:`CachedContexts` reads whole rows (``[context, d_in]`` plus
+``token_ids``) of an activation cache written by SAELens's ``CacheActivationsRunner`` (``sae-variants
+cache``), so positions and sequence ids are as exact from a cache as live.
+
 Every batch comes with a :class:`~sae_variants.token_context.TokenContext` (position, sequence id
 and token id of each row); :meth:`SequenceBatchSource.context_of` returns it for a batch tensor
 the source produced, by identity. The source is also what the runner checkpoints: the pool's
-tokens, plans, cursors and random state are saved, and activations recomputed on resume, so a
-resumed run sees the batches an uninterrupted one would have.
+tokens, plans, cursors, cache rows and random state are saved, and activations recomputed (live)
+or re-read (cache) on resume, so a resumed run sees the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -39,6 +45,8 @@ from sae_variants.validation import check_activations
 
 SEQUENCE_STATE_FILENAME = "sequence_batches_state.safetensors"
 """Written beside SAELens's ``activations_store_state.safetensors`` in every checkpoint."""
+
+logger = logging.getLogger(__name__)
 
 _ISSUED_MEMORY = 64
 """Batches whose contexts are kept for :meth:`SequenceBatchSource.context_of` (enough for the
@@ -129,6 +137,153 @@ def plan_groups(
     return groups.sort(dim=-1).values, counts
 
 
+@runtime_checkable
+class ContextSupply(Protocol):
+    """Where a :class:`SequenceBatchSource` gets whole contexts from."""
+
+    def take(
+        self, n: int
+    ) -> tuple[Int[Tensor, "n pos"], Float[Tensor, "n pos d_in"], Int[Tensor, " n"]]:
+        """The next ``n`` contexts: token ids (CPU, int64), activations, and the cache row of each
+        (-1 when they were computed live)."""
+        ...
+
+    def reload(
+        self, tokens: Int[Tensor, "n pos"], rows: Int[Tensor, " n"]
+    ) -> Float[Tensor, "n pos d_in"]:
+        """The activations of contexts taken earlier (for a resumed pool)."""
+        ...
+
+    def state(self) -> dict[str, Tensor]:
+        """What must be checkpointed beyond SAELens's store state to continue the stream."""
+        ...
+
+    def load_state(self, state: dict[str, Tensor]) -> None: ...
+
+
+class LiveContexts:
+    """Contexts from the dataset stream, run through the model by SAELens's store."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def _model_device(self) -> torch.device:
+        try:
+            return next(self.store.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    @torch.no_grad()
+    def reload(
+        self,
+        tokens: Int[Tensor, "n pos"],
+        rows: Int[Tensor, " n"],  # noqa: ARG002  (live contexts have no cache rows)
+    ) -> Float[Tensor, "n pos d_in"]:
+        return self.store.get_activations(tokens.to(self._model_device()))
+
+    def take(
+        self, n: int
+    ) -> tuple[Int[Tensor, "n pos"], Float[Tensor, "n pos d_in"], Int[Tensor, " n"]]:
+        tokens = self.store.get_batch_tokens(n).cpu()
+        return tokens, self.reload(tokens, torch.full((n,), -1)), torch.full((n,), -1)
+
+    def state(self) -> dict[str, Tensor]:
+        return {}  # SAELens's own store state holds the dataset position
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        if "cache_position" in state:
+            raise ValueError(
+                "the checkpoint was written by a run that read an activation cache; resume it "
+                "with the same cached activations"
+            )
+
+
+class CachedContexts:
+    """Whole contexts read in order from an activation cache (the store's
+    ``cached_activation_dataset``: a ``hook_name`` column of ``[context, d_in]`` and ``token_ids``),
+    starting over at the end as SAELens's store does."""
+
+    def __init__(self, dataset: Any, hook_name: str, context_size: int, d_in: int) -> None:
+        if "token_ids" not in dataset.column_names:
+            raise ValueError(
+                f"the activation cache has columns {dataset.column_names} but no 'token_ids': the "
+                "sequence-aware pipeline needs each row's tokens (to skip special tokens and to "
+                "know what it trains on); write the cache with `sae-variants cache` or a SAELens "
+                "CacheActivationsRunner that records token_ids"
+            )
+        self.dataset = dataset
+        self.hook_name = hook_name
+        self.context_size = context_size
+        self.d_in = d_in
+        self.cursor = 0
+        self.epochs = 0
+
+    def _read(self, rows: slice | list[int]) -> tuple[Tensor, Tensor]:
+        picked = self.dataset[rows]
+        acts = picked[self.hook_name]
+        # The store formats every column with the activation dtype; token ids are integers below
+        # 2**24, so a float32 column holds them exactly.
+        tokens = picked["token_ids"].round().long().cpu()
+        if acts.shape[1:] != (self.context_size, self.d_in):
+            raise ValueError(
+                f"cached rows have shape {tuple(acts.shape[1:])}, expected "
+                f"({self.context_size}, {self.d_in}) (context_size, d_in)"
+            )
+        return tokens, acts
+
+    def take(
+        self, n: int
+    ) -> tuple[Int[Tensor, "n pos"], Float[Tensor, "n pos d_in"], Int[Tensor, " n"]]:
+        size = len(self.dataset)
+        if n > size:
+            raise ValueError(
+                f"the activation cache holds {size} contexts, fewer than the {n} one refill needs; "
+                "cache more tokens"
+            )
+        if self.cursor + n > size:
+            self.cursor = 0
+            self.epochs += 1
+            logger.warning(
+                "the activation cache is exhausted; starting pass %d over its %d contexts",
+                self.epochs + 1,
+                size,
+            )
+        tokens, acts = self._read(slice(self.cursor, self.cursor + n))  # one contiguous read
+        rows = torch.arange(self.cursor, self.cursor + n)
+        self.cursor += n
+        return tokens, acts, rows
+
+    def reload(
+        self, tokens: Int[Tensor, "n pos"], rows: Int[Tensor, " n"]
+    ) -> Float[Tensor, "n pos d_in"]:
+        cached_tokens, acts = self._read(rows.tolist())
+        if not torch.equal(cached_tokens, tokens):
+            raise ValueError(
+                "the activation cache no longer matches the checkpoint (different tokens in the "
+                "rows the checkpoint's pool came from): resume with the cache it was trained on"
+            )
+        return acts
+
+    def state(self) -> dict[str, Tensor]:
+        return {"cache_position": torch.tensor([self.cursor, self.epochs])}
+
+    def load_state(self, state: dict[str, Tensor]) -> None:
+        if "cache_position" not in state:
+            raise ValueError(
+                "the checkpoint was written by a run that computed activations live; resume it "
+                "without cached activations"
+            )
+        self.cursor, self.epochs = (int(v) for v in state["cache_position"])
+
+
+def context_supply(store: Any) -> ContextSupply:
+    """The supply for SAELens's ``store``: its activation cache if it reads one, else the model."""
+    cached = getattr(store, "cached_activation_dataset", None)
+    if cached is None:
+        return LiveContexts(store)
+    return CachedContexts(cached, store.hook_name, store.context_size, store.d_in)
+
+
 class SequenceBatchSource:
     """SAELens data provider of sequence-structured batches (see the module docstring).
 
@@ -145,11 +300,6 @@ class SequenceBatchSource:
         pool_contexts: int | None = None,
         seed: int = 0,
     ) -> None:
-        if getattr(store, "cached_activation_dataset", None) is not None:
-            raise ValueError(
-                "the sequence-aware pipeline runs the model on whole contexts; cached activations "
-                "(cached_activations_path) are stored flattened and cannot be used with it"
-            )
         if tuple(store.seqpos_slice) not in ((None,), (None, None), (0, None)):
             raise ValueError(
                 f"seqpos_slice={tuple(store.seqpos_slice)} is not supported by the sequence-aware "
@@ -157,6 +307,7 @@ class SequenceBatchSource:
                 "at its default and let the SAE see every position"
             )
         self.store = store
+        self.supply = context_supply(store)
         self.layout = layout
         self.context_size: int = store.context_size
         self.d_in: int = store.d_in
@@ -191,6 +342,7 @@ class SequenceBatchSource:
         self.acts = torch.zeros(0, length, d_in)  # allocated on the first fill
         self.tokens = torch.zeros(capacity, length, dtype=torch.long)
         self.sequence_ids = torch.full((capacity,), -1, dtype=torch.long)
+        self.rows = torch.full((capacity,), -1, dtype=torch.long)  # cache row of each slot
         self.groups = torch.zeros(
             capacity, max(1, length // self.per_group), self.per_group, dtype=torch.long
         )
@@ -218,29 +370,22 @@ class SequenceBatchSource:
             return torch.ones_like(tokens, dtype=torch.bool)
         return ~torch.isin(tokens, self._special_ids)
 
-    @torch.no_grad()
-    def _load(self, slots: Int[Tensor, " k"], tokens: Int[Tensor, "k pos"]) -> None:
-        acts = self.store.get_activations(tokens.to(self._model_device()))
+    def _store_acts(self, slots: Int[Tensor, " k"], acts: Float[Tensor, "k pos d_in"]) -> None:
         if self.acts.shape[0] == 0:
             self.acts = torch.zeros(
                 self.capacity, self.context_size, self.d_in, dtype=acts.dtype, device=acts.device
             )
         self.acts[slots.to(self.acts.device)] = acts.to(self.acts)
 
-    def _model_device(self) -> torch.device:
-        model = self.store.model
-        try:
-            return next(model.parameters()).device
-        except StopIteration:
-            return torch.device("cpu")
-
+    @torch.no_grad()
     def _fill(self, slots: Int[Tensor, " k"]) -> None:
-        tokens = self.store.get_batch_tokens(slots.numel()).cpu()
-        self._load(slots, tokens)
+        tokens, acts, rows = self.supply.take(slots.numel())
+        self._store_acts(slots, acts)
         groups, counts = plan_groups(
             self._usable(tokens), self.layout, self.per_group, self.generator
         )
         self.tokens[slots] = tokens
+        self.rows[slots] = rows
         self.groups[slots, : groups.shape[1]] = groups
         self.group_counts[slots] = counts
         self.cursors[slots] = 0
@@ -252,7 +397,7 @@ class SequenceBatchSource:
         if self._stale_slots is not None:
             stale, self._stale_slots = self._stale_slots, None
             for chunk in stale.split(self.store.store_batch_size_prompts):
-                self._load(chunk, self.tokens[chunk])
+                self._store_acts(chunk, self.supply.reload(self.tokens[chunk], self.rows[chunk]))
         fetch = self.store.store_batch_size_prompts
         for _ in range(10_000):
             free = (self.cursors >= self.group_counts).nonzero().squeeze(1)
@@ -326,6 +471,7 @@ class SequenceBatchSource:
         with self._lock:
             state = {
                 "tokens": self.tokens,
+                "rows": self.rows,
                 "sequence_ids": self.sequence_ids,
                 "groups": self.groups,
                 "group_counts": self.group_counts,
@@ -335,6 +481,7 @@ class SequenceBatchSource:
                 ),
                 "generator": self.generator.get_state(),
                 "loaded": torch.tensor(self.acts.shape[0] > 0),
+                **self.supply.state(),
             }
             save_file(
                 {k: v.contiguous() for k, v in state.items()},
@@ -342,7 +489,8 @@ class SequenceBatchSource:
             )
 
     def load_from_checkpoint(self, checkpoint_path: str | Path) -> None:
-        """Restore the dataset position and the pool; activations are recomputed by the model."""
+        """Restore the dataset (or cache) position and the pool; activations are recomputed by the
+        model, or re-read from the cache."""
         self.store.load_from_checkpoint(checkpoint_path)
         state = load_file(str(Path(checkpoint_path) / SEQUENCE_STATE_FILENAME))
         if state["tokens"].shape != self.tokens.shape or state["groups"].shape != self.groups.shape:
@@ -353,7 +501,9 @@ class SequenceBatchSource:
                 "same context size, batch size, layout and pool size"
             )
         with self._lock:
+            self.supply.load_state(state)
             self.tokens.copy_(state["tokens"])
+            self.rows.copy_(state["rows"])
             self.sequence_ids.copy_(state["sequence_ids"])
             self.groups.copy_(state["groups"])
             self.group_counts.copy_(state["group_counts"])

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from sae_variants import SeqContrastiveTrainingSAE, SeqContrastiveTrainingSAEConfig
+from sae_variants.integrations.benchmark.cache_throughput import (
+    format_cache_throughput,
+    time_cache_against_live,
+)
 from sae_variants.integrations.benchmark.step_time import (
     synthetic_token_context,
     time_training_step,
 )
+from sae_variants.integrations.training.request import TrainRequest
 
 
 def test_synthetic_contexts_have_the_pipelines_shape() -> None:
@@ -27,3 +34,25 @@ def test_step_timing_runs_a_sequence_aware_variant() -> None:
     assert timing.ratio > 0
     assert 0 < timing.variant_l0 <= 64
     assert torch.isfinite(torch.tensor(timing.variant_seconds))
+
+
+def test_cache_against_live_trains_both_ways_on_one_pass_of_a_cache(tmp_path: Path) -> None:
+    result = time_cache_against_live(
+        TrainRequest(
+            architecture="seq_contrastive",
+            d_sae=128,
+            training_tokens=50 * 1024,
+            train_batch_size_tokens=1024,
+        ),
+        repeats=1,
+        work_dir=tmp_path,
+    )
+    assert len(result.live_seconds) == len(result.cached_seconds) == 1
+    # Exactly enough contexts for one pass (127 usable tokens each), in whole model batches of 16.
+    contexts = -(-(50 * 1024) // 127)
+    assert result.cache_tokens == -(-contexts // 16) * 16 * 128
+    assert result.training_tokens == 50 * 1024
+    assert not any(tmp_path.iterdir()), "the benchmark's scratch folder was left behind"
+    text = format_cache_throughput(result)
+    assert "from the cache" in text
+    assert "speed-up" in text

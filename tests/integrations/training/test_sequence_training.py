@@ -26,6 +26,7 @@ from sae_variants import (
 )
 from sae_variants.integrations.models.tiny_gemma2 import random_tiny_gemma2_config
 from sae_variants.integrations.models.tiny_gemma2.model import build_model
+from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
 from sae_variants.integrations.training.runner import VariantTrainingRunner
 from sae_variants.integrations.training.sequence_batches import plan_groups
 
@@ -109,6 +110,48 @@ def sequence_runner(
     )
 
 
+def write_marked_cache(output: Path, tokens: torch.Tensor) -> Path:
+    """An activation cache of ``tokens`` written by the marked model (``sae-variants cache``)."""
+    cache_activations(
+        CacheRequest(
+            output_path=output,
+            training_tokens=tokens.numel(),
+            model_name="random-tiny-gemma2",
+            hook_name=HOOK,
+            context_size=CONTEXT,
+        ),
+        model=marked_model(),
+        dataset=Dataset.from_dict({"tokens": tokens.tolist()}),
+    )
+    return output
+
+
+@pytest.fixture(scope="module")
+def marked_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_marked_cache(tmp_path_factory.mktemp("cache") / "acts", tagged_tokens())
+
+
+@pytest.fixture(params=["live", "cache"])
+def source_runner(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """``sequence_runner`` live (the marked model runs) or from a cache the marked model wrote; the
+    cached runner is handed an unmarked model, so provenance holds only if the cache is read."""
+
+    def make(sae_cfg: TrainingSAEConfig, path: Path = tmp_path, **kwargs: Any) -> Any:
+        if request.param == "live":
+            return sequence_runner(sae_cfg, path, **kwargs)
+        cache = request.getfixturevalue("marked_cache")
+        return sequence_runner(
+            sae_cfg,
+            path,
+            model=build_model(random_tiny_gemma2_config(seed=0)),
+            use_cached_activations=True,
+            cached_activations_path=str(cache),
+            **kwargs,
+        )
+
+    return make
+
+
 def assert_true_provenance(batch: torch.Tensor, context: TokenContext) -> None:
     assert torch.equal(batch[:, 0].round().long(), context.positions)
     assert torch.equal(batch[:, 1].round().long(), context.token_ids)
@@ -134,9 +177,9 @@ def assert_true_provenance(batch: torch.Tensor, context: TokenContext) -> None:
     ids=["pairs", "uniform", "span", "whole"],
 )
 def test_every_row_carries_its_true_position_sequence_and_token(
-    layout: SequenceLayout, tmp_path: Path
+    layout: SequenceLayout, source_runner: Any
 ) -> None:
-    runner = sequence_runner(seq_config(), tmp_path, layout=layout)
+    runner = source_runner(seq_config(), layout=layout)
     source = runner.sequence_batches
     served: dict[int, list[int]] = {}
     for _ in range(12):
@@ -216,10 +259,75 @@ def test_pairs_are_within_the_window() -> None:
     assert (2 * counts.sum()) / usable.sum() > 0.85
 
 
-def test_training_steps_receive_their_own_batch_context(tmp_path: Path) -> None:
+def test_special_tokens_in_a_cache_are_never_served(tmp_path: Path) -> None:
+    tokens = tagged_tokens()
+    tokens[:, 0] = 0  # a BOS at the start of every context
+    tokens[::3, 10] = 0  # and some mid-context separators
+    cache = write_marked_cache(tmp_path / "acts", tokens)
+    runner = sequence_runner(
+        seq_config(),
+        tmp_path,
+        exclude_special_tokens=[0],
+        use_cached_activations=True,
+        cached_activations_path=str(cache),
+    )
+    for _ in range(8):
+        batch = next(runner.sequence_batches)
+        context = runner.sequence_batches.context_of(batch)
+        assert (context.token_ids != 0).all()
+        assert_true_provenance(batch, context)
+
+
+def test_per_token_training_from_a_cache_skips_special_tokens(tmp_path: Path) -> None:
+    """SAELens's own store reads the cache for per-token SAEs; its token_ids (stored as floats in
+    the activation dtype) still drive the special-token filter."""
+    tokens = tagged_tokens()
+    tokens[:, 0] = 0
+    cache = write_marked_cache(tmp_path / "acts", tokens)
+    runner = VariantTrainingRunner(
+        runner_config(
+            StandardTrainingSAEConfig(d_in=64, d_sae=128),
+            tmp_path,
+            exclude_special_tokens=[0],
+            use_cached_activations=True,
+            cached_activations_path=str(cache),
+        ),
+        override_dataset=Dataset.from_dict({"tokens": tokens.tolist()}),
+        override_model=build_model(random_tiny_gemma2_config(seed=0)),
+    )
+    rows = torch.cat([next(runner.activations_store) for _ in range(20)])
+    assert (rows[:, 1].round() != 0).all(), "a BOS activation reached the SAE"
+    assert set(rows[:, 0].round().long().tolist()) == set(range(1, CONTEXT))
+
+
+def test_a_checkpoint_resumes_only_on_the_same_kind_of_source(
+    tmp_path: Path, marked_cache: Path
+) -> None:
+    live = sequence_runner(seq_config(), tmp_path / "live").sequence_batches
+    next(live)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    live.save_to_checkpoint(checkpoint)
+    cached = sequence_runner(
+        seq_config(),
+        tmp_path / "cached",
+        use_cached_activations=True,
+        cached_activations_path=str(marked_cache),
+    ).sequence_batches
+    with pytest.raises(ValueError, match="computed activations live"):
+        cached.load_from_checkpoint(checkpoint)
+    next(cached)
+    cached.save_to_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="read an activation cache"):
+        sequence_runner(seq_config(), tmp_path / "live2").sequence_batches.load_from_checkpoint(
+            checkpoint
+        )
+
+
+def test_training_steps_receive_their_own_batch_context(source_runner: Any) -> None:
     """End to end through SAELens's runner and trainer: every step's context describes exactly the
     rows it trains on (normalization is off, so sae_in is the served activations)."""
-    runner = sequence_runner(seq_config(), tmp_path, steps=8)
+    runner = source_runner(seq_config(), steps=8)
     sae = runner.sae
     received: list[tuple[torch.Tensor, TokenContext]] = []
     take = sae.take_token_context
@@ -270,9 +378,10 @@ def test_bad_layouts_are_clear_errors(tmp_path: Path) -> None:
     assert plain.sequence_batches is None  # a per-token config trains on SAELens's shuffled store
 
 
-def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(tmp_path: Path) -> None:
-    model = marked_model()
-    first = sequence_runner(seq_config(), tmp_path / "a", model=model).sequence_batches
+def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(
+    tmp_path: Path, source_runner: Any
+) -> None:
+    first = source_runner(seq_config(), tmp_path / "a").sequence_batches
     for _ in range(5):
         next(first)
     checkpoint = tmp_path / "checkpoint"
@@ -281,7 +390,7 @@ def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(tmp_path
     expected = [next(first) for _ in range(30)]  # enough to refill the pool several times
     expected_contexts = [first.context_of(b) for b in expected]
 
-    second = sequence_runner(seq_config(), tmp_path / "b", model=model).sequence_batches
+    second = source_runner(seq_config(), tmp_path / "b").sequence_batches
     second.load_from_checkpoint(checkpoint)
     for batch, context in zip(expected, expected_contexts, strict=True):
         again = next(second)

@@ -170,12 +170,38 @@ class _FakeStore:
         return self.acts[: tokens.shape[0]]
 
 
-def test_b_dec_starts_at_the_scaled_mean_of_non_special_tokens() -> None:
+class _FakeCachedStore(_FakeStore):
+    """The same contexts read from an activation cache (rows with ``token_ids`` stored as floats,
+    as SAELens formats them); the model must not run."""
+
+    hook_name = "hook"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cached_activation_dataset = _FakeCache(self.tokens.float(), self.acts)
+
+    def get_batch_tokens(self, n: int) -> torch.Tensor:  # noqa: ARG002
+        raise AssertionError("a cached run streamed the dataset")
+
+
+class _FakeCache:
+    def __init__(self, tokens: torch.Tensor, acts: torch.Tensor) -> None:
+        self.rows = {"token_ids": tokens, "hook": acts}
+
+    def __len__(self) -> int:
+        return self.rows["token_ids"].shape[0]
+
+    def __getitem__(self, rows: slice) -> dict[str, torch.Tensor]:
+        return {k: v[rows] for k, v in self.rows.items()}
+
+
+@pytest.mark.parametrize("store_class", [_FakeStore, _FakeCachedStore], ids=["live", "cache"])
+def test_b_dec_starts_at_the_scaled_mean_of_non_special_tokens(store_class: type) -> None:
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
     from sae_variants.integrations.training.pipeline import initialize_b_dec_to_mean
 
-    store = _FakeStore()
+    store = store_class()
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=2, d_sae=4))
     initialize_b_dec_to_mean(sae, store, "none")
     kept = store.acts[:, 1:].reshape(-1, 2)  # BOS (token 0) rows are excluded
