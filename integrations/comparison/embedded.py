@@ -1,7 +1,8 @@
-"""Part 1 of the comparison: every architecture on the embedded model, at each target L0.
+"""Part 1 of the comparison: every architecture on a language model (the embedded one by default,
+or gemma-3-270m), at each target L0.
 
 Each (architecture, target) pair is a :func:`~sae_variants.integrations.comparison.matched_l0.train_at_target_l0`
-calibration in ``work_dir/embedded/<architecture>/<knob>=<value>``: finished attempts and their
+calibration in ``work_dir/<embedded or model name>/<architecture>/<knob>=<value>``: finished attempts and their
 evaluations are reused, so an interrupted comparison resumes where it stopped. In a sweep the
 attempts for one target seed the first guess for the next.
 """
@@ -22,6 +23,7 @@ from sae_variants.integrations.comparison.matched_l0 import (
     training_seconds,
 )
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, ComparisonSettings
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.request import TrainRequest
 
 QUCL_CURRICULUM_FILENAME = "qucl_curriculum.json"
@@ -58,6 +60,11 @@ def _architecture_metrics(architecture: str, path: Path, d_in: int) -> dict[str,
     return {}
 
 
+def model_dir(settings: ComparisonSettings) -> str:
+    """The part of ``work_dir`` that holds one model's runs (``embedded`` for the embedded model)."""
+    return "embedded" if settings.model_name == EMBEDDED_MODEL_NAME else settings.model_name
+
+
 def train_request(
     settings: ComparisonSettings, architecture: str, work_dir: Path, d_sae: int
 ) -> TrainRequest:
@@ -65,10 +72,14 @@ def train_request(
     plan = ARCHITECTURE_PLANS[architecture]
     return TrainRequest(
         architecture=architecture,
-        output_path=work_dir / "embedded" / architecture,
+        model_name=settings.model_name,
+        layer=settings.layer,
+        activations_path=settings.activations_path,
+        output_path=work_dir / model_dir(settings) / architecture,
         sae_options=plan.run_options(d_sae, settings.total_steps),
         training_tokens=settings.training_tokens,
         expansion_factor=settings.expansion_factor,
+        d_sae=settings.d_sae,
         train_batch_size_tokens=settings.train_batch_size_tokens,
     )
 
@@ -77,12 +88,12 @@ def run_embedded(
     settings: ComparisonSettings, work_dir: Path, model: HookedSAETransformer, d_in: int
 ) -> list[EmbeddedRun]:
     """Train and evaluate every architecture at every target L0 (reusing finished work);
-    ``d_in``: the width of the default hook every request trains on."""
-    d_sae = settings.expansion_factor * d_in
+    ``d_in``: the width of the hook every request trains on."""
+    d_sae = settings.d_sae or settings.expansion_factor * d_in
     runs: list[EmbeddedRun] = []
     pairs = [(a, t) for a in settings.architectures for t in settings.target_l0s]
     history: dict[str, list[Attempt]] = {a: [] for a in settings.architectures}
-    for architecture, target in tqdm(pairs, desc="embedded model", unit="SAE"):
+    for architecture, target in tqdm(pairs, desc=settings.model_name, unit="SAE"):
         plan = ARCHITECTURE_PLANS[architecture]
         matched = train_at_target_l0(
             train_request(settings, architecture, work_dir, d_sae),

@@ -135,8 +135,9 @@ def request_fingerprint(request: TrainRequest) -> str:
     return json.dumps(fields, sort_keys=True, default=str)
 
 
-def train_or_reuse(request: TrainRequest) -> bool:
-    """Train ``request`` unless its output folder holds an SAE from the same request.
+def train_or_reuse(request: TrainRequest, model: HookedSAETransformer | None = None) -> bool:
+    """Train ``request`` (on ``model`` if given, else loading ``request.model_name``) unless its
+    output folder holds an SAE from the same request.
 
     Returns True when a finished run was reused. The request is recorded only after the SAE is
     saved, so an interrupted run is never mistaken for a finished one. The wall time of the
@@ -151,7 +152,7 @@ def train_or_reuse(request: TrainRequest) -> bool:
     recorded.unlink(missing_ok=True)
     (output / EVALUATION_FILENAME).unlink(missing_ok=True)  # it described the SAE being replaced
     start = time.perf_counter()
-    train_sae(dataclasses.replace(request, overwrite=True))
+    train_sae(dataclasses.replace(request, overwrite=True), model=model)
     (output / TRAINING_TIME_FILENAME).write_text(f"{time.perf_counter() - start:.1f}\n")
     recorded.write_text(fingerprint)
     return False
@@ -219,7 +220,8 @@ def train_at_target_l0(
                 sae_options={**request.sae_options, knob: int(value) if integer_knob else value},
                 output_path=path_of(value),
                 overwrite=True,
-            )
+            ),
+            model=model,
         )
         return path_of(value)
 

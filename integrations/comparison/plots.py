@@ -28,7 +28,7 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_quality_vs_l0(runs: Sequence[EmbeddedRun], path: Path) -> Path:
+def plot_quality_vs_l0(runs: Sequence[EmbeddedRun], path: Path, model_name: str) -> Path:
     """Explained variance and CE loss score against achieved L0, one line per architecture."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for architecture in dict.fromkeys(r.architecture for r in runs):
@@ -45,7 +45,7 @@ def plot_quality_vs_l0(runs: Sequence[EmbeddedRun], path: Path) -> Path:
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower right")
-    figure.suptitle("Quality against sparsity on the embedded model")
+    figure.suptitle(f"Quality against sparsity on {model_name}")
     return _save(figure, path)
 
 

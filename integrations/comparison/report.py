@@ -18,6 +18,7 @@ from sae_variants.integrations.comparison.embedded import EmbeddedRun
 from sae_variants.integrations.comparison.performance import PerformanceRow
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
 from sae_variants.integrations.comparison.synthetic import SyntheticRun
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 
 REPORT_JSON = "report.json"
 REPORT_MARKDOWN = "report.md"
@@ -25,6 +26,26 @@ README_START = "<!-- compare-table:start (written by `sae-variants compare --rea
 README_END = "<!-- compare-table:end -->"
 SUMMARY_START = "<!-- variants-table:start (written by `sae-variants compare --readme FILE`) -->"
 SUMMARY_END = "<!-- variants-table:end -->"
+
+
+def model_of(report: ComparisonReport) -> str:
+    """The language model the report's first part trained on (older reports: the embedded one)."""
+    return report.settings.get("model_name", EMBEDDED_MODEL_NAME)
+
+
+def _model_label(report: ComparisonReport) -> str:
+    name = model_of(report)
+    return "the embedded model" if name == EMBEDDED_MODEL_NAME else name
+
+
+def block_markers(start: str, end: str, model_name: str) -> tuple[str, str]:
+    """A generated block's markers for ``model_name``: the plain ones for the embedded model, and
+    ``<!-- compare-table gemma-3-270m:start ...`` style ones for another, so a page holds one
+    table per model."""
+    if model_name == EMBEDDED_MODEL_NAME:
+        return start, end
+    name, _, rest = start.partition(":start")
+    return f"{name} {model_name}:start{rest}", end.replace(":end", f" {model_name}:end")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -199,14 +220,15 @@ def render_markdown(report: ComparisonReport) -> str:
     sections = [
         f"# sae-variants comparison ({report.date})",
         f"`{report.command}`",
-        f"Embedded tiny Gemma-2, `{report.hook_name}` (d_in {report.d_in}), d_sae {report.d_sae}, "
-        f"{s['training_tokens']:,} training tokens per SAE (the `demo` recipe), target L0 "
+        f"{model_of(report)}, `{report.hook_name}` (d_in {report.d_in}), d_sae {report.d_sae}, "
+        f"{s['training_tokens']:,} training tokens per SAE (the model's default recipe"
+        f"{', from an activation cache' if s.get('activations_path') else ''}), target L0 "
         f"{', '.join(f'{t:g}' for t in s['target_l0s'])} within {s['tolerance']:.0%} "
         f"({s['max_attempts']} calibration attempt(s) at most), {s['eval_batches']} held-out eval batches. "
         f"Wall time of this invocation: {_minutes(report.wall_seconds)} "
         f"({', '.join(f'{k} {_minutes(v)}' for k, v in report.phase_seconds.items())}; finished runs "
         "are reused, so a re-run is faster than the first).",
-        "## Embedded model at matched L0",
+        f"## {_model_label(report).removeprefix('the ').capitalize()} at matched L0",
         _table(_embedded_rows(report.embedded)),
         "EV: explained variance; CE/KL score: SAELens `run_evals`; consistency: mean Jaccard of active "
         "sets within 8 positions of one context over that across contexts; train time: wall time of the "
@@ -328,7 +350,8 @@ def summary_table(report: ComparisonReport) -> str:
             }
         )
     header = (
-        f"{report.settings['training_tokens']:,} tokens per SAE on the embedded model at target L0 "
+        f"{report.settings['training_tokens']:,} tokens per SAE on {_model_label(report)} "
+        f"`{report.hook_name}` at target L0 "
         f"{target:g}; standard: L0 {reference['l0']:.1f}, EV {reference['explained_variance']:.3f}, "
         f"CE score {reference['ce_loss_score']:.3f} (`{report.command}`, {report.date})."
     )
@@ -341,10 +364,12 @@ def update_readme(readme: Path, report: ComparisonReport) -> None:
     :data:`SUMMARY_END` (at least one must be present)."""
     text = readme.read_text()
     found = False
-    for start, end, render in (
+    model_name = model_of(report)
+    for plain_start, plain_end, render in (
         (README_START, README_END, variant_table),
         (SUMMARY_START, SUMMARY_END, summary_table),
     ):
+        start, end = block_markers(plain_start, plain_end, model_name)
         # Any start marker of this block (its explanatory text may differ) up to its end marker.
         opening = re.escape(start.split(" (", 1)[0]) + r"[^>]*-->"
         pattern = re.compile(opening + r".*?" + re.escape(end), re.DOTALL)
@@ -355,9 +380,12 @@ def update_readme(readme: Path, report: ComparisonReport) -> None:
             )
             found = True
     if not found:
+        table_start, table_end = block_markers(README_START, README_END, model_name)
+        summary_start, summary_end = block_markers(SUMMARY_START, SUMMARY_END, model_name)
         raise ValueError(
-            f"{readme} has no comparison block; add the two lines\n{README_START}\n{README_END}\n"
-            f"(the full table) or\n{SUMMARY_START}\n{SUMMARY_END}\n(the summary)"
+            f"{readme} has no comparison block for {model_name}; add the two lines\n"
+            f"{table_start}\n{table_end}\n(the full table) or\n{summary_start}\n{summary_end}\n"
+            "(the summary)"
         )
     readme.write_text(text)
 

@@ -1,7 +1,8 @@
 """What `sae-variants compare` runs: the architectures, their sparsity knobs, and the budgets.
 
 Every architecture is trained on the same hook with the same token budget and training recipe
-(the ``demo`` preset); only its sparsity knob moves, calibrated to each target L0. The first
+(the model's default preset: ``demo`` for the embedded model, ``gemma3-cpu`` for gemma-3-270m);
+only its sparsity knob moves, calibrated to each target L0. The first
 value tried for a knob comes from :data:`ARCHITECTURE_PLANS` (measured on the embedded model at
 L0 ~ 32) scaled as ``value * 32 / target``; TopK-style ``k`` is set to the target directly.
 """
@@ -12,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sae_variants.integrations.training.presets import training_preset
-
-DEMO_BATCH_TOKENS = training_preset("demo").train_batch_size_tokens
+from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.training.presets import (
+    OFFLINE_MODELS,
+    default_preset,
+    training_preset,
+)
 
 REFERENCE_L0 = 32.0
 """The L0 at which :attr:`ArchitecturePlan.value_at_reference_l0` was measured."""
@@ -177,8 +181,16 @@ class ComparisonSettings:
     target_l0s: tuple[float, ...] = (REFERENCE_L0,)
     training_tokens: int = 1_000_000
     expansion_factor: int = 8
+    d_sae: int | None = None
+    """Dictionary width; None means ``expansion_factor * d_in``."""
     train_batch_size_tokens: int | None = None
-    """None: the ``demo`` recipe's 4096."""
+    """None: the model's default recipe's (``demo``: 4096, ``gemma3-cpu``: 2048)."""
+    model_name: str = EMBEDDED_MODEL_NAME
+    """One of the models that run offline with held-out text (the embedded model, gemma-3-270m)."""
+    layer: int | None = None
+    """Block whose ``resid_post`` every SAE trains on; None: the middle block (or the cache's hook)."""
+    activations_path: str | None = None
+    """An activation cache (``sae-variants cache``) every SAE trains from."""
     eval_batches: int = 8
     max_attempts: int = 3
     tolerance: float = 0.10
@@ -189,8 +201,14 @@ class ComparisonSettings:
     name: str = "full"
 
     @property
+    def batch_tokens(self) -> int:
+        if self.train_batch_size_tokens is not None:
+            return self.train_batch_size_tokens
+        return training_preset(default_preset(self.model_name)).train_batch_size_tokens
+
+    @property
     def total_steps(self) -> int:
-        return self.training_tokens // (self.train_batch_size_tokens or DEMO_BATCH_TOKENS)
+        return self.training_tokens // self.batch_tokens
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.architectures if a not in ARCHITECTURE_PLANS]
@@ -206,6 +224,13 @@ class ComparisonSettings:
             raise ValueError(f"target_l0s must be positive numbers, got {self.target_l0s}")
         if self.training_tokens <= 0 or self.eval_batches <= 0 or self.max_attempts <= 0:
             raise ValueError("training_tokens, eval_batches and max_attempts must be positive")
+        if self.model_name not in OFFLINE_MODELS:
+            raise ValueError(
+                f"the comparison evaluates on the bundled held-out text, which is tokenized for "
+                f"{sorted(OFFLINE_MODELS)}; got model {self.model_name!r}"
+            )
+        if self.d_sae is not None and self.d_sae <= 0:
+            raise ValueError(f"d_sae must be positive, got {self.d_sae}")
 
 
 QUICK = dict(

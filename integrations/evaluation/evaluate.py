@@ -26,7 +26,6 @@ from sae_variants.integrations.evaluation.consistency import contextual_consiste
 from sae_variants.integrations.evaluation.heldout import (
     HeldoutCodes,
     encode_contexts,
-    heldout_dataset,
     special_token_ids,
 )
 from sae_variants.integrations.evaluation.position_metrics import fvu_by_position_range
@@ -199,17 +198,20 @@ def heldout_l0(
     contexts: int = CONSISTENCY_CONTEXTS,
 ) -> float:
     """Mean number of firing features per non-special token of the first ``contexts`` held-out
-    contexts (embedded model only): the few-second L0 a calibration steers by, on the same text
-    ``evaluate_sae`` starts from."""
+    Austen contexts (SAEs of the offline models): the few-second L0 a calibration steers by, on
+    the same text ``evaluate_sae`` starts from."""
     sae = load_sae(path)
     meta = sae.cfg.metadata
-    if (meta.model_name or EMBEDDED_MODEL_NAME) != EMBEDDED_MODEL_NAME:
+    model_name = meta.model_name or EMBEDDED_MODEL_NAME
+    if model_name not in OFFLINE_MODELS:
         raise ValueError(
-            f"heldout_l0 needs an SAE of the embedded model; {path} is on {meta.model_name!r}"
+            f"heldout_l0 needs an SAE of a model with bundled held-out text "
+            f"({sorted(OFFLINE_MODELS)}); {path} is on {meta.model_name!r}"
         )
-    model = model if model is not None else load_model(EMBEDDED_MODEL_NAME)
+    model = model if model is not None else load_model(model_name)
     context_size = meta.context_size or 128
-    heldout = _encode_heldout(sae, model, heldout_dataset(context_size), context_size, contexts)
+    dataset = austen_contexts("held_out", model.tokenizer, context_size)
+    heldout = _encode_heldout(sae, model, dataset, context_size, contexts)
     return heldout.mean_l0()
 
 

