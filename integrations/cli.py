@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="training_tokens",
         type=int,
         required=True,
-        help="tokens to cache (rounded up to whole model batches)",
+        help="tokens to cache (rounded up to whole model batches in every shard)",
     )
     cache.add_argument("--output", required=True, help="the cache folder to write")
     cache.add_argument(

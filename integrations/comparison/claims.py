@@ -24,17 +24,44 @@ class ClaimMetric:
     higher_is_better: bool
     standard_value: float | None = None
     """The standard SAE's value when it is fixed by construction rather than measured."""
+    needed: float = 0.10
+    """Relative improvement over standard the claim needs to hold (see :func:`claim_verdict`)."""
 
 
 CLAIM_METRICS: dict[str, tuple[ClaimMetric, ...]] = {
     "cubic_ortho": (ClaimMetric("mean_max_decoder_cosine", higher_is_better=False),),
-    "qucl": (ClaimMetric("final_rank_fraction", higher_is_better=False, standard_value=1.0),),
-    "multiscale_norm": (ClaimMetric("dead_fraction", higher_is_better=False),),
-    "seq_contrastive": (ClaimMetric("contextual_consistency", higher_is_better=True),),
+    # "At lower cost": at most three quarters of the full rank.
+    "qucl": (
+        ClaimMetric("final_rank_fraction", higher_is_better=False, standard_value=1.0, needed=0.25),
+    ),
+    "multiscale_norm": (ClaimMetric("dead_fraction", higher_is_better=False, needed=0.25),),
+    # The issue's bar: at least 1.25x standard's consistency.
+    "seq_contrastive": (ClaimMetric("contextual_consistency", higher_is_better=True, needed=0.25),),
+    # The issue's bar: at least 5% better in one quarter of the context.
     "position_aware": tuple(
-        ClaimMetric(f"fvu_positions_{r}", higher_is_better=False) for r in range(POSITION_RANGES)
+        ClaimMetric(f"fvu_positions_{r}", higher_is_better=False, needed=0.05)
+        for r in range(POSITION_RANGES)
     ),
 }
+
+QUALITY_TOLERANCE = 0.03
+"""A claim holds only at equal quality: EV and CE score at most this much below standard's."""
+
+
+def claim_verdict(row: ClaimRow, both_matched: bool) -> str:
+    """``holds`` / ``fails`` / ``inconclusive`` for one claim row: inconclusive when the variant's
+    or standard's L0 missed the target; holds when the improvement reaches the metric's
+    :attr:`ClaimMetric.needed` and quality is within :data:`QUALITY_TOLERANCE`; fails otherwise,
+    saying which."""
+    if not both_matched:
+        return "inconclusive (L0 not matched)"
+    needed = next(c.needed for c in CLAIM_METRICS[row.architecture] if c.metric == row.metric)
+    quality = min(row.explained_variance_gap, row.ce_loss_score_gap) >= -QUALITY_TOLERANCE
+    if row.relative_improvement >= needed and quality:
+        return "holds"
+    if row.relative_improvement >= needed:
+        return f"fails (quality more than {QUALITY_TOLERANCE} below standard)"
+    return f"fails ({row.relative_improvement:+.0%}, needs {needed:+.0%})"
 
 
 @dataclass

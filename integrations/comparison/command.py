@@ -12,8 +12,10 @@ from sae_variants.integrations.comparison import (
     SWEEP_L0S,
     ComparisonReport,
     ComparisonSettings,
+    SyntheticSettings,
     run_comparison,
 )
+from sae_variants.integrations.comparison.settings import FLAT_SYNTHETIC
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.presets import OFFLINE_MODELS
 
@@ -78,6 +80,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-synthetic", action="store_true", help="skip ground-truth feature recovery"
     )
+    parser.add_argument(
+        "--flat-synthetic",
+        action="store_true",
+        help="the earlier, easy ground truth (256 independent flat features in 64 dimensions) "
+        "instead of the default hierarchical, correlated 1,024 features in 128",
+    )
     parser.add_argument("--no-benchmark", action="store_true", help="skip the performance table")
     parser.add_argument(
         "--rebenchmark", action="store_true", help="measure the performance table again"
@@ -122,6 +130,9 @@ def settings_from_args(args: argparse.Namespace) -> ComparisonSettings:
     )
     if args.max_attempts is not None:
         fields["max_attempts"] = args.max_attempts
+    if args.flat_synthetic:
+        base = fields.get("synthetic") or SyntheticSettings()
+        fields["synthetic"] = dataclasses.replace(base, **FLAT_SYNTHETIC)
     if args.no_synthetic:
         fields["synthetic"] = None
     if args.no_benchmark:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sae_variants.integrations.comparison.claims import ClaimRow
+from sae_variants.integrations.comparison.claims import ClaimRow, claim_verdict
 from sae_variants.integrations.comparison.embedded import EmbeddedRun
 from sae_variants.integrations.comparison.performance import PerformanceRow
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
@@ -215,6 +215,23 @@ def performance_table(rows: list[PerformanceRow]) -> str:
     return _table(_performance_rows(rows))
 
 
+def _synthetic_structure(syn: dict[str, Any]) -> str:
+    """The hierarchy and correlation of a synthetic setting, in words (older reports had none)."""
+    parts = []
+    if syn.get("hierarchy_roots"):
+        low, high = syn["hierarchy_branching"]
+        parts.append(
+            f"a hierarchy of {syn['hierarchy_roots']} trees (depth {syn['hierarchy_depth']}, "
+            f"{low}-{high} children, {syn['mutually_exclusive_portion']:.0%} of sibling groups "
+            "mutually exclusive)"
+        )
+    if syn.get("correlation_rank"):
+        parts.append(
+            f"rank-{syn['correlation_rank']} firing correlation (scale {syn['correlation_scale']})"
+        )
+    return (", " + " and ".join(parts)) if parts else ", independent flat features"
+
+
 def render_markdown(report: ComparisonReport) -> str:
     s = report.settings
     sections = [
@@ -249,7 +266,8 @@ def render_markdown(report: ComparisonReport) -> str:
         sections += [
             "## Ground-truth features (`sae_lens.synthetic`)",
             f"{syn['num_features']} features in {syn['hidden_dim']} dimensions, Zipfian firing "
-            f"{syn['min_firing']}-{syn['max_firing']}, magnitudes N({syn['magnitude']}, {syn['magnitude_std']}); "
+            f"{syn['min_firing']}-{syn['max_firing']}, magnitudes N({syn['magnitude']}, {syn['magnitude_std']})"
+            f"{_synthetic_structure(syn)}; "
             f"{syn['training_samples']:,} training samples per SAE, {syn['num_features']} latents, each "
             f"calibrated to the true L0 ({syn['max_attempts']} attempt(s) at most); metrics from "
             f"`eval_sae_on_synthetic_data` on {syn['eval_samples']:,} samples.",
@@ -330,25 +348,33 @@ def summary_table(report: ComparisonReport) -> str:
     claims = headline_claims(report, target)
     reference = runs["standard"].metrics
     rows = []
+    embedded = model_of(report) == EMBEDDED_MODEL_NAME
     for name, run in runs.items():
         plan = ARCHITECTURE_PLANS[name]
         if not plan.verdict:
             continue
         claim = claims.get(name)
         m = run.metrics
-        rows.append(
-            {
-                "variant": f"`{name}`",
-                "paper": plan.source,
-                "L0": f"{m['l0']:.1f}",
-                "EV / CE score vs standard": f"{m['explained_variance'] - reference['explained_variance']:+.3f} / "
-                f"{m['ce_loss_score'] - reference['ce_loss_score']:+.3f}",
-                "claim": "-"
-                if claim is None
-                else f"{claim.metric} {claim.relative_improvement:+.0%}",
-                "good for / not for": plan.verdict,
-            }
-        )
+        row = {
+            "variant": f"`{name}`",
+            "paper": plan.source,
+            "L0": f"{m['l0']:.1f}",
+            "EV / CE score vs standard": f"{m['explained_variance'] - reference['explained_variance']:+.3f} / "
+            f"{m['ce_loss_score'] - reference['ce_loss_score']:+.3f}",
+            "dead": f"{m['dead_fraction']:.1%}",
+            "claim": "-"
+            if claim is None
+            else f"{claim.metric} {claim.variant:.3g} vs {claim.standard:.3g} "
+            f"({claim.relative_improvement:+.0%})",
+            "verdict": "-"
+            if claim is None
+            else claim_verdict(claim, run.matched and runs["standard"].matched),
+        }
+        if embedded:
+            # Written from the embedded model's figures; another model's table has only the
+            # measured verdict.
+            row["good for / not for"] = plan.verdict
+        rows.append(row)
     header = (
         f"{report.settings['training_tokens']:,} tokens per SAE on {_model_label(report)} "
         f"`{report.hook_name}` at target L0 "
@@ -372,7 +398,8 @@ def update_readme(readme: Path, report: ComparisonReport) -> None:
         start, end = block_markers(plain_start, plain_end, model_name)
         # Any start marker of this block (its explanatory text may differ) up to its end marker.
         opening = re.escape(start.split(" (", 1)[0]) + r"[^>]*-->"
-        pattern = re.compile(opening + r".*?" + re.escape(end), re.DOTALL)
+        # Markers on a line of their own: a page that mentions one in its prose keeps its text.
+        pattern = re.compile(r"^" + opening + r".*?" + re.escape(end), re.DOTALL | re.MULTILINE)
         if pattern.search(text):
             table = render(report)
             text = pattern.sub(

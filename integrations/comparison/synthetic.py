@@ -1,7 +1,8 @@
 """Part 2 of the comparison: recovery of known features from SAELens's synthetic generator.
 
 The data is ``sae_lens.synthetic``'s: a :class:`FeatureDictionary` of unit directions and an
-:class:`ActivationGenerator` of independent Zipfian firings (settings in
+:class:`ActivationGenerator` of Zipfian firings, by default with SAELens's feature hierarchy and
+low-rank firing correlation (settings in
 :class:`~sae_variants.integrations.comparison.settings.SyntheticSettings`). Each architecture
 trains with SAELens's own ``train_toy_sae`` on the same stream (re-seeded per run), its knob
 calibrated to the generator's true L0, and is scored with ``eval_sae_on_synthetic_data``: MCC
@@ -15,6 +16,7 @@ applicable: the generator's samples are independent, with no sequence to take th
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,11 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.synthetic import (
     ActivationGenerator,
     FeatureDictionary,
+    HierarchyConfig,
     SyntheticActivationIterator,
     eval_sae_on_synthetic_data,
+    generate_hierarchy,
+    generate_random_low_rank_correlation_matrix,
     zipfian_firing_probabilities,
 )
 from sae_lens.training.sae_trainer import SAETrainer
@@ -47,6 +52,8 @@ from sae_variants.integrations.training.runner import (
     bind_sae_config,
     needs_sequence_pipeline,
 )
+
+logger = logging.getLogger(__name__)
 
 RESULT_FILENAME = "synthetic_result.json"
 NOT_APPLICABLE = "needs sequence structure; the synthetic samples are independent"
@@ -68,28 +75,79 @@ class SyntheticRun:
 
 
 def ground_truth(settings: SyntheticSettings) -> tuple[FeatureDictionary, ActivationGenerator]:
-    """The feature dictionary and firing generator every SAE of the comparison sees."""
+    """The feature dictionary and firing generator every SAE of the comparison sees: SAELens's
+    components, with its hierarchy (probabilities compensated, as ``SyntheticModel`` does) and
+    low-rank correlation when the settings ask for them."""
     torch.manual_seed(settings.seed)
     features = FeatureDictionary(settings.num_features, settings.hidden_dim, seed=settings.seed)
     probabilities = zipfian_firing_probabilities(
         settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing
     )
+    modifier = None
+    if settings.hierarchy_roots > 0:
+        hierarchy = generate_hierarchy(
+            settings.num_features,
+            HierarchyConfig(
+                total_root_nodes=settings.hierarchy_roots,
+                branching_factor=settings.hierarchy_branching,
+                max_depth=settings.hierarchy_depth,
+                mutually_exclusive_portion=settings.mutually_exclusive_portion,
+                compensate_probabilities=True,
+            ),
+            seed=settings.seed + 3,
+        )
+        compensated = probabilities * hierarchy.compute_probability_correction_factors(
+            probabilities
+        )
+        clamped = int((compensated >= 1.0).sum())
+        if clamped:
+            logger.warning(
+                "hierarchy compensation puts %d of %d features at firing probability 1 (they "
+                "fire whenever their parent does)",
+                clamped,
+                settings.num_features,
+            )
+        probabilities = compensated.clamp(max=1.0)
+        modifier = hierarchy.modifier
+    correlation = None
+    if settings.correlation_rank > 0:
+        correlation = generate_random_low_rank_correlation_matrix(
+            settings.num_features,
+            rank=settings.correlation_rank,
+            correlation_scale=settings.correlation_scale,
+            seed=settings.seed + 4,
+        )
     generator = ActivationGenerator(
         settings.num_features,
         probabilities,
         std_firing_magnitudes=settings.magnitude_std,
         mean_firing_magnitudes=settings.magnitude,
+        modify_activations=modifier,
+        correlation_matrix=correlation,
     )
     return features, generator
 
 
+TRUE_L0_SAMPLES = 200_000
+
+
 def true_l0(settings: SyntheticSettings) -> float:
-    """Expected number of features firing per sample: the sum of their firing probabilities."""
-    return float(
-        zipfian_firing_probabilities(
-            settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing
-        ).sum()
-    )
+    """Mean number of features firing per sample: the sum of the firing probabilities for
+    independent flat features, measured on :data:`TRUE_L0_SAMPLES` samples otherwise (a hierarchy
+    silences children of silent parents; correlation leaves the mean alone)."""
+    if not settings.structured:
+        return float(
+            zipfian_firing_probabilities(
+                settings.num_features, min_prob=settings.min_firing, max_prob=settings.max_firing
+            ).sum()
+        )
+    _, generator = ground_truth(settings)
+    torch.manual_seed(settings.seed + 5)
+    with torch.no_grad():
+        fired = sum(
+            float((generator.sample(10_000) != 0).sum()) for _ in range(TRUE_L0_SAMPLES // 10_000)
+        )
+    return fired / TRUE_L0_SAMPLES
 
 
 def synthetic_run(settings: SyntheticSettings) -> RunInfo:

@@ -17,6 +17,7 @@ training reads the cache, by their ``token_ids``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -47,6 +48,8 @@ from sae_variants.integrations.training.datasets import (
 )
 from sae_variants.integrations.training.presets import default_preset, training_preset
 
+logger = logging.getLogger(__name__)
+
 CACHE_INFO_FILENAME = "sae_variants_cache.json"
 TOKEN_IDS_COLUMN = "token_ids"
 _SHARD_BYTES = 256 * 2**20
@@ -68,6 +71,9 @@ class CacheInfo:
     dataset: str | None = None
     usable_tokens: int | None = None
     """Tokens that are not special tokens: what one pass over the cache trains on."""
+    distinct_contexts: int | None = None
+    """Contexts that are not repeats (fewer than ``contexts`` when the dataset ran out and SAELens
+    started it over); None when the dataset's length was not known."""
     autocast_lm: bool = False
     seconds: float | None = None
     """Wall time of writing the cache (the model's forward passes and the disk writes)."""
@@ -136,7 +142,8 @@ class CacheRequest:
 
     output_path: Path
     training_tokens: int
-    """Tokens to cache (rounded up to whole model batches of contexts)."""
+    """Tokens to cache, rounded up so that every shard holds whole model batches of contexts (at
+    most one model batch more per shard)."""
     model_name: str = EMBEDDED_MODEL_NAME
     model_path: str | None = None
     layer: int | None = None
@@ -170,10 +177,16 @@ def _resolve_hook(request: CacheRequest, cfg: HookedTransformerConfig) -> tuple[
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} is a file; an activation cache is written as a folder")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{output} is not empty; choose another --output or pass --overwrite to replace it"
-        )
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{output} is not empty; choose another --output or pass --overwrite to replace it"
+            )
+        if not (output / CACHE_INFO_FILENAME).exists():
+            raise FileExistsError(
+                f"{output} is not empty and holds no activation cache ({CACHE_INFO_FILENAME}); "
+                "--overwrite replaces only a cache written by `sae-variants cache`"
+            )
     parent = output.parent
     parent.mkdir(parents=True, exist_ok=True)
 
@@ -181,8 +194,9 @@ def _check_output(output: Path, overwrite: bool) -> None:
 def cache_runner_config(
     request: CacheRequest, hook: str, d_in: int, write_to: Path
 ) -> CacheActivationsRunnerConfig:
-    """SAELens's cache config for ``request``, with shards sized so the cache holds the requested
-    tokens rounded up to whole model batches (SAELens rounds to whole shards)."""
+    """SAELens's cache config for ``request``, with shards of equal size, each whole model batches,
+    so the cache holds the requested tokens plus at most one model batch per shard (SAELens
+    rounds up to whole shards, 2 GB by default)."""
     context = (
         request.context_size or training_preset(default_preset(request.model_name)).context_size
     )
@@ -243,9 +257,32 @@ def _model_handed_over(model: Any):
         saelens_cache.load_model = original
 
 
+def cached_token_ids(dataset: datasets.Dataset) -> torch.Tensor:
+    """``[contexts, context]`` int64 token ids of a cache, read without its activations (SAELens's
+    store formats every column with the activation dtype, which would round ids above 256 in
+    bfloat16)."""
+    if TOKEN_IDS_COLUMN not in dataset.column_names:
+        raise ValueError(
+            f"the activation cache has columns {dataset.column_names} but no 'token_ids'; write it "
+            "with `sae-variants cache` or a SAELens CacheActivationsRunner that records token_ids"
+        )
+    ids = dataset.with_format("torch", columns=[TOKEN_IDS_COLUMN])[:][TOKEN_IDS_COLUMN]
+    return ids.long()
+
+
 def _usable_tokens(dataset: datasets.Dataset, specials: list[int]) -> int:
-    ids = dataset.with_format("torch")[:][TOKEN_IDS_COLUMN]
+    ids = cached_token_ids(dataset)
     return int((~torch.isin(ids, torch.tensor(specials, dtype=ids.dtype))).sum())
+
+
+def _contexts_available(dataset: datasets.Dataset | None) -> int | None:
+    """Contexts a pretokenized in-memory dataset yields before SAELens starts it over (one per
+    row); None when that is not known without tokenizing (text, hub streams)."""
+    if isinstance(dataset, datasets.Dataset) and (
+        "tokens" in dataset.column_names or "input_ids" in dataset.column_names
+    ):
+        return len(dataset)
+    return None
 
 
 @dataclass
@@ -283,6 +320,18 @@ def cache_activations(
         model = load_model(request.model_name, device=request.device, model_path=request.model_path)
     if dataset is None and source == AUSTEN:
         dataset = austen_contexts("train", model.tokenizer, cfg.context_size)
+    available = _contexts_available(dataset)
+    requested = cfg.n_buffers * cfg.n_seq_in_buffer
+    if available is not None and requested > available:
+        logger.warning(
+            "%s yields %d contexts of %d tokens but the cache asks for %d: SAELens starts the "
+            "dataset over, so %d contexts are cached twice (recorded as distinct_contexts)",
+            source,
+            available,
+            cfg.context_size,
+            requested,
+            requested - available,
+        )
     start = time.perf_counter()
     with _model_handed_over(model):
         runner = CacheActivationsRunner(cfg, override_dataset=dataset)
@@ -293,6 +342,7 @@ def cache_activations(
         d_in=d_in,
         context_size=cfg.context_size,
         contexts=len(written),
+        distinct_contexts=min(len(written), available) if available is not None else None,
         model_name=request.model_name,
         model_path=request.model_path,
         dataset=source,

@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from sae_lens import HookedSAETransformer, LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_variants.integrations.models import load_model
-from sae_variants.integrations.training.activation_cache import open_cache
+from sae_variants.integrations.training.activation_cache import (
+    TOKEN_IDS_COLUMN,
+    cached_token_ids,
+    open_cache,
+)
 from sae_variants.integrations.training.datasets import (
     AUSTEN,
     austen_contexts,
@@ -41,8 +46,11 @@ def sample_contexts(store: Any, n_contexts: int) -> tuple[torch.Tensor, torch.Te
     again in later epochs)."""
     cached = getattr(store, "cached_activation_dataset", None)
     if cached is not None:
-        rows = cached[: min(n_contexts, len(cached))]
-        return rows["token_ids"].round().long(), rows[store.hook_name]
+        rows = slice(0, min(n_contexts, len(cached)))
+        acts = cached[rows][store.hook_name]
+        if TOKEN_IDS_COLUMN not in cached.column_names:  # nothing to filter by
+            return torch.full(acts.shape[:2], -1, dtype=torch.long), acts
+        return cached_token_ids(cached.select(range(rows.stop))), acts
     tokens = store.get_batch_tokens(n_contexts)
     return tokens, store.get_activations(tokens)
 
@@ -106,6 +114,12 @@ def train_sae(request: TrainRequest, *, model: HookedSAETransformer | None = Non
     source = request.dataset_path or default_dataset(request.model_name)
     # A local dataset is read before the model loads, so a bad path fails in seconds.
     dataset = local_dataset(Path(source).expanduser()) if is_local_dataset(source) else None
+    if request.activations_path is not None and request.dataset_path is None:
+        # Training reads the cache; SAELens's store still wants a token dataset (for its own
+        # evaluations): the cached contexts' tokens, so nothing is streamed from the hub.
+        cache, _ = open_cache(request.activations_path)
+        dataset = Dataset.from_dict({"tokens": cached_token_ids(cache).tolist()})
+        source = request.activations_path
     torch.manual_seed(request.seed)
     if model is None:
         model = load_model(request.model_name, device=request.device, model_path=request.model_path)

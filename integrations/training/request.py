@@ -91,7 +91,7 @@ def request_from_cache(activations_path: str | Path, **fields: Any) -> TrainRequ
     """A request that trains on the cache at ``activations_path``, with its model, model folder
     and hook; ``fields`` set the rest (architecture, d_sae, ...)."""
     _, info = open_cache(activations_path)
-    if info.model_name is None and "model_name" not in fields:
+    if info.model_name is None and fields.get("model_name") is None:
         raise ValueError(
             f"the activation cache at {activations_path} does not record its model (it was not "
             "written by `sae-variants cache`); name it with model_name=..."
@@ -257,7 +257,9 @@ def build_runner_config(
     source = request.dataset_path or default_dataset(request.model_name)
     # Austen and local data reach SAELens's store as override_dataset (train_sae loads them);
     # only a hub name goes into the config, where SAELens streams it.
-    from_hub = source != AUSTEN and not is_local_dataset(source)
+    # Trained from a cache, the store is handed the cached contexts' tokens (train_sae).
+    from_cache_only = cached is not None and request.dataset_path is None
+    from_hub = source != AUSTEN and not is_local_dataset(source) and not from_cache_only
     d_sae = request.d_sae if request.d_sae is not None else request.expansion_factor * d_in
     if d_sae <= 0:
         raise ValueError(f"d_sae must be positive, got {d_sae}")

