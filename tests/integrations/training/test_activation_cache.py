@@ -100,12 +100,18 @@ def test_bad_requests_fail_before_the_model_loads(
     assert (taken / "something").exists()
 
 
-def test_overwrite_replaces_the_whole_folder(
+def test_overwrite_replaces_the_whole_folder_of_a_previous_cache(
     tmp_path: Path, embedded_model: HookedSAETransformer
 ) -> None:
     output = tmp_path / "acts"
-    output.mkdir()
+    cache_activations(
+        CacheRequest(output_path=output, training_tokens=8 * 128), model=embedded_model
+    )
     (output / "stale.txt").write_text("from an earlier run")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        cache_activations(
+            CacheRequest(output_path=output, training_tokens=16 * 128), model=embedded_model
+        )
     cache_activations(
         CacheRequest(output_path=output, training_tokens=16 * 128, overwrite=True),
         model=embedded_model,
@@ -113,6 +119,20 @@ def test_overwrite_replaces_the_whole_folder(
     assert not (output / "stale.txt").exists()
     assert open_cache(output)[1].contexts == 16
     assert not output.with_name("acts.partial").exists()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_cache(
+    tmp_path: Path, embedded_model: HookedSAETransformer
+) -> None:
+    output = tmp_path / "acts"
+    output.mkdir()
+    (output / "notes.txt").write_text("the user's own file")
+    with pytest.raises(FileExistsError, match="holds no activation cache"):
+        cache_activations(
+            CacheRequest(output_path=output, training_tokens=16 * 128, overwrite=True),
+            model=embedded_model,
+        )
+    assert (output / "notes.txt").read_text() == "the user's own file"
 
 
 def test_a_folder_that_is_not_a_cache_is_a_clear_error(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -178,21 +179,16 @@ class _FakeCachedStore(_FakeStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cached_activation_dataset = _FakeCache(self.tokens.float(), self.acts)
+        self.cached_activation_dataset = _fake_cache(self.tokens.float(), self.acts)
 
     def get_batch_tokens(self, n: int) -> torch.Tensor:  # noqa: ARG002
         raise AssertionError("a cached run streamed the dataset")
 
 
-class _FakeCache:
-    def __init__(self, tokens: torch.Tensor, acts: torch.Tensor) -> None:
-        self.rows = {"token_ids": tokens, "hook": acts}
-
-    def __len__(self) -> int:
-        return self.rows["token_ids"].shape[0]
-
-    def __getitem__(self, rows: slice) -> dict[str, torch.Tensor]:
-        return {k: v[rows] for k, v in self.rows.items()}
+def _fake_cache(tokens: torch.Tensor, acts: torch.Tensor) -> datasets.Dataset:
+    """A saved-dataset-shaped cache: one row per context, formatted as torch like SAELens's."""
+    rows = {"token_ids": tokens.numpy(), "hook": acts.numpy()}
+    return datasets.Dataset.from_dict(rows).with_format("torch")
 
 
 @pytest.mark.parametrize("store_class", [_FakeStore, _FakeCachedStore], ids=["live", "cache"])
