@@ -20,6 +20,10 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from sae_variants.integrations.comparison.calibration_seed import (
+    SeededAttempts,
+    load_seeded_attempts,
+)
 from sae_variants.integrations.comparison.claims import claim_rows
 from sae_variants.integrations.comparison.embedded import run_embedded, train_request
 from sae_variants.integrations.comparison.performance import run_performance
@@ -78,14 +82,20 @@ def run_comparison(
     model = load_model(settings.model_name)
     reference, _ = build_runner_config(train_request(settings, "standard", work_dir, 1))
     hook_name, d_in = reference.hook_name, reference.sae.d_in
+    seeded = SeededAttempts()
+    if settings.calibration_from is not None:
+        d_sae = settings.d_sae or settings.expansion_factor * d_in
+        seeded = load_seeded_attempts(Path(settings.calibration_from), settings, hook_name, d_sae)
 
     clock = time.perf_counter()
-    embedded = run_embedded(settings, work_dir, model, d_in)
+    embedded = run_embedded(settings, work_dir, model, d_in, seeded.model)
     phases[settings.model_name] = time.perf_counter() - clock
     synthetic, performance = [], []
     if settings.synthetic is not None:
         clock = time.perf_counter()
-        synthetic = run_synthetic(settings.architectures, settings.synthetic, work_dir)
+        synthetic = run_synthetic(
+            settings.architectures, settings.synthetic, work_dir, seeded.synthetic
+        )
         phases["synthetic"] = time.perf_counter() - clock
     if settings.benchmark is not None:
         clock = time.perf_counter()

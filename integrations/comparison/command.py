@@ -78,6 +78,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-attempts", type=int, default=None, help="calibration attempts per target"
     )
     parser.add_argument(
+        "--calibration-from",
+        type=Path,
+        default=None,
+        metavar="REPORT_JSON",
+        help="start every knob's calibration from the attempts recorded in an earlier "
+        "comparison's report.json made with the same model, hook, width, tokens and batch "
+        "(every SAE is still trained and evaluated by this run)",
+    )
+    parser.add_argument(
         "--no-synthetic", action="store_true", help="skip ground-truth feature recovery"
     )
     parser.add_argument(
@@ -130,6 +139,8 @@ def settings_from_args(args: argparse.Namespace) -> ComparisonSettings:
     )
     if args.max_attempts is not None:
         fields["max_attempts"] = args.max_attempts
+    if args.calibration_from is not None:
+        fields["calibration_from"] = str(args.calibration_from)
     if args.flat_synthetic:
         base = fields.get("synthetic") or SyntheticSettings()
         fields["synthetic"] = dataclasses.replace(base, **FLAT_SYNTHETIC)

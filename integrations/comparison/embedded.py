@@ -10,6 +10,7 @@ attempts for one target seed the first guess for the next.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,20 @@ def train_request(
 
 
 def run_embedded(
-    settings: ComparisonSettings, work_dir: Path, model: HookedSAETransformer, d_in: int
+    settings: ComparisonSettings,
+    work_dir: Path,
+    model: HookedSAETransformer,
+    d_in: int,
+    seeded: Mapping[str, Sequence[Attempt]] | None = None,
 ) -> list[EmbeddedRun]:
     """Train and evaluate every architecture at every target L0 (reusing finished work);
-    ``d_in``: the width of the hook every request trains on."""
+    ``d_in``: the width of the hook every request trains on; ``seeded``: earlier attempts per
+    architecture that each calibration starts from."""
     d_sae = settings.d_sae or settings.expansion_factor * d_in
     runs: list[EmbeddedRun] = []
     pairs = [(a, t) for a in settings.architectures for t in settings.target_l0s]
-    history: dict[str, list[Attempt]] = {a: [] for a in settings.architectures}
+    seeded = seeded or {}
+    history: dict[str, list[Attempt]] = {a: list(seeded.get(a, ())) for a in settings.architectures}
     for architecture, target in tqdm(pairs, desc=settings.model_name, unit="SAE"):
         plan = ARCHITECTURE_PLANS[architecture]
         matched = train_at_target_l0(

@@ -84,8 +84,9 @@ def calibrate(
 ) -> tuple[list[Attempt], T]:
     """Call ``measure(knob) -> (L0, result)`` until L0 is within ``tolerance`` of ``target_l0``.
 
-    ``history`` holds attempts made for other targets (a sweep): with any, the first value tried
-    is predicted from them instead of ``initial_value``. Integer knobs (TopK's ``k``) are rounded;
+    ``history`` holds earlier attempts (other targets of a sweep, or an earlier comparison's):
+    the first value tried is the one among them whose L0 was closest to the target when that was
+    within ``tolerance``, else the one they predict, instead of ``initial_value``. Integer knobs (TopK's ``k``) are rounded;
     ``l0_rises_with_knob`` says L0 grows with the knob (``k``) instead of falling (an L1 weight);
     ``prior_slope`` is the ``s`` of ``L0 ~ knob^-s`` assumed until two attempts measure it.
     Returns the attempts of this calibration and the last attempt's result.
@@ -105,7 +106,11 @@ def calibrate(
         return 1.0 / _next_value(inverted, target_l0, prior_slope)
 
     attempts: list[Attempt] = []
-    value = predict(list(history)) if history else initial_value
+    within = [a for a in history if abs(a.l0 / target_l0 - 1.0) <= tolerance]
+    if within:  # a value already measured on target: training is deterministic, so reuse it
+        value = min(within, key=lambda a: abs(a.l0 / target_l0 - 1.0)).knob_value
+    else:
+        value = predict(list(history)) if history else initial_value
     while True:
         if integer_knob:
             value = float(max(1, round(value)))
@@ -128,10 +133,13 @@ EVALUATION_FILENAME = "evaluation.json"
 
 
 def request_fingerprint(request: TrainRequest) -> str:
-    """The request as canonical JSON (paths as strings, ``overwrite`` left out), with the SAE
-    config it resolves to: a changed default of an architecture makes finished runs stale."""
+    """The request as canonical JSON (paths as strings, ``overwrite`` left out, the device as
+    resolved), with the SAE config it resolves to: a changed default of an architecture makes
+    finished runs stale."""
     fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "overwrite"}
-    fields["resolved_sae_config"] = config_fields(build_runner_config(request)[0].sae)
+    runner_cfg, _ = build_runner_config(request)
+    fields["device"] = runner_cfg.device  # "auto" is where the run would go on this machine
+    fields["resolved_sae_config"] = config_fields(runner_cfg.sae)
     return json.dumps(fields, sort_keys=True, default=str)
 
 

@@ -232,6 +232,11 @@ def _synthetic_structure(syn: dict[str, Any]) -> str:
     return (", " + " and ".join(parts)) if parts else ", independent flat features"
 
 
+def _seed_note(settings: dict[str, Any]) -> str:
+    source = settings.get("calibration_from")
+    return f", each starting from the attempts recorded in `{source}`" if source else ""
+
+
 def render_markdown(report: ComparisonReport) -> str:
     s = report.settings
     sections = [
@@ -241,7 +246,8 @@ def render_markdown(report: ComparisonReport) -> str:
         f"{s['training_tokens']:,} training tokens per SAE (the model's default recipe"
         f"{', from an activation cache' if s.get('activations_path') else ''}), target L0 "
         f"{', '.join(f'{t:g}' for t in s['target_l0s'])} within {s['tolerance']:.0%} "
-        f"({s['max_attempts']} calibration attempt(s) at most), {s['eval_batches']} held-out eval batches. "
+        f"({s['max_attempts']} calibration attempt(s) at most{_seed_note(s)}), "
+        f"{s['eval_batches']} held-out eval batches. "
         f"Wall time of this invocation: {_minutes(report.wall_seconds)} "
         f"({', '.join(f'{k} {_minutes(v)}' for k, v in report.phase_seconds.items())}; finished runs "
         "are reused, so a re-run is faster than the first).",

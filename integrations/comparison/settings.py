@@ -225,6 +225,9 @@ class ComparisonSettings:
     eval_batches: int = 8
     max_attempts: int = 3
     tolerance: float = 0.10
+    calibration_from: str | None = None
+    """An earlier comparison's ``report.json`` whose recorded attempts each calibration starts
+    from (see ``calibration_seed.py``); None starts from the plans' first values."""
     synthetic: SyntheticSettings | None = field(default_factory=SyntheticSettings)
     """None skips the ground-truth part."""
     benchmark: BenchmarkSettings | None = field(default_factory=BenchmarkSettings)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
 from sae_variants.architectures.base import RunInfo
-from sae_variants.integrations.comparison.matched_l0 import calibrate
+from sae_variants.integrations.comparison.matched_l0 import Attempt, calibrate
 from sae_variants.integrations.comparison.result_cache import load_result, store_result
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, SyntheticSettings
 from sae_variants.integrations.training.request import (
@@ -240,9 +241,14 @@ def _cached_score(
 
 
 def run_synthetic(
-    architectures: tuple[str, ...], settings: SyntheticSettings, work_dir: Path
+    architectures: tuple[str, ...],
+    settings: SyntheticSettings,
+    work_dir: Path,
+    seeded: Mapping[str, Sequence[Attempt]] | None = None,
 ) -> list[SyntheticRun]:
-    """Every architecture calibrated to the true L0 on the synthetic data, and scored."""
+    """Every architecture calibrated to the true L0 on the synthetic data, and scored;
+    ``seeded``: earlier attempts per architecture that each calibration starts from."""
+    seeded = seeded or {}
     target = true_l0(settings)
     runs: list[SyntheticRun] = []
     for architecture in tqdm(architectures, desc="synthetic features", unit="SAE"):
@@ -273,6 +279,7 @@ def run_synthetic(
             initial_value=first,
             tolerance=TOLERANCE,
             max_attempts=settings.max_attempts,
+            history=seeded.get(architecture, ()),
             integer_knob=plan.integer_knob,
             l0_rises_with_knob=plan.l0_rises_with_knob,
             prior_slope=plan.l0_slope,
