@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sae_lens import LanguageModelSAERunnerConfig
+
 from sae_variants.integrations.benchmark.cache_throughput import (
     format_cache_throughput,
     time_cache_against_live,
@@ -52,7 +54,12 @@ from sae_variants.integrations.models.gemma3 import MissingExtraError
 from sae_variants.integrations.models.hooks import HOOK_SITES
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
-from sae_variants.integrations.training.pipeline import train_sae
+from sae_variants.integrations.training.devices import AUTO
+from sae_variants.integrations.training.pipeline import (
+    TrainResult,
+    train_from_runner_config,
+    train_sae,
+)
 from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
 from sae_variants.integrations.training.request import (
     TrainRequest,
@@ -61,7 +68,7 @@ from sae_variants.integrations.training.request import (
     request_from_cache,
     training_config_class,
 )
-from sae_variants.integrations.training.runner import needs_sequence_pipeline
+from sae_variants.integrations.training.runner import bind_run, needs_sequence_pipeline
 from sae_variants.registry import registered_variants, training_architectures
 
 DEMO_OUTPUT = Path("sae_runs/demo")
@@ -91,6 +98,61 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hook", default=None, help="explicit hook name; overrides --layer/--site")
 
 
+def _add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default=AUTO,
+        help="'auto' (default: CUDA when torch sees a GPU, else MPS where torch has it, else the "
+        "CPU), cpu, mps, cuda or cuda:N; a device that is not there is refused before any work",
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where and how a training run runs: device, precision, logging, checkpoints, schedule."""
+    _add_device_argument(parser)
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="train the SAE under bfloat16 autocast (SAELens's autocast; for GPUs)",
+    )
+    parser.add_argument(
+        "--autocast-lm",
+        action="store_true",
+        help="run the model's forward passes under bfloat16 autocast (SAELens's autocast_lm)",
+    )
+    parser.add_argument(
+        "--context-size",
+        type=int,
+        default=None,
+        help="tokens per context (default: the preset's; with --activations: the cache's)",
+    )
+    parser.add_argument(
+        "--lr-warm-up-steps",
+        type=int,
+        default=None,
+        help="learning-rate warm-up in steps; the variants' own warm-ups follow it "
+        "(default: the preset's)",
+    )
+    parser.add_argument(
+        "--n-checkpoints",
+        type=int,
+        default=0,
+        help="checkpoints SAELens writes during the run, evenly spaced, under OUTPUT/checkpoints",
+    )
+    parser.add_argument(
+        "--wandb",
+        nargs="?",
+        const="sae_variants",
+        default=None,
+        metavar="PROJECT",
+        help="log to Weights & Biases through SAELens's logger (project default 'sae_variants'; "
+        "WANDB_MODE=offline keeps the log on disk)",
+    )
+    parser.add_argument(
+        "--wandb-run-name", default=None, help="the W&B run's name (default: SAELens's)"
+    )
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--architecture",
@@ -98,6 +160,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="a registered training architecture (see `sae-variants architectures`)",
     )
     _add_model_arguments(parser)
+    _add_run_arguments(parser)
     parser.add_argument("--expansion-factor", type=int, default=8, help="d_sae = factor * d_in")
     parser.add_argument(
         "--d-sae", type=int, default=None, help="dictionary width (overrides --expansion-factor)"
@@ -157,6 +220,14 @@ def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) ->
         overwrite=args.overwrite,
         dataset_path=args.dataset,
         seed=args.seed,
+        device=args.device,
+        autocast=args.autocast,
+        autocast_lm=args.autocast_lm,
+        context_size=args.context_size,
+        lr_warm_up_steps=args.lr_warm_up_steps,
+        n_checkpoints=args.n_checkpoints,
+        wandb_project=args.wandb,
+        wandb_run_name=args.wandb_run_name,
     )
     activations = getattr(args, "activations", None)
     if activations is not None:
@@ -187,22 +258,88 @@ def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> N
     if not as_json:
         print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
     if evaluate:
-        report = evaluate_sae(result.output_path, model_path=request.model_path)
-        if as_json:
-            print(
-                json.dumps(
-                    {"path": report.path, "train_seconds": seconds, "metrics": report.metrics},
-                    indent=2,
-                )
+        _print_evaluation(result, request.model_path, seconds, as_json)
+
+
+def _print_evaluation(
+    result: TrainResult, model_path: str | None, seconds: float, as_json: bool
+) -> None:
+    report = evaluate_sae(
+        result.output_path, model_path=model_path, device=result.runner_config.device
+    )
+    if as_json:
+        print(
+            json.dumps(
+                {"path": report.path, "train_seconds": seconds, "metrics": report.metrics},
+                indent=2,
             )
-        else:
-            print(format_table(report))
+        )
+    else:
+        print(format_table(report))
+
+
+def resolved_runner_config(request: TrainRequest) -> dict[str, Any]:
+    """The complete SAELens runner config ``request`` trains with, bound to the run (the
+    variants' warm-ups and schedules set), as SAELens's own ``to_dict`` writes it."""
+    cfg, _ = build_runner_config(request)
+    return bind_run(cfg).to_dict()
+
+
+_WITH_CONFIG = frozenset({"config", "model_path", "overwrite", "evaluate", "json", "dry_run"})
+"""The train flags that may accompany --config (the file holds everything else)."""
+
+
+def read_runner_config(file: Path) -> LanguageModelSAERunnerConfig[Any]:
+    """The SAELens runner config in ``file`` (JSON of ``LanguageModelSAERunnerConfig.to_dict``)."""
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"--config expects a JSON runner config file, but {file} is not one"
+        )
+    try:
+        data = json.loads(file.read_text())
+        return LanguageModelSAERunnerConfig.from_dict(data)
+    except (json.JSONDecodeError, TypeError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{file} is not a SAELens runner config as `sae-variants train --dry-run --json` "
+            f"prints it: {error}"
+        ) from error
+
+
+def _train_from_config(args: argparse.Namespace) -> None:
+    defaults = vars(build_parser().parse_args(["train"]))
+    extra = sorted(
+        f"--{name.replace('_', '-')}"
+        for name, value in vars(args).items()
+        if name in defaults and name not in _WITH_CONFIG and value != defaults[name]
+    )
+    if extra:
+        raise ValueError(
+            f"--config holds the whole run, so {', '.join(extra)} would be ignored; edit the "
+            "file instead"
+        )
+    cfg = read_runner_config(args.config)
+    if args.dry_run:
+        print(json.dumps(bind_run(cfg).to_dict(), indent=2, default=str))
+        return
+    start = time.monotonic()
+    result = train_from_runner_config(cfg, model_path=args.model_path, overwrite=args.overwrite)
+    seconds = time.monotonic() - start
+    if not args.json:
+        print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
+    if args.evaluate:
+        _print_evaluation(result, args.model_path, seconds, args.json)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    if args.config is not None:
+        _train_from_config(args)
+        return
     request = _request(args, Path(args.output), parse_options(args.set))
     if args.dry_run:
-        _print_plan(request)
+        if args.json:
+            print(json.dumps(resolved_runner_config(request), indent=2, default=str))
+        else:
+            _print_plan(request)
         return
     _train_and_report(request, evaluate=args.evaluate, as_json=args.json)
 
@@ -380,10 +517,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokens defaults to one pass over it",
     )
     train.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="train the complete SAELens runner config in FILE (JSON, as `--dry-run --json` "
+        "prints it, edited or not); only --model-path, --overwrite, --evaluate and --json may "
+        "accompany it",
+    )
+    train.add_argument(
         "--evaluate", action="store_true", help="evaluate on held-out text afterwards"
     )
-    train.add_argument("--dry-run", action="store_true", help="print the resolved plan and stop")
-    train.add_argument("--json", action="store_true", help="print the evaluation as JSON")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved plan and stop (with --json: the complete SAELens runner config)",
+    )
+    train.add_argument(
+        "--json",
+        action="store_true",
+        help="print the evaluation (with --dry-run: the resolved runner config) as JSON",
+    )
     train.set_defaults(run=_cmd_train)
 
     cache = commands.add_parser(
@@ -414,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("--autocast", action="store_true", help="run the model in bfloat16 autocast")
     cache.add_argument("--seed", type=int, default=42)
-    cache.add_argument("--device", default="cpu", help="the model's device (default cpu)")
+    _add_device_argument(cache)
     cache.add_argument("--overwrite", action="store_true", help="replace a cache at --output")
     cache.set_defaults(run=_cmd_cache)
 

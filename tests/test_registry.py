@@ -113,3 +113,18 @@ def test_inference_classes_come_in_pairs(toy_module: str) -> None:
         sae_variants.register_variant(
             "toy_variant", module.ToyTrainingSAE, module.ToyTrainingSAEConfig, sae=module.ToySAE
         )
+
+
+@pytest.mark.parametrize("architecture", [v.name for v in registry.registered_variants()])
+def test_cfg_json_names_what_loading_needs(architecture: str) -> None:
+    from sae_variants.architectures.base import package_version
+    from sae_variants.integrations.training.request import build_sae_config
+
+    saved = build_sae_config(architecture, 16, 32, {}, "none").get_inference_sae_cfg_dict()
+    metadata = saved["metadata"]
+    assert metadata["sae_variants_version"] == package_version() != "unknown"
+    if saved["architecture"] == "standard":  # CubicOrtho is saved as SAELens standard
+        assert metadata["load_with"].startswith("sae_lens alone")
+    else:
+        assert "import sae_variants" in metadata["load_with"]
+        assert f"sae-variants>={package_version()}" in metadata["load_with"]

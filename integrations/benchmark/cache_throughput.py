@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
+from sae_variants.integrations.training.devices import resolve_device
 from sae_variants.integrations.training.pipeline import train_sae
 from sae_variants.integrations.training.request import (
     TrainRequest,
@@ -70,7 +71,8 @@ def time_cache_against_live(
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
         root = Path(scratch)
-        model = load_model(request.model_name, device=request.device, model_path=request.model_path)
+        device = resolve_device(request.device)
+        model = load_model(request.model_name, device=device, model_path=request.model_path)
         tokens = request.training_tokens
         if tokens is None:
             raise ValueError("set training_tokens: the cache is written to hold exactly one run")
@@ -89,7 +91,7 @@ def time_cache_against_live(
                 hook_name=cfg.hook_name,
                 context_size=cfg.context_size,
                 dataset_path=request.dataset_path,
-                device=request.device,
+                device=device,
             ),
             model=model,
         )

@@ -53,12 +53,18 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE[Any]:
             f"{path} holds no saved SAE (expected {cfg_file.name} and sae_weights.safetensors "
             "as written by `sae-variants train` or SAELens)"
         )
-    architecture = json.loads(cfg_file.read_text()).get("architecture", "standard")
+    saved = json.loads(cfg_file.read_text())
+    architecture = saved.get("architecture", "standard")
     if architecture not in SAE_CLASS_REGISTRY:
+        needs = (saved.get("metadata") or {}).get("load_with")
         raise ValueError(
             f"the SAE in {path} has architecture {architecture!r}, which is not registered with "
-            f"SAELens (registered: {', '.join(sorted(SAE_CLASS_REGISTRY))}); import the package "
-            "that defines it before loading"
+            f"SAELens (registered: {', '.join(sorted(SAE_CLASS_REGISTRY))}); "
+            + (
+                f"its cfg.json says: {needs}"
+                if needs
+                else "import the package that defines it before loading"
+            )
         )
     sae = SAE.load_from_disk(str(path), device=device)
     sae.eval()

@@ -46,6 +46,7 @@ from sae_variants.integrations.training.datasets import (
     is_local_dataset,
     local_dataset,
 )
+from sae_variants.integrations.training.devices import AUTO, resolve_device
 from sae_variants.integrations.training.presets import default_preset, training_preset
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,8 @@ class CacheRequest:
     """Run the model in bfloat16 autocast (faster on GPUs and recent CPUs; activations are
     stored in float32 either way)."""
     seed: int = 42
-    device: str = "cpu"
+    device: str = AUTO
+    """As for training: ``"auto"`` (CUDA, else MPS, else CPU) or a device torch has."""
     overwrite: bool = False
 
 
@@ -226,7 +228,7 @@ def cache_runner_config(
         shuffle=False,
         seed=request.seed,
         dtype="float32",
-        device=request.device,
+        device=resolve_device(request.device),
         # SAELens sizes shards in GB; half a token's bytes of slack survives the float round trip.
         buffer_size_gb=(per_shard + 0.5) * bytes_per_token / 1e9,
         autocast_lm=request.autocast_lm,
@@ -317,7 +319,7 @@ def cache_activations(
     if dataset is None and is_local_dataset(source):
         dataset = local_dataset(Path(source).expanduser())
     if model is None:
-        model = load_model(request.model_name, device=request.device, model_path=request.model_path)
+        model = load_model(request.model_name, device=cfg.device, model_path=request.model_path)
     if dataset is None and source == AUSTEN:
         dataset = austen_contexts("train", model.tokenizer, cfg.context_size)
     available = _contexts_available(dataset)
@@ -345,7 +347,7 @@ def cache_activations(
         distinct_contexts=min(len(written), available) if available is not None else None,
         model_name=request.model_name,
         model_path=request.model_path,
-        dataset=source,
+        dataset=str(Path(source).expanduser().resolve()) if is_local_dataset(source) else source,
         usable_tokens=_usable_tokens(
             written, get_special_token_ids(model.tokenizer) if model.tokenizer is not None else []
         ),

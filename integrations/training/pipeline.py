@@ -23,15 +23,14 @@ from sae_variants.integrations.training.activation_cache import (
     open_cache,
 )
 from sae_variants.integrations.training.datasets import (
-    AUSTEN,
     austen_contexts,
     is_local_dataset,
     local_dataset,
 )
 from sae_variants.integrations.training.request import (
+    AUSTEN_RECORD,
     TrainRequest,
     build_runner_config,
-    default_dataset,
 )
 from sae_variants.integrations.training.runner import VariantTrainingRunner
 from sae_variants.validation import check_activations
@@ -107,28 +106,62 @@ def train_sae(request: TrainRequest, *, model: HookedSAETransformer | None = Non
     ``request.output_path``. ``model``: ``request.model_name`` already loaded (saves loading it
     again for each of several runs)."""
     runner_cfg, _ = build_runner_config(request)
-    output = Path(request.output_path)
-    _refuse_to_overwrite(output, request.overwrite)
-    if request.activations_path is not None:
-        _warn_about_repeated_passes(request.activations_path, runner_cfg.training_tokens)
-    source = request.dataset_path or default_dataset(request.model_name)
-    # A local dataset is read before the model loads, so a bad path fails in seconds.
-    dataset = local_dataset(Path(source).expanduser()) if is_local_dataset(source) else None
-    if request.activations_path is not None and request.dataset_path is None:
+    return train_from_runner_config(
+        runner_cfg,
+        model_path=request.model_path,
+        init_b_dec_to_mean=request.init_b_dec_to_mean,
+        overwrite=request.overwrite,
+        model=model,
+    )
+
+
+def _dataset_for(runner_cfg: LanguageModelSAERunnerConfig[Any]) -> Dataset | None:
+    """The token dataset the store is handed, read from what the config records (the cached
+    contexts' tokens, a local file, or None for a hub name SAELens streams itself; the bundled
+    Austen text needs the model's tokenizer and is read once the model is loaded)."""
+    if runner_cfg.use_cached_activations:
         # Training reads the cache; SAELens's store still wants a token dataset (for its own
         # evaluations): the cached contexts' tokens, so nothing is streamed from the hub.
-        cache, _ = open_cache(request.activations_path)
-        dataset = Dataset.from_dict({"tokens": cached_token_ids(cache).tolist()})
-        source = request.activations_path
-    torch.manual_seed(request.seed)
+        cache, _ = open_cache(runner_cfg.cached_activations_path)
+        return Dataset.from_dict({"tokens": cached_token_ids(cache).tolist()})
+    source = runner_cfg.dataset_path
+    if source not in (AUSTEN_RECORD, "") and is_local_dataset(source):
+        return local_dataset(Path(source).expanduser())
+    return None
+
+
+def train_from_runner_config(
+    runner_cfg: LanguageModelSAERunnerConfig[Any],
+    *,
+    model_path: str | None = None,
+    init_b_dec_to_mean: bool = True,
+    overwrite: bool = False,
+    model: HookedSAETransformer | None = None,
+) -> TrainResult:
+    """Train a complete SAELens runner config (one :func:`build_runner_config` made, e.g. the
+    JSON ``sae-variants train --dry-run --json`` prints, edited or not) with
+    :class:`VariantTrainingRunner`, saving the SAE to its ``output_path``.
+
+    The data is what the config records: an activation cache, the bundled Austen text
+    (``dataset_path="sae-variants:austen"``), a local file by its path, or a hub name SAELens
+    streams. ``model_path``: a local folder with ``model_name``'s weights; ``model``: the model
+    already loaded. Everything that can fail without the model (the output folder, a local
+    dataset) is checked before it loads.
+    """
+    output = Path(runner_cfg.output_path)
+    _refuse_to_overwrite(output, overwrite)
+    if runner_cfg.use_cached_activations:
+        _warn_about_repeated_passes(runner_cfg.cached_activations_path, runner_cfg.training_tokens)
+    dataset = _dataset_for(runner_cfg)
+    torch.manual_seed(runner_cfg.seed)
     if model is None:
-        model = load_model(request.model_name, device=request.device, model_path=request.model_path)
-    if source == AUSTEN:
+        model = load_model(runner_cfg.model_name, device=runner_cfg.device, model_path=model_path)
+    if not runner_cfg.use_cached_activations and runner_cfg.dataset_path == AUSTEN_RECORD:
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
     runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
-    if request.init_b_dec_to_mean:
+    if init_b_dec_to_mean:
         initialize_b_dec_to_mean(
-            runner.sae, runner.activations_store, request.normalize_activations
+            runner.sae, runner.activations_store, runner_cfg.sae.normalize_activations
         )
     sae = runner.run()
     logger.info("saved the trained SAE to %s", output)

@@ -25,6 +25,7 @@ from sae_variants.integrations.models.hooks import hook_width
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.activation_cache import CacheInfo, open_cache
 from sae_variants.integrations.training.datasets import AUSTEN, is_local_dataset
+from sae_variants.integrations.training.devices import AUTO, resolve_device
 from sae_variants.integrations.training.presets import (
     OFFLINE_MODELS,
     TrainingPreset,
@@ -75,12 +76,27 @@ class TrainRequest:
     """``"austen"``, a local text/JSONL/JSON/parquet file or saved dataset folder, or a hub dataset
     name; ``None`` means :func:`default_dataset` of the model."""
     n_checkpoints: int = 0
+    """Checkpoints SAELens writes during the run, evenly spaced (0: none)."""
+    context_size: int | None = None
+    """Tokens per context; None: the preset's (from a cache: the cache's, which it must equal)."""
+    lr_warm_up_steps: int | None = None
+    """Learning-rate warm-up in steps (the variants' own warm-ups follow it); None: the preset's."""
+    autocast: bool = False
+    """Run the SAE's training step under bfloat16 autocast (SAELens's ``autocast``)."""
+    autocast_lm: bool = False
+    """Run the model's forward passes under bfloat16 autocast (SAELens's ``autocast_lm``)."""
+    wandb_project: str | None = None
+    """Log the run to this Weights & Biases project through SAELens's own logger (None: no W&B;
+    ``WANDB_MODE=offline`` keeps the log on disk)."""
+    wandb_run_name: str | None = None
     normalize_activations: str = "expected_average_only_in"
     init_b_dec_to_mean: bool = True
     """Start ``b_dec`` at the mean activation (docs/spec.md §1.3) instead of SAELens's zeros: the
     residual stream has a large mean, and an SAE that must first learn it wastes features on it."""
     seed: int = 42
-    device: str = "cpu"
+    device: str = AUTO
+    """``"auto"`` (CUDA when torch sees a GPU, else MPS where torch has it, else the CPU), or
+    ``cpu``, ``mps``, ``cuda``, ``cuda:N``; a device that is not there is refused up front."""
     activations_path: str | None = None
     """An activation cache (``sae-variants cache``) to train from instead of running the model: its
     model and hook must be the request's (:func:`request_from_cache` takes them from the cache),
@@ -242,6 +258,48 @@ def _buffer_batches(batch_tokens: int, context_size: int) -> int:
     return max(16, 2 * math.ceil(batch_tokens / context_size))
 
 
+AUSTEN_RECORD = "sae-variants:austen"
+"""How a run on the bundled Austen text records its dataset (not a hub name: the text ships in
+the package, ``integrations/training/datasets.py`` reads it)."""
+
+
+def recorded_dataset(source: str, cached: CacheInfo | None, from_cache_only: bool) -> str:
+    """What a run's ``dataset_path`` says it trained on: the hub name, the local file's absolute
+    path, :data:`AUSTEN_RECORD`, or, from a cache, the dataset the cache was written from."""
+    if from_cache_only and cached is not None:
+        return recorded_dataset(cached.dataset or AUSTEN, None, False)
+    if source == AUSTEN:
+        return AUSTEN_RECORD
+    if is_local_dataset(source):
+        return str(Path(source).expanduser().resolve())
+    return source
+
+
+def _context_size(request: TrainRequest, cached: CacheInfo | None, preset: TrainingPreset) -> int:
+    if cached is not None:
+        if request.context_size not in (None, cached.context_size):
+            raise ValueError(
+                f"the activation cache at {request.activations_path} holds contexts of "
+                f"{cached.context_size} tokens, but this run asks for context_size "
+                f"{request.context_size}; drop --context-size to train on the cached contexts"
+            )
+        return cached.context_size
+    size = preset.context_size if request.context_size is None else request.context_size
+    if size < 1:
+        raise ValueError(f"context_size must be at least 1 token, got {size}")
+    return size
+
+
+def _logging_config(request: TrainRequest) -> LoggingConfig:
+    if request.wandb_project is None:
+        if request.wandb_run_name is not None:
+            raise ValueError("wandb_run_name needs wandb_project (W&B logging is off without it)")
+        return LoggingConfig(log_to_wandb=False)
+    return LoggingConfig(
+        log_to_wandb=True, wandb_project=request.wandb_project, run_name=request.wandb_run_name
+    )
+
+
 def build_runner_config(
     request: TrainRequest,
 ) -> tuple[LanguageModelSAERunnerConfig[Any], TrainingPreset]:
@@ -253,7 +311,7 @@ def build_runner_config(
     name, d_in = resolve_hook(request, cfg, cached)
     embedded = request.model_name == EMBEDDED_MODEL_NAME
     preset = training_preset(request.preset or default_preset(request.model_name))
-    context_size = cached.context_size if cached is not None else preset.context_size
+    context_size = _context_size(request, cached, preset)
     source = request.dataset_path or default_dataset(request.model_name)
     # Austen and local data reach SAELens's store as override_dataset (train_sae loads them);
     # only a hub name goes into the config, where SAELens streams it.
@@ -273,14 +331,25 @@ def build_runner_config(
         raise ValueError(
             f"training_tokens={training_tokens} is smaller than one batch ({batch_tokens} tokens)"
         )
-    lr_warm_up_steps = preset.lr_warm_up_steps
+    lr_warm_up_steps = (
+        preset.lr_warm_up_steps if request.lr_warm_up_steps is None else request.lr_warm_up_steps
+    )
     total_steps = training_tokens // batch_tokens
+    if lr_warm_up_steps < 0:
+        raise ValueError(f"lr_warm_up_steps must be >= 0, got {lr_warm_up_steps}")
     if lr_warm_up_steps > total_steps:
+        origin = (
+            f"the {preset.name!r} preset warms"
+            if request.lr_warm_up_steps is None
+            else "lr_warm_up_steps asks to warm"
+        )
         raise ValueError(
-            f"the {preset.name!r} preset warms the learning rate up over {lr_warm_up_steps} steps, "
-            f"longer than the whole run ({total_steps} steps); train for more tokens or pick "
+            f"{origin} the learning rate up over {lr_warm_up_steps} steps, longer than the whole "
+            f"run ({total_steps} steps); train for more tokens, set a shorter warm-up or pick "
             "another preset"
         )
+    if request.n_checkpoints < 0:
+        raise ValueError(f"n_checkpoints must be >= 0, got {request.n_checkpoints}")
     lr = request.lr or preset.lr
     output = Path(request.output_path)
     runner_cfg = LanguageModelSAERunnerConfig(
@@ -288,7 +357,10 @@ def build_runner_config(
         model_name=request.model_name,
         model_class_name="HookedTransformer",
         hook_name=name,
-        dataset_path=source if from_hub else "",
+        # Recorded as it was read (SAELens copies it into the SAE's metadata, where Neuronpedia-
+        # style tools look): a hub name is streamed by SAELens; anything else reaches the store
+        # as override_dataset, which SAELens then uses instead.
+        dataset_path=recorded_dataset(source, cached, from_cache_only),
         is_dataset_tokenized=not from_hub,
         streaming=from_hub,
         context_size=context_size,
@@ -308,8 +380,10 @@ def build_runner_config(
         n_checkpoints=request.n_checkpoints,
         checkpoint_path=str(output / "checkpoints"),
         output_path=str(output),
-        logger=LoggingConfig(log_to_wandb=False),
-        device=request.device,
+        logger=_logging_config(request),
+        device=resolve_device(request.device),
+        autocast=request.autocast,
+        autocast_lm=request.autocast_lm,
         seed=request.seed,
         n_batches_for_norm_estimate=max(1, min(100, training_tokens // batch_tokens // 10)),
         verbose=False,

@@ -19,6 +19,7 @@ by whoever owns the optimizer (never through process-global hooks).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import weakref
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Float
+from sae_lens.registry import SAE_CLASS_REGISTRY
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
@@ -98,6 +100,32 @@ def _check_finite_numbers(cfg: object) -> None:
             raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
+PACKAGE = "sae-variants"
+
+
+def package_version() -> str:
+    """The installed ``sae-variants`` version (``unknown`` when run from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def loading_requirements(saved_architecture: str) -> dict[str, str]:
+    """What ``cfg.json`` records for loading: this package's version, and how to load an SAE
+    saved as ``saved_architecture`` (SAELens alone for its built-ins; otherwise
+    ``import sae_variants`` first, which registers the architecture)."""
+    registered = SAE_CLASS_REGISTRY.get(saved_architecture)
+    stock = registered is not None and registered[0].__module__.startswith("sae_lens.")
+    return {
+        "sae_variants_version": package_version(),
+        "load_with": "sae_lens alone (a SAELens built-in architecture)"
+        if stock
+        else f"pip install '{PACKAGE}>={package_version()}', then `import sae_variants` before "
+        "SAE.load_from_disk / SAE.from_pretrained",
+    }
+
+
 @dataclass
 class VariantSAEConfig(SAEConfig):
     """Inference config of a variant: validates its architecture fields on construction.
@@ -144,6 +172,15 @@ class VariantTrainingSAEConfig(TrainingSAEConfig):
     @override
     def get_inference_config_class(self) -> type[SAEConfig]:
         return self.inference_config_class
+
+    @override
+    def _metadata_with_training_info(self) -> dict[str, Any]:
+        """SAELens's metadata (written into ``cfg.json``) plus what loading the SAE needs, so a
+        tool that meets an unknown architecture can say which package to install."""
+        return {
+            **super()._metadata_with_training_info(),
+            **loading_requirements(self.inference_config_class.architecture()),
+        }
 
     @override
     def __post_init__(self) -> None:

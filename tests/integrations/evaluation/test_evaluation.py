@@ -70,3 +70,8 @@ def test_an_unregistered_architecture_is_a_clear_error(
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="'made_up_arch', which is not registered"):
         load_sae(tmp_path)
+    # what a variant's cfg.json records is quoted, so the user learns which package to install
+    cfg["metadata"]["load_with"] = "pip install 'sae-variants>=0.1.0', then `import sae_variants`"
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"its cfg.json says: pip install 'sae-variants>=0\.1\.0'"):
+        load_sae(tmp_path)

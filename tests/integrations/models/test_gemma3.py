@@ -47,8 +47,8 @@ def test_a_run_defaults_to_the_cpu_preset_and_the_bundled_text() -> None:
     assert preset.name == "gemma3-cpu"
     assert cfg.hook_name == "blocks.6.hook_resid_post"
     assert cfg.sae.d_in == 640
-    # Austen reaches the store as override_dataset: nothing in the config points at the hub.
-    assert (cfg.dataset_path, cfg.streaming) == ("", False)
+    # Austen reaches the store as override_dataset; the config records it, not a hub name.
+    assert (cfg.dataset_path, cfg.streaming) == ("sae-variants:austen", False)
 
 
 def test_cache_folder_follows_the_environment(

@@ -65,8 +65,13 @@ def test_hub_names_pass_through_and_paths_do_not() -> None:
     )
 
 
-def test_a_local_dataset_is_read_by_override_not_named_in_the_config(tmp_path: Path) -> None:
-    cfg, _ = build_runner_config(TrainRequest(dataset_path=str(tmp_path / "x.jsonl")))
-    assert (cfg.dataset_path, cfg.streaming) == ("", False)
+def test_a_local_dataset_is_recorded_by_its_absolute_path_and_not_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = build_runner_config(TrainRequest(dataset_path="x.jsonl"))
+    assert (cfg.dataset_path, cfg.streaming) == (str(tmp_path / "x.jsonl"), False)
+    cfg, _ = build_runner_config(TrainRequest())
+    assert (cfg.dataset_path, cfg.streaming) == ("sae-variants:austen", False)
     cfg, _ = build_runner_config(TrainRequest(model_name="gemma-2-2b", layer=12))
     assert (cfg.dataset_path, cfg.streaming) == ("monology/pile-uncopyrighted", True)

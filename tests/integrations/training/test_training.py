@@ -111,6 +111,7 @@ def test_trained_sae_is_saved_with_metadata(trained_standard_sae) -> None:
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
     assert cfg["metadata"]["model_name"] == "tiny-gemma2-austen"
     assert cfg["metadata"]["context_size"] == 128
+    assert cfg["metadata"]["dataset_path"] == "sae-variants:austen"
     # The activation-norm scaling was folded into the weights at the end of training.
     assert cfg["normalize_activations"] == "none"
     assert (path / "sae_weights.safetensors").is_file()
@@ -130,6 +131,75 @@ def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "architecture topk" in out
     assert "hook blocks.1.hook_resid_post" in out
+
+
+def test_dry_run_json_is_the_complete_bound_runner_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["train", "--architecture", "cubic_ortho", "--dry-run", "--json"]
+    assert cli.main([*argv, "--lr-warm-up-steps", "7", "--context-size", "64"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["hook_name"] == "blocks.1.hook_resid_post"
+    assert (resolved["lr_warm_up_steps"], resolved["context_size"]) == (7, 64)
+    # bound to the run: the orthogonality warm-up follows the learning rate's
+    assert resolved["sae"]["ortho_warm_up_steps"] == 7
+    assert resolved["sae"]["architecture"] == "cubic_ortho"
+    assert resolved["device"] == "cpu"
+
+
+def test_run_flags_reach_the_runner_config() -> None:
+    cfg, _ = build_runner_config(
+        TrainRequest(
+            autocast=True,
+            autocast_lm=True,
+            n_checkpoints=3,
+            context_size=64,
+            lr_warm_up_steps=5,
+            wandb_project="proj",
+            wandb_run_name="run1",
+            device="cpu",
+        )
+    )
+    assert (cfg.autocast, cfg.autocast_lm, cfg.n_checkpoints) == (True, True, 3)
+    assert (cfg.context_size, cfg.lr_warm_up_steps) == (64, 5)
+    assert (cfg.logger.log_to_wandb, cfg.logger.wandb_project, cfg.logger.run_name) == (
+        True,
+        "proj",
+        "run1",
+    )
+    assert not build_runner_config(TrainRequest())[0].logger.log_to_wandb
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"context_size": 0}, "context_size must be at least 1"),
+        ({"lr_warm_up_steps": -1}, "lr_warm_up_steps must be >= 0"),
+        ({"lr_warm_up_steps": 10_000}, "lr_warm_up_steps asks to warm the learning rate up"),
+        ({"n_checkpoints": -2}, "n_checkpoints must be >= 0"),
+        ({"wandb_run_name": "x"}, "wandb_run_name needs wandb_project"),
+    ],
+)
+def test_bad_run_settings_are_refused_before_any_work(
+    fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_runner_config(TrainRequest(**fields))  # type: ignore[arg-type]
+
+
+def test_a_run_logs_to_wandb_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    argv = ["train", "--d-sae", "256", "--training-tokens", "16384", "--batch-size", "1024"]
+    argv += ["--lr-warm-up-steps", "2", "--wandb", "sae-variants-test", "--wandb-run-name", "t1"]
+    assert cli.main([*argv, "--output", str(tmp_path / "run")]) == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(f.suffix == ".wandb" for f in runs[0].iterdir())
+    assert (tmp_path / "run" / "sae_weights.safetensors").is_file()
 
 
 def test_a_warm_up_longer_than_the_run_is_refused() -> None:
@@ -205,3 +275,35 @@ def test_b_dec_starts_at_the_scaled_mean_of_non_special_tokens(store_class: type
     initialize_b_dec_to_mean(sae, store, "expected_average_only_in")
     scale = 2**0.5 / kept.norm(dim=-1).mean()
     torch.testing.assert_close(sae.b_dec.detach(), kept.mean(0) * scale)
+
+
+def test_a_dry_run_config_trains_back_to_the_same_sae(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--architecture", "cubic_ortho", "--d-sae", "256", "--training-tokens", "16384"]
+    flags += ["--batch-size", "1024", "--lr-warm-up-steps", "2"]
+    assert cli.main(["train", *flags, "--output", str(tmp_path / "flags")]) == 0
+    capsys.readouterr()
+    assert (
+        cli.main(["train", *flags, "--output", str(tmp_path / "file"), "--dry-run", "--json"]) == 0
+    )
+    config = tmp_path / "run.json"
+    config.write_text(capsys.readouterr().out)
+    assert cli.main(["train", "--config", str(config), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(config.read_text())
+    assert cli.main(["train", "--config", str(config)]) == 0
+    weights = [(tmp_path / d / "sae_weights.safetensors").read_bytes() for d in ("flags", "file")]
+    assert weights[0] == weights[1]
+
+
+def test_config_refuses_flags_it_would_ignore_and_files_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.json"
+    config.write_text("{}")
+    assert cli.main(["train", "--config", str(config), "--lr", "1e-3"]) == 2
+    assert "--lr would be ignored" in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(config)]) == 2
+    assert "is not a SAELens runner config" in capsys.readouterr().err
+    assert cli.main(["train", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "is not one" in capsys.readouterr().err
