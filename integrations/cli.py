@@ -102,8 +102,8 @@ def _add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default=AUTO,
-        help="'auto' (default: CUDA when torch sees a GPU, else MPS where torch has it, else the "
-        "CPU), cpu, mps, cuda or cuda:N; a device that is not there is refused before any work",
+        help="'auto' (default: CUDA when torch sees a GPU, else the CPU), cpu, mps, cuda or "
+        "cuda:N; a device that is not there is refused before any work",
     )
 
 
@@ -279,10 +279,12 @@ def _print_evaluation(
 
 
 def resolved_runner_config(request: TrainRequest) -> dict[str, Any]:
-    """The complete SAELens runner config ``request`` trains with, bound to the run (the
-    variants' warm-ups and schedules set), as SAELens's own ``to_dict`` writes it."""
+    """The complete SAELens runner config ``request`` trains with, as SAELens's own ``to_dict``
+    writes it. The variants' run-bound fields (warm-ups that follow the learning rate's,
+    PositionAware's step count and context) are left null: they are bound to the run when it
+    starts, so an edited ``training_tokens`` or ``lr_warm_up_steps`` carries them along."""
     cfg, _ = build_runner_config(request)
-    return bind_run(cfg).to_dict()
+    return cfg.to_dict()
 
 
 _WITH_CONFIG = frozenset({"config", "model_path", "overwrite", "evaluate", "json", "dry_run"})
@@ -319,7 +321,8 @@ def _train_from_config(args: argparse.Namespace) -> None:
         )
     cfg = read_runner_config(args.config)
     if args.dry_run:
-        print(json.dumps(bind_run(cfg).to_dict(), indent=2, default=str))
+        bind_run(cfg)  # refuses warm-ups longer than the (edited) run before anything prints
+        print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return
     start = time.monotonic()
     result = train_from_runner_config(cfg, model_path=args.model_path, overwrite=args.overwrite)
@@ -522,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="train the complete SAELens runner config in FILE (JSON, as `--dry-run --json` "
-        "prints it, edited or not); only --model-path, --overwrite, --evaluate and --json may "
-        "accompany it",
+        "prints it, edited or not); only --model-path, --overwrite, --evaluate, --json and "
+        "--dry-run may accompany it",
     )
     train.add_argument(
         "--evaluate", action="store_true", help="evaluate on held-out text afterwards"

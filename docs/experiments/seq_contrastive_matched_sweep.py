@@ -39,6 +39,7 @@ from sae_variants.integrations.comparison.matched_l0 import Attempt, train_at_ta
 from sae_variants.integrations.comparison.report import markdown_table
 from sae_variants.integrations.comparison.settings import ARCHITECTURE_PLANS, ComparisonSettings
 from sae_variants.integrations.models import load_model
+from sae_variants.integrations.training.devices import AUTO, resolve_device
 from sae_variants.integrations.training.presets import OFFLINE_MODELS
 from sae_variants.integrations.training.request import build_runner_config
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         benchmark=None,
     )
     work_dir = args.work_dir or Path(f"sae_runs/sc_matched-{args.model}")
-    model = load_model(args.model)
+    model = load_model(args.model, device=resolve_device(AUTO))
     reference, _ = build_runner_config(train_request(settings, "standard", work_dir, 1))
     d_sae = args.d_sae or settings.expansion_factor * reference.sae.d_in
     seeded: dict[str, list[Attempt]] = {}

@@ -48,6 +48,7 @@ from sae_variants.integrations.comparison.settings import (
 )
 from sae_variants.integrations.comparison.synthetic import run_synthetic
 from sae_variants.integrations.models import load_model
+from sae_variants.integrations.training.devices import AUTO, resolve_device
 from sae_variants.integrations.training.request import build_runner_config
 
 __all__ = [
@@ -79,7 +80,8 @@ def run_comparison(
     """
     started = time.perf_counter()
     phases: dict[str, float] = {}
-    model = load_model(settings.model_name)
+    # The model goes where every request's "auto" device resolves, so model and SAEs share it.
+    model = load_model(settings.model_name, device=resolve_device(AUTO))
     reference, _ = build_runner_config(train_request(settings, "standard", work_dir, 1))
     hook_name, d_in = reference.hook_name, reference.sae.d_in
     seeded = SeededAttempts()

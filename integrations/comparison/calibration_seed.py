@@ -85,9 +85,16 @@ def load_seeded_attempts(
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a comparison report.json ({error})") from error
 
-    earlier_model = {**earlier, "batch_tokens": _batch_tokens(earlier)}
-    now_model = {n: getattr(settings, n) for n in _MODEL_FIELDS}
-    problems = _mismatches(earlier_model, now_model, _MODEL_FIELDS)
+    earlier_model = {
+        **earlier,
+        "batch_tokens": _batch_tokens(earlier),
+        "from_cache": bool(earlier.get("activations_path")),
+    }
+    now_model = {
+        **{n: getattr(settings, n) for n in _MODEL_FIELDS},
+        "from_cache": settings.activations_path is not None,
+    }
+    problems = _mismatches(earlier_model, now_model, (*_MODEL_FIELDS, "from_cache"))
     problems += _mismatches(
         report, {"hook_name": hook_name, "d_sae": d_sae}, ("hook_name", "d_sae")
     )
@@ -116,4 +123,10 @@ def load_seeded_attempts(
             )
         else:
             synthetic = _attempts([r for r in report.get("synthetic", []) if r.get("attempts")])
-    return SeededAttempts(str(path), _attempts(report.get("embedded", [])), synthetic)
+    try:
+        model = _attempts(report.get("embedded", []))
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not a comparison report.json ({error!r} in its runs)"
+        ) from error
+    return SeededAttempts(str(path), model, synthetic)

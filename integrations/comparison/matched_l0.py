@@ -132,11 +132,30 @@ TRAINING_TIME_FILENAME = "training_seconds.txt"
 EVALUATION_FILENAME = "evaluation.json"
 
 
+_RUN_FLAGS = frozenset(
+    {
+        "context_size",
+        "lr_warm_up_steps",
+        "autocast",
+        "autocast_lm",
+        "wandb_project",
+        "wandb_run_name",
+    }
+)
+"""Request fields whose default keeps the behaviour from before they existed: they enter a
+fingerprint only when set, so runs recorded before them stay reusable."""
+
+
 def request_fingerprint(request: TrainRequest) -> str:
-    """The request as canonical JSON (paths as strings, ``overwrite`` left out, the device as
-    resolved), with the SAE config it resolves to: a changed default of an architecture makes
+    """The request as canonical JSON (paths as strings, ``overwrite`` and unset run flags left
+    out, the device as resolved), with the SAE config it resolves to: a changed default of an architecture makes
     finished runs stale."""
-    fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "overwrite"}
+    defaults = TrainRequest()
+    fields = {
+        k: v
+        for k, v in dataclasses.asdict(request).items()
+        if k != "overwrite" and not (k in _RUN_FLAGS and v == getattr(defaults, k))
+    }
     runner_cfg, _ = build_runner_config(request)
     fields["device"] = runner_cfg.device  # "auto" is where the run would go on this machine
     fields["resolved_sae_config"] = config_fields(runner_cfg.sae)

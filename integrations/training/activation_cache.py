@@ -163,7 +163,7 @@ class CacheRequest:
     stored in float32 either way)."""
     seed: int = 42
     device: str = AUTO
-    """As for training: ``"auto"`` (CUDA, else MPS, else CPU) or a device torch has."""
+    """As for training: ``"auto"`` (CUDA, else the CPU) or a device torch has."""
     overwrite: bool = False
 
 

@@ -34,14 +34,13 @@ class Accelerators:
 
 def choose_device(requested: str | None, available: Accelerators) -> str:
     """``requested`` checked against ``available``; ``None`` or ``"auto"`` picks CUDA when there
-    is a CUDA device, else Apple's MPS when torch has it, else the CPU.
+    is a CUDA device, else the CPU. MPS is used only when named: QuCL's and MultiScaleNorm's
+    float64 statistics have no MPS kernels.
 
     Raises ValueError for a malformed name or a device that is not there, naming what is.
     """
     if requested is None or requested == AUTO:
-        if available.cuda_devices:
-            return "cuda"
-        return "mps" if available.mps else "cpu"
+        return "cuda" if available.cuda_devices else "cpu"
     match = _DEVICE.match(requested)
     if match is None:
         raise ValueError(

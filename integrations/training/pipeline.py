@@ -27,6 +27,7 @@ from sae_variants.integrations.training.datasets import (
     is_local_dataset,
     local_dataset,
 )
+from sae_variants.integrations.training.devices import resolve_device
 from sae_variants.integrations.training.request import (
     AUSTEN_RECORD,
     TrainRequest,
@@ -150,8 +151,12 @@ def train_from_runner_config(
     """
     output = Path(runner_cfg.output_path)
     _refuse_to_overwrite(output, overwrite)
+    for device in {runner_cfg.device, runner_cfg.llm_device, runner_cfg.act_store_device}:
+        resolve_device(device)  # a config written on another machine may name a device not here
     if runner_cfg.use_cached_activations:
         _warn_about_repeated_passes(runner_cfg.cached_activations_path, runner_cfg.training_tokens)
+        if model_path is None:  # the cache records the local folder its model came from
+            model_path = open_cache(runner_cfg.cached_activations_path)[1].model_path
     dataset = _dataset_for(runner_cfg)
     torch.manual_seed(runner_cfg.seed)
     if model is None:

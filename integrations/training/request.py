@@ -95,8 +95,8 @@ class TrainRequest:
     residual stream has a large mean, and an SAE that must first learn it wastes features on it."""
     seed: int = 42
     device: str = AUTO
-    """``"auto"`` (CUDA when torch sees a GPU, else MPS where torch has it, else the CPU), or
-    ``cpu``, ``mps``, ``cuda``, ``cuda:N``; a device that is not there is refused up front."""
+    """``"auto"`` (CUDA when torch sees a GPU, else the CPU), or ``cpu``, ``mps``, ``cuda``,
+    ``cuda:N``; a device that is not there is refused up front."""
     activations_path: str | None = None
     """An activation cache (``sae-variants cache``) to train from instead of running the model: its
     model and hook must be the request's (:func:`request_from_cache` takes them from the cache),
@@ -263,11 +263,14 @@ AUSTEN_RECORD = "sae-variants:austen"
 the package, ``integrations/training/datasets.py`` reads it)."""
 
 
-def recorded_dataset(source: str, cached: CacheInfo | None, from_cache_only: bool) -> str:
+def recorded_dataset(source: str, cached: CacheInfo | None) -> str:
     """What a run's ``dataset_path`` says it trained on: the hub name, the local file's absolute
-    path, :data:`AUSTEN_RECORD`, or, from a cache, the dataset the cache was written from."""
-    if from_cache_only and cached is not None:
-        return recorded_dataset(cached.dataset or AUSTEN, None, False)
+    path, :data:`AUSTEN_RECORD`, or, from a cache, the dataset the cache records it was written
+    from (as recorded; ``""`` for a cache that does not say)."""
+    if cached is not None:
+        if cached.dataset is None:
+            return ""
+        return AUSTEN_RECORD if cached.dataset == AUSTEN else cached.dataset
     if source == AUSTEN:
         return AUSTEN_RECORD
     if is_local_dataset(source):
@@ -275,7 +278,9 @@ def recorded_dataset(source: str, cached: CacheInfo | None, from_cache_only: boo
     return source
 
 
-def _context_size(request: TrainRequest, cached: CacheInfo | None, preset: TrainingPreset) -> int:
+def _context_size(
+    request: TrainRequest, cached: CacheInfo | None, preset: TrainingPreset, n_ctx: int
+) -> int:
     if cached is not None:
         if request.context_size not in (None, cached.context_size):
             raise ValueError(
@@ -287,6 +292,11 @@ def _context_size(request: TrainRequest, cached: CacheInfo | None, preset: Train
     size = preset.context_size if request.context_size is None else request.context_size
     if size < 1:
         raise ValueError(f"context_size must be at least 1 token, got {size}")
+    if size > n_ctx:
+        raise ValueError(
+            f"context_size {size} is longer than {request.model_name}'s context window ({n_ctx} "
+            "tokens)"
+        )
     return size
 
 
@@ -308,16 +318,22 @@ def build_runner_config(
     when the runner is built (``bind_run(cfg)`` shows the result)."""
     cfg = model_config(request.model_name)
     cached = _cache_of(request)
+    if cached is not None and request.dataset_path is not None:
+        raise ValueError(
+            f"a run from the activation cache at {request.activations_path} trains on the cached "
+            f"contexts, so dataset {request.dataset_path!r} would not be read; drop --dataset "
+            "(the cache records the dataset it was written from)"
+        )
     name, d_in = resolve_hook(request, cfg, cached)
     embedded = request.model_name == EMBEDDED_MODEL_NAME
     preset = training_preset(request.preset or default_preset(request.model_name))
-    context_size = _context_size(request, cached, preset)
+    context_size = _context_size(request, cached, preset, cfg.n_ctx)
     source = request.dataset_path or default_dataset(request.model_name)
     # Austen and local data reach SAELens's store as override_dataset (train_sae loads them);
     # only a hub name goes into the config, where SAELens streams it.
-    # Trained from a cache, the store is handed the cached contexts' tokens (train_sae).
-    from_cache_only = cached is not None and request.dataset_path is None
-    from_hub = source != AUSTEN and not is_local_dataset(source) and not from_cache_only
+    # Trained from a cache, the store is handed the cached contexts' tokens
+    # (train_from_runner_config).
+    from_hub = cached is None and source != AUSTEN and not is_local_dataset(source)
     d_sae = request.d_sae if request.d_sae is not None else request.expansion_factor * d_in
     if d_sae <= 0:
         raise ValueError(f"d_sae must be positive, got {d_sae}")
@@ -360,7 +376,7 @@ def build_runner_config(
         # Recorded as it was read (SAELens copies it into the SAE's metadata, where Neuronpedia-
         # style tools look): a hub name is streamed by SAELens; anything else reaches the store
         # as override_dataset, which SAELens then uses instead.
-        dataset_path=recorded_dataset(source, cached, from_cache_only),
+        dataset_path=recorded_dataset(source, cached),
         is_dataset_tokenized=not from_hub,
         streaming=from_hub,
         context_size=context_size,

@@ -117,11 +117,13 @@ def loading_requirements(saved_architecture: str) -> dict[str, str]:
     ``import sae_variants`` first, which registers the architecture)."""
     registered = SAE_CLASS_REGISTRY.get(saved_architecture)
     stock = registered is not None and registered[0].__module__.startswith("sae_lens.")
+    version = package_version()
+    requirement = PACKAGE if version == "unknown" else f"{PACKAGE}>={version}"
     return {
-        "sae_variants_version": package_version(),
+        "sae_variants_version": version,
         "load_with": "sae_lens alone (a SAELens built-in architecture)"
         if stock
-        else f"pip install '{PACKAGE}>={package_version()}', then `import sae_variants` before "
+        else f"pip install '{requirement}', then `import sae_variants` before "
         "SAE.load_from_disk / SAE.from_pretrained",
     }
 

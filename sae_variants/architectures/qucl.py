@@ -47,6 +47,7 @@ from sae_variants.architectures.base import (
     VariantSAEConfig,
     VariantTrainingSAE,
     VariantTrainingSAEConfig,
+    loading_requirements,
 )
 from sae_variants.architectures.qucl_functional import (
     RankSchedule,
@@ -517,6 +518,8 @@ def export_to_standard(
         reshape_activations=cfg.reshape_activations,
         metadata=copy.deepcopy(cfg.metadata),
     )
+    for key, value in loading_requirements(StandardSAEConfig.architecture()).items():
+        standard_cfg.metadata[key] = value  # SAELens alone loads the export
     standard = StandardSAE(standard_cfg)
     standard.load_state_dict(
         {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}

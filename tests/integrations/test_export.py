@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ def test_export_standard_saves_a_standard_sae_and_reports_the_change(
     assert cli.main(["export-standard", str(source), str(tmp_path / "std"), "--contexts", "2"]) == 0
     assert "explained variance" in capsys.readouterr().out
     assert isinstance(SAE.load_from_disk(str(tmp_path / "std")), StandardSAE)
+    saved = json.loads((tmp_path / "std" / "cfg.json").read_text())
+    assert saved["metadata"]["load_with"].startswith("sae_lens alone")
 
 
 def test_export_standard_refuses_beyond_the_tolerance(

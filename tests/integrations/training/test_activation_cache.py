@@ -154,6 +154,12 @@ def test_a_request_must_match_the_cache(embedded_cache: Path) -> None:
     assert cfg.cached_activations_path == str(embedded_cache)
     # --tokens defaults to one pass over the cache's usable tokens, in whole batches.
     assert cfg.training_tokens == CONTEXTS * 127 // 128 * 128
+    # the run records the dataset the cache was written from, and takes no other
+    assert (cfg.dataset_path, cfg.streaming) == ("sae-variants:austen", False)
+    with pytest.raises(ValueError, match="trains on the cached contexts"):
+        build_runner_config(request_from_cache(embedded_cache, dataset_path="other.jsonl"))
+    with pytest.raises(ValueError, match="holds contexts of 128 tokens"):
+        build_runner_config(request_from_cache(embedded_cache, context_size=64))
     with pytest.raises(ValueError, match=r"holds blocks\.1\.hook_resid_post .* asks for blocks\.2"):
         build_runner_config(request_from_cache(embedded_cache, layer=2))
     with pytest.raises(ValueError, match="was written with 'tiny-gemma2-austen'"):

@@ -12,9 +12,9 @@ MAC = Accelerators(mps=True)
 
 
 @pytest.mark.parametrize(
-    ("available", "expected"), [(NONE, "cpu"), (TWO_GPUS, "cuda"), (MAC, "mps")]
+    ("available", "expected"), [(NONE, "cpu"), (TWO_GPUS, "cuda"), (MAC, "cpu")]
 )
-def test_auto_prefers_cuda_then_mps_then_cpu(available: Accelerators, expected: str) -> None:
+def test_auto_prefers_cuda_then_the_cpu(available: Accelerators, expected: str) -> None:
     assert choose_device(None, available) == expected
     assert choose_device("auto", available) == expected
     assert choose_device("auto", Accelerators(cuda_devices=1, mps=True)) == "cuda"
@@ -23,6 +23,7 @@ def test_auto_prefers_cuda_then_mps_then_cpu(available: Accelerators, expected: 
 @pytest.mark.parametrize("name", ["cpu", "cuda", "cuda:0", "cuda:1"])
 def test_a_present_device_is_kept_as_named(name: str) -> None:
     assert choose_device(name, TWO_GPUS) == name
+    assert choose_device("mps", MAC) == "mps"  # MPS only when asked for
 
 
 @pytest.mark.parametrize(

@@ -141,8 +141,8 @@ def test_dry_run_json_is_the_complete_bound_runner_config(
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["hook_name"] == "blocks.1.hook_resid_post"
     assert (resolved["lr_warm_up_steps"], resolved["context_size"]) == (7, 64)
-    # bound to the run: the orthogonality warm-up follows the learning rate's
-    assert resolved["sae"]["ortho_warm_up_steps"] == 7
+    # left to the run: the orthogonality warm-up follows the learning rate's when it starts
+    assert resolved["sae"]["ortho_warm_up_steps"] is None
     assert resolved["sae"]["architecture"] == "cubic_ortho"
     assert resolved["device"] == "cpu"
 
@@ -174,6 +174,7 @@ def test_run_flags_reach_the_runner_config() -> None:
     ("fields", "message"),
     [
         ({"context_size": 0}, "context_size must be at least 1"),
+        ({"context_size": 10**6}, "longer than tiny-gemma2-austen's context window"),
         ({"lr_warm_up_steps": -1}, "lr_warm_up_steps must be >= 0"),
         ({"lr_warm_up_steps": 10_000}, "lr_warm_up_steps asks to warm the learning rate up"),
         ({"n_checkpoints": -2}, "n_checkpoints must be >= 0"),
