@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,18 +253,20 @@ def _print_plan(request: TrainRequest) -> None:
 def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> None:
     if not as_json:
         _print_plan(request)
+    _time_and_report(lambda: train_sae(request), request.model_path, evaluate, as_json)
+
+
+def _time_and_report(
+    train: Callable[[], TrainResult], model_path: str | None, evaluate: bool, as_json: bool
+) -> None:
+    """Run ``train``, say where the SAE went, and evaluate it if asked."""
     start = time.monotonic()
-    result = train_sae(request)
+    result = train()
     seconds = time.monotonic() - start
     if not as_json:
         print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
-    if evaluate:
-        _print_evaluation(result, request.model_path, seconds, as_json)
-
-
-def _print_evaluation(
-    result: TrainResult, model_path: str | None, seconds: float, as_json: bool
-) -> None:
+    if not evaluate:
+        return
     report = evaluate_sae(
         result.output_path, model_path=model_path, device=result.runner_config.device
     )
@@ -278,13 +281,12 @@ def _print_evaluation(
         print(format_table(report))
 
 
-def resolved_runner_config(request: TrainRequest) -> dict[str, Any]:
-    """The complete SAELens runner config ``request`` trains with, as SAELens's own ``to_dict``
-    writes it. The variants' run-bound fields (warm-ups that follow the learning rate's,
-    PositionAware's step count and context) are left null: they are bound to the run when it
-    starts, so an edited ``training_tokens`` or ``lr_warm_up_steps`` carries them along."""
-    cfg, _ = build_runner_config(request)
-    return cfg.to_dict()
+def _print_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
+    """``cfg`` as JSON of SAELens's own ``to_dict``, which ``train --config`` reads back. An
+    unbound config leaves the variants' run-bound fields (warm-ups that follow the learning
+    rate's, PositionAware's step count and context) null: they are bound when the run starts, so
+    an edited ``training_tokens`` or ``lr_warm_up_steps`` carries them along."""
+    print(json.dumps(cfg.to_dict(), indent=2, default=str))
 
 
 _WITH_CONFIG = frozenset({"config", "model_path", "overwrite", "evaluate", "json", "dry_run"})
@@ -322,15 +324,14 @@ def _train_from_config(args: argparse.Namespace) -> None:
     cfg = read_runner_config(args.config)
     if args.dry_run:
         bind_run(cfg)  # refuses warm-ups longer than the (edited) run before anything prints
-        print(json.dumps(cfg.to_dict(), indent=2, default=str))
+        _print_runner_config(cfg)
         return
-    start = time.monotonic()
-    result = train_from_runner_config(cfg, model_path=args.model_path, overwrite=args.overwrite)
-    seconds = time.monotonic() - start
-    if not args.json:
-        print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
-    if args.evaluate:
-        _print_evaluation(result, args.model_path, seconds, args.json)
+    _time_and_report(
+        lambda: train_from_runner_config(cfg, model_path=args.model_path, overwrite=args.overwrite),
+        args.model_path,
+        args.evaluate,
+        args.json,
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -340,7 +341,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     request = _request(args, Path(args.output), parse_options(args.set))
     if args.dry_run:
         if args.json:
-            print(json.dumps(resolved_runner_config(request), indent=2, default=str))
+            _print_runner_config(build_runner_config(request)[0])
         else:
             _print_plan(request)
         return

@@ -33,7 +33,7 @@ from seq_contrastive_sweep import SWEEP
 from tqdm.auto import tqdm
 
 from sae_variants.integrations.comparison.calibration_seed import load_seeded_attempts
-from sae_variants.integrations.comparison.claims import ClaimRow, claim_verdict
+from sae_variants.integrations.comparison.claims import CLAIM_METRICS, claim_row, claim_verdict
 from sae_variants.integrations.comparison.embedded import train_request
 from sae_variants.integrations.comparison.matched_l0 import Attempt, train_at_target_l0
 from sae_variants.integrations.comparison.report import markdown_table
@@ -168,19 +168,9 @@ def _row(
     }
     if options is None:
         return {**row, "vs_standard": 1.0, "verdict": "reference"}
-    ratio = m["contextual_consistency"] / base["contextual_consistency"]
-    claim = ClaimRow(
-        architecture="seq_contrastive",
-        target_l0=run.target_l0,
-        metric="contextual_consistency",
-        higher_is_better=True,
-        variant=m["contextual_consistency"],
-        standard=base["contextual_consistency"],
-        relative_improvement=ratio - 1.0,
-        better=ratio > 1.0,
-        explained_variance_gap=m["explained_variance"] - base["explained_variance"],
-        ce_loss_score_gap=m["ce_loss_score"] - base["ce_loss_score"],
-    )
+    (consistency,) = CLAIM_METRICS["seq_contrastive"]
+    claim = claim_row("seq_contrastive", run.target_l0, consistency, m, base)
+    ratio = claim.variant / claim.standard
     return {
         **row,
         "vs_standard": ratio,

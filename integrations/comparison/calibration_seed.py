@@ -20,12 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_variants.integrations.comparison.matched_l0 import Attempt
-from sae_variants.integrations.comparison.settings import ComparisonSettings
-from sae_variants.integrations.training.presets import (
-    OFFLINE_MODELS,
-    default_preset,
-    training_preset,
-)
+from sae_variants.integrations.comparison.settings import ComparisonSettings, batch_tokens_for
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +34,6 @@ _SYNTHETIC_IGNORED = ("max_attempts",)
 class SeededAttempts:
     """Earlier attempts per architecture, for the model part and the synthetic part."""
 
-    source: str = ""
     model: dict[str, list[Attempt]] = field(default_factory=dict)
     synthetic: dict[str, list[Attempt]] = field(default_factory=dict)
 
@@ -50,14 +44,6 @@ def _attempts(rows: list[dict[str, Any]]) -> dict[str, list[Attempt]]:
         tried = [Attempt(a["knob_value"], a["l0"], a.get("path", "")) for a in row["attempts"]]
         seeded.setdefault(row["architecture"], []).extend(tried)
     return seeded
-
-
-def _batch_tokens(earlier: dict[str, Any]) -> int | None:
-    if earlier.get("train_batch_size_tokens"):
-        return earlier["train_batch_size_tokens"]
-    if earlier.get("model_name") not in OFFLINE_MODELS:
-        return None
-    return training_preset(default_preset(earlier["model_name"])).train_batch_size_tokens
 
 
 def _mismatches(earlier: dict[str, Any], now: dict[str, Any], names: tuple[str, ...]) -> list[str]:
@@ -87,7 +73,9 @@ def load_seeded_attempts(
 
     earlier_model = {
         **earlier,
-        "batch_tokens": _batch_tokens(earlier),
+        "batch_tokens": batch_tokens_for(
+            earlier.get("model_name", ""), earlier.get("train_batch_size_tokens")
+        ),
         "from_cache": bool(earlier.get("activations_path")),
     }
     now_model = {
@@ -129,4 +117,4 @@ def load_seeded_attempts(
         raise ValueError(
             f"{path} is not a comparison report.json ({error!r} in its runs)"
         ) from error
-    return SeededAttempts(str(path), model, synthetic)
+    return SeededAttempts(model, synthetic)

@@ -87,32 +87,39 @@ def claim_rows(runs: list[EmbeddedRun]) -> list[ClaimRow]:
         reference = standard.get(run.target_l0)
         if run.architecture not in CLAIM_METRICS or reference is None:
             continue
-        for claim in CLAIM_METRICS[run.architecture]:
-            value = run.metrics[claim.metric]
-            base = (
-                claim.standard_value
-                if claim.standard_value is not None
-                else reference.metrics[claim.metric]
-            )
-            # Relative to the standard's value; against a standard at 0 (no dead features) the
-            # scale is the variant's own value, so any change reads as +-100%.
-            scale = abs(base) or abs(value) or 1.0
-            change = (value - base) / scale
-            improvement = change if claim.higher_is_better else -change
-            rows.append(
-                ClaimRow(
-                    architecture=run.architecture,
-                    target_l0=run.target_l0,
-                    metric=claim.metric,
-                    higher_is_better=claim.higher_is_better,
-                    variant=value,
-                    standard=base,
-                    relative_improvement=improvement,
-                    better=value > base if claim.higher_is_better else value < base,
-                    explained_variance_gap=run.metrics["explained_variance"]
-                    - reference.metrics["explained_variance"],
-                    ce_loss_score_gap=run.metrics["ce_loss_score"]
-                    - reference.metrics["ce_loss_score"],
-                )
-            )
+        rows += [
+            claim_row(run.architecture, run.target_l0, claim, run.metrics, reference.metrics)
+            for claim in CLAIM_METRICS[run.architecture]
+        ]
     return rows
+
+
+def claim_row(
+    architecture: str,
+    target_l0: float,
+    claim: ClaimMetric,
+    metrics: dict[str, float],
+    standard_metrics: dict[str, float],
+) -> ClaimRow:
+    """``claim`` for a variant's evaluation ``metrics`` against standard's at the same target."""
+    value = metrics[claim.metric]
+    base = (
+        claim.standard_value if claim.standard_value is not None else standard_metrics[claim.metric]
+    )
+    # Relative to the standard's value; against a standard at 0 (no dead features) the
+    # scale is the variant's own value, so any change reads as +-100%.
+    scale = abs(base) or abs(value) or 1.0
+    change = (value - base) / scale
+    return ClaimRow(
+        architecture=architecture,
+        target_l0=target_l0,
+        metric=claim.metric,
+        higher_is_better=claim.higher_is_better,
+        variant=value,
+        standard=base,
+        relative_improvement=change if claim.higher_is_better else -change,
+        better=value > base if claim.higher_is_better else value < base,
+        explained_variance_gap=metrics["explained_variance"]
+        - standard_metrics["explained_variance"],
+        ce_loss_score_gap=metrics["ce_loss_score"] - standard_metrics["ce_loss_score"],
+    )

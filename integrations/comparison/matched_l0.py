@@ -86,8 +86,8 @@ def calibrate(
 
     ``history`` holds earlier attempts (other targets of a sweep, or an earlier comparison's):
     the first value tried is the one among them whose L0 was closest to the target when that was
-    within ``tolerance``, else the one they predict, instead of ``initial_value``. Integer knobs (TopK's ``k``) are rounded;
-    ``l0_rises_with_knob`` says L0 grows with the knob (``k``) instead of falling (an L1 weight);
+    within ``tolerance``, else the one they predict, instead of ``initial_value``. Integer knobs
+    (TopK's ``k``) are rounded; ``l0_rises_with_knob`` says L0 grows with the knob (``k``) instead of falling (an L1 weight);
     ``prior_slope`` is the ``s`` of ``L0 ~ knob^-s`` assumed until two attempts measure it.
     Returns the attempts of this calibration and the last attempt's result.
     """
@@ -148,8 +148,8 @@ fingerprint only when set, so runs recorded before them stay reusable."""
 
 def request_fingerprint(request: TrainRequest) -> str:
     """The request as canonical JSON (paths as strings, ``overwrite`` and unset run flags left
-    out, the device as resolved), with the SAE config it resolves to: a changed default of an architecture makes
-    finished runs stale."""
+    out, the device as resolved), with the SAE config it resolves to: a changed default of an
+    architecture makes finished runs stale."""
     defaults = TrainRequest()
     fields = {
         k: v

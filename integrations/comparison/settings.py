@@ -204,6 +204,13 @@ class BenchmarkSettings:
     """Also time the sequence-aware pipeline against SAELens's store (the data path of the sequence-aware variants)."""
 
 
+def batch_tokens_for(model_name: str, train_batch_size_tokens: int | None) -> int:
+    """A comparison's training batch: the one it names, else its model's default recipe's."""
+    if train_batch_size_tokens is not None:
+        return train_batch_size_tokens
+    return training_preset(default_preset(model_name)).train_batch_size_tokens
+
+
 @dataclass(frozen=True)
 class ComparisonSettings:
     """One comparison: which architectures, at which L0s, with which budgets."""
@@ -236,9 +243,7 @@ class ComparisonSettings:
 
     @property
     def batch_tokens(self) -> int:
-        if self.train_batch_size_tokens is not None:
-            return self.train_batch_size_tokens
-        return training_preset(default_preset(self.model_name)).train_batch_size_tokens
+        return batch_tokens_for(self.model_name, self.train_batch_size_tokens)
 
     @property
     def total_steps(self) -> int:

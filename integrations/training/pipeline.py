@@ -19,6 +19,7 @@ from sae_lens.saes.sae import TrainingSAE
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.training.activation_cache import (
     TOKEN_IDS_COLUMN,
+    CacheInfo,
     cached_token_ids,
     open_cache,
 )
@@ -83,8 +84,7 @@ def _refuse_to_overwrite(output: Path, overwrite: bool) -> None:
         )
 
 
-def _warn_about_repeated_passes(activations_path: str, training_tokens: int) -> None:
-    _, info = open_cache(activations_path)
+def _warn_about_repeated_passes(info: CacheInfo, training_tokens: int) -> None:
     if info.usable_tokens is not None and training_tokens > info.usable_tokens:
         logger.warning(
             "training on %d tokens from an activation cache of %d usable tokens reads it %.1f "
@@ -116,14 +116,15 @@ def train_sae(request: TrainRequest, *, model: HookedSAETransformer | None = Non
     )
 
 
-def _dataset_for(runner_cfg: LanguageModelSAERunnerConfig[Any]) -> Dataset | None:
-    """The token dataset the store is handed, read from what the config records (the cached
-    contexts' tokens, a local file, or None for a hub name SAELens streams itself; the bundled
-    Austen text needs the model's tokenizer and is read once the model is loaded)."""
-    if runner_cfg.use_cached_activations:
+def _dataset_for(
+    runner_cfg: LanguageModelSAERunnerConfig[Any], cache: Dataset | None
+) -> Dataset | None:
+    """The token dataset the store is handed, read from what the config records (the tokens of
+    the run's activation ``cache``, a local file, or None for a hub name SAELens streams itself;
+    the bundled Austen text needs the model's tokenizer and is read once the model is loaded)."""
+    if cache is not None:
         # Training reads the cache; SAELens's store still wants a token dataset (for its own
         # evaluations): the cached contexts' tokens, so nothing is streamed from the hub.
-        cache, _ = open_cache(runner_cfg.cached_activations_path)
         return Dataset.from_dict({"tokens": cached_token_ids(cache).tolist()})
     source = runner_cfg.dataset_path
     if source not in (AUSTEN_RECORD, "") and is_local_dataset(source):
@@ -153,15 +154,17 @@ def train_from_runner_config(
     _refuse_to_overwrite(output, overwrite)
     for device in {runner_cfg.device, runner_cfg.llm_device, runner_cfg.act_store_device}:
         resolve_device(device)  # a config written on another machine may name a device not here
+    cache = None
     if runner_cfg.use_cached_activations:
-        _warn_about_repeated_passes(runner_cfg.cached_activations_path, runner_cfg.training_tokens)
+        cache, info = open_cache(runner_cfg.cached_activations_path)
+        _warn_about_repeated_passes(info, runner_cfg.training_tokens)
         if model_path is None:  # the cache records the local folder its model came from
-            model_path = open_cache(runner_cfg.cached_activations_path)[1].model_path
-    dataset = _dataset_for(runner_cfg)
+            model_path = info.model_path
+    dataset = _dataset_for(runner_cfg, cache)
     torch.manual_seed(runner_cfg.seed)
     if model is None:
         model = load_model(runner_cfg.model_name, device=runner_cfg.device, model_path=model_path)
-    if not runner_cfg.use_cached_activations and runner_cfg.dataset_path == AUSTEN_RECORD:
+    if cache is None and runner_cfg.dataset_path == AUSTEN_RECORD:
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
     runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
     if init_b_dec_to_mean:
