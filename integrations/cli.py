@@ -55,6 +55,10 @@ from sae_variants.integrations.models.gemma3 import MissingExtraError
 from sae_variants.integrations.models.hooks import HOOK_SITES
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
+from sae_variants.integrations.training.config_arguments import (
+    RunConfigFlags,
+    add_run_config_flags,
+)
 from sae_variants.integrations.training.devices import AUTO
 from sae_variants.integrations.training.pipeline import (
     TrainResult,
@@ -63,6 +67,8 @@ from sae_variants.integrations.training.pipeline import (
 )
 from sae_variants.integrations.training.presets import DEMO_SAE_OPTIONS, TRAINING_PRESETS
 from sae_variants.integrations.training.request import (
+    MANAGED_SAE_FIELDS,
+    REQUEST_RUNNER_FIELDS,
     TrainRequest,
     build_runner_config,
     parse_options,
@@ -154,7 +160,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_train_arguments(parser: argparse.ArgumentParser, architecture: str) -> RunConfigFlags:
+    """The flags of ``train``/``demo``; ``architecture`` (found in the command line before
+    parsing) decides which hyperparameter flags exist."""
     parser.add_argument(
         "--architecture",
         default="standard",
@@ -188,7 +196,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an architecture hyperparameter, e.g. --set l1_coefficient=5 (repeatable)",
+        help="a hyperparameter by field name, e.g. --set l1_coefficient=5 (repeatable; the same "
+        "as its own flag below, read the same way)",
     )
     parser.add_argument(
         "--dataset",
@@ -200,9 +209,42 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an SAE already at --output"
     )
+    known = architecture in training_architectures()
+    flags = add_run_config_flags(
+        parser,
+        training_config_class(architecture if known else "standard"),
+        managed_sae_fields=MANAGED_SAE_FIELDS,
+        request_runner_fields=REQUEST_RUNNER_FIELDS,
+    )
+    parser.set_defaults(config_flags=flags)
+    return flags
 
 
-def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) -> TrainRequest:
+def _architecture_named(argv: list[str]) -> str:
+    """The ``--architecture`` value in ``argv`` (``standard`` when absent), read before the
+    parser exists because it decides which hyperparameter flags the parser has."""
+    for i, arg in enumerate(argv):
+        if arg == "--architecture" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--architecture="):
+            return arg.partition("=")[2]
+    return "standard"
+
+
+def _sae_options(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hyperparameters the command line sets: ``base``, then ``--set`` pairs, then the
+    fields' own flags; one field named twice is refused."""
+    flagged = args.config_flags.sae_options(args)
+    pairs = parse_options(args.set)
+    twice = sorted(set(flagged) & set(pairs))
+    if twice:
+        raise ValueError(
+            f"{', '.join(twice)} given both with --set and with its own flag; give it once"
+        )
+    return {**(base or {}), **pairs, **flagged}
+
+
+def _request(args: argparse.Namespace, output: Path, options: dict[str, Any]) -> TrainRequest:
     fields: dict[str, Any] = dict(
         architecture=args.architecture,
         model_name=args.model,
@@ -217,6 +259,7 @@ def _request(args: argparse.Namespace, output: Path, options: dict[str, str]) ->
         train_batch_size_tokens=args.batch_size,
         lr=args.lr,
         sae_options=options,
+        runner_options=args.config_flags.runner_options(args),
         output_path=output,
         overwrite=args.overwrite,
         dataset_path=args.dataset,
@@ -309,13 +352,22 @@ def read_runner_config(file: Path) -> LanguageModelSAERunnerConfig[Any]:
         ) from error
 
 
+def _flags_given(argv: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The options written in ``argv`` (at their default values too): dest -> the long flag."""
+    actions = parser._option_string_actions
+    given: dict[str, str] = {}
+    for token in argv:
+        option = token.partition("=")[0]
+        if token.startswith("--") and option in actions:
+            action = actions[option]
+            given[action.dest] = max(action.option_strings, key=len)
+    return given
+
+
 def _train_from_config(args: argparse.Namespace) -> None:
-    defaults = vars(build_parser().parse_args(["train"]))
-    extra = sorted(
-        f"--{name.replace('_', '-')}"
-        for name, value in vars(args).items()
-        if name in defaults and name not in _WITH_CONFIG and value != defaults[name]
-    )
+    train_parser = build_parser(args.raw_argv)._subparsers._group_actions[0].choices["train"]
+    given = _flags_given(args.raw_argv, train_parser)
+    extra = sorted(flag for dest, flag in given.items() if dest not in _WITH_CONFIG)
     if extra:
         raise ValueError(
             f"--config holds the whole run, so {', '.join(extra)} would be ignored; edit the "
@@ -338,7 +390,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.config is not None:
         _train_from_config(args)
         return
-    request = _request(args, Path(args.output), parse_options(args.set))
+    request = _request(args, Path(args.output), _sae_options(args))
     if args.dry_run:
         if args.json:
             _print_runner_config(build_runner_config(request)[0])
@@ -378,7 +430,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    options = {k: str(v) for k, v in DEMO_SAE_OPTIONS.items()} | parse_options(args.set)
+    options = _sae_options(args, base=dict(DEMO_SAE_OPTIONS))
     _train_and_report(_request(args, Path(args.output), options), evaluate=True, as_json=args.json)
 
 
@@ -506,12 +558,18 @@ def _cmd_presets(_: argparse.Namespace) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command's parser; ``argv`` (the command line to be parsed) picks the architecture
+    whose hyperparameter flags ``train`` and ``demo`` get."""
+    architecture = _architecture_named(list(argv or []))
     parser = argparse.ArgumentParser(prog="sae-variants", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train an SAE with SAELens's runner")
-    _add_train_arguments(train)
+    # Exact flag names only: with a flag per config field, an abbreviation could mean another.
+    train = commands.add_parser(
+        "train", help="train an SAE with SAELens's runner", allow_abbrev=False
+    )
+    _add_train_arguments(train, architecture)
     train.add_argument("--output", default="sae_runs/latest", help="where the trained SAE is saved")
     train.add_argument(
         "--activations",
@@ -577,9 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(run=_cmd_cache)
 
     demo = commands.add_parser(
-        "demo", help="train the standard SAE on the embedded model and evaluate it"
+        "demo",
+        help="train the standard SAE on the embedded model and evaluate it",
+        allow_abbrev=False,
     )
-    _add_train_arguments(demo)
+    _add_train_arguments(demo, architecture)
     demo.add_argument("--output", default=str(DEMO_OUTPUT))
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(run=_cmd_demo)
@@ -697,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(raw_argv)
+    args = build_parser(raw_argv).parse_args(raw_argv)
     args.raw_argv = raw_argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -140,6 +140,7 @@ _RUN_FLAGS = frozenset(
         "autocast_lm",
         "wandb_project",
         "wandb_run_name",
+        "runner_options",
     }
 )
 """Request fields whose default keeps the behaviour from before they existed: they enter a

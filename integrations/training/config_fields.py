@@ -1,7 +1,8 @@
 """The documented fields of a training config: names, defaults and attribute docstrings.
 
 SAELens's configs and this package's document each field with a string literal right under it
-(the convention ``simple_parsing`` reads for ``--help``). :func:`config_field_docs` reads them from
+(the convention ``simple_parsing`` reads for ``--help``; SAELens's runner config uses an ``Args:``
+section of its class docstring instead, read as a fallback). :func:`config_field_docs` reads them from
 the source of every dataclass in the config's MRO, so one description serves the documentation
 tables (``docs/generate_config_tables.py``) and anything else that lists the fields.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +52,34 @@ def _attribute_docstrings(cls: type) -> dict[str, str]:
     return docs
 
 
+_ARGS_ENTRY = re.compile(r"^(\s*)(\w+)\s*\([^)]*\)\s*:\s*(.*)$")
+
+
+def _args_section_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from a Google-style ``Args:`` section of the class docstring (how
+    SAELens documents ``LanguageModelSAERunnerConfig``): ``name (type): text`` entries, with
+    continuation lines indented deeper."""
+    lines = (vars(cls).get("__doc__") or "").splitlines()
+    docs: dict[str, str] = {}
+    inside, entry_indent, current = False, None, None
+    for line in lines:
+        if line.strip() == "Args:":
+            inside = True
+            continue
+        if not inside or not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        match = _ARGS_ENTRY.match(line)
+        if match and (entry_indent is None or indent == entry_indent):
+            entry_indent, current = indent, match.group(2)
+            docs[current] = match.group(3).strip()
+        elif current is not None and entry_indent is not None and indent > entry_indent:
+            docs[current] += " " + line.strip()
+        else:
+            break  # the section ended
+    return docs
+
+
 def config_field_docs(cfg_class: type, *, skip_base: type = TrainingSAEConfig) -> list[FieldDoc]:
     """Every dataclass field of ``cfg_class`` with its default and docstring, in declaration
     order; fields declared by ``skip_base`` and its bases (SAELens's shared ones) are left out."""
@@ -62,7 +92,7 @@ def config_field_docs(cfg_class: type, *, skip_base: type = TrainingSAEConfig) -
     docs: dict[str, str] = {}
     for klass in reversed(cfg_class.__mro__):
         annotations = vars(klass).get("__annotations__", {})
-        found = _attribute_docstrings(klass) if annotations else {}
+        found = _args_section_docs(klass) | _attribute_docstrings(klass) if annotations else {}
         for name in annotations:
             owners[name] = klass
             if name in found:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from sae_variants.integrations.models.hooks import hook_name as site_hook_name
 from sae_variants.integrations.models.hooks import hook_width
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.activation_cache import CacheInfo, open_cache
+from sae_variants.integrations.training.config_arguments import read_field_value
 from sae_variants.integrations.training.datasets import AUSTEN, is_local_dataset
 from sae_variants.integrations.training.devices import AUTO, resolve_device
 from sae_variants.integrations.training.presets import (
@@ -42,8 +41,47 @@ def default_dataset(model_name: str) -> str:
     return AUSTEN if model_name in OFFLINE_MODELS else PAPER_DATASET
 
 
-# Fields of TrainingSAEConfig that the request sets itself; users may not override them by name.
-_MANAGED_SAE_FIELDS = frozenset({"d_in", "d_sae", "metadata", "device", "dtype"})
+MANAGED_SAE_FIELDS = frozenset({"d_in", "d_sae", "metadata", "device", "dtype"})
+"""Fields of an SAE training config that the request sets itself (width from the hook and
+``d_sae``, device and dtype from the run); they cannot be overridden by name."""
+
+REQUEST_RUNNER_FIELDS = frozenset(
+    {
+        # the request's own fields (and their command-line flags) decide these:
+        "sae",
+        "model_name",
+        "hook_name",
+        "dataset_path",
+        "context_size",
+        "training_tokens",
+        "train_batch_size_tokens",
+        "lr",
+        "lr_warm_up_steps",
+        "n_checkpoints",
+        "device",
+        "autocast",
+        "autocast_lm",
+        "seed",
+        "output_path",
+        "checkpoint_path",
+        "logger",
+        "log_to_wandb",
+        "wandb_project",
+        "run_name",
+        # derived from where the data comes from (a hub name streams; a cache is one):
+        "is_dataset_tokenized",
+        "streaming",
+        "use_cached_activations",
+        "cached_activations_path",
+        # resuming is not a field override (SAELens's resume restores only part of a variant)
+        "resume_from_checkpoint",
+        # recorded by SAELens, not chosen
+        "hook_eval",
+        "sae_lens_version",
+        "sae_lens_training_version",
+    }
+)
+"""``LanguageModelSAERunnerConfig``/``LoggingConfig`` fields that ``runner_options`` may not set."""
 
 
 @dataclass
@@ -70,6 +108,11 @@ class TrainRequest:
     lr: float | None = None
     sae_options: dict[str, Any] = field(default_factory=dict)
     """Architecture hyperparameters, e.g. ``{"l1_coefficient": 5.0}``."""
+    runner_options: dict[str, Any] = field(default_factory=dict)
+    """Further ``LanguageModelSAERunnerConfig`` (and ``LoggingConfig``) fields by name, e.g.
+    ``{"adam_beta2": 0.99, "n_batches_in_buffer": 32}``, applied over what the request and its
+    preset resolve; the fields the request decides itself (:data:`REQUEST_RUNNER_FIELDS`) are
+    refused here: they have their own request fields."""
     output_path: Path = Path("sae_runs/latest")
     overwrite: bool = False
     dataset_path: str | None = None
@@ -171,37 +214,6 @@ def training_config_class(architecture: str) -> type[TrainingSAEConfig]:
     return SAE_TRAINING_CLASS_REGISTRY[architecture][1]
 
 
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Convert a CLI string to the annotated type of a config field (int, float, bool, str, ...)."""
-    if not isinstance(value, str):
-        return value
-    origin = typing.get_origin(annotation)
-    options = (
-        typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
-    )
-    if value.lower() in ("none", "null") and type(None) in options:
-        return None
-    for option in options:
-        if option is bool or option == "bool":
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-        elif option in (int, "int"):
-            try:
-                return int(value)
-            except ValueError:
-                continue
-        elif option in (float, "float"):
-            try:
-                return float(value)
-            except ValueError:
-                continue
-        elif option in (str, "str") or typing.get_origin(option) is typing.Literal:
-            return value
-    raise ValueError(f"option {name}={value!r} cannot be read as {annotation}")
-
-
 def parse_options(pairs: list[str]) -> dict[str, str]:
     """``["key=value", ...]`` (the command line's ``--set``) as a dict of strings, which
     :func:`build_sae_config` reads with each field's type."""
@@ -220,19 +232,18 @@ def build_sae_config(
     """Instantiate the architecture's training config; unknown or managed options are refused."""
     cfg_class = training_config_class(architecture)
     fields = {f.name: f for f in dataclasses.fields(cfg_class)}
-    hints = typing.get_type_hints(cfg_class)
     kwargs: dict[str, Any] = {}
     for key, value in options.items():
-        if key in _MANAGED_SAE_FIELDS:
+        if key in MANAGED_SAE_FIELDS:
             raise ValueError(
                 f"option {key!r} is set by the training pipeline and cannot be overridden"
             )
         if key not in fields:
-            settable = sorted(set(fields) - _MANAGED_SAE_FIELDS)
+            settable = sorted(set(fields) - MANAGED_SAE_FIELDS)
             raise ValueError(
                 f"{architecture!r} has no option {key!r}; its options are: {', '.join(settable)}"
             )
-        kwargs[key] = _coerce(value, hints.get(key, fields[key].type), key)
+        kwargs[key] = read_field_value(cfg_class, key, value) if isinstance(value, str) else value
     kwargs.setdefault("normalize_activations", normalize_activations)
     return cfg_class(d_in=d_in, d_sae=d_sae, **kwargs)
 
@@ -300,13 +311,48 @@ def _context_size(
     return size
 
 
-def _logging_config(request: TrainRequest) -> LoggingConfig:
+_LOGGING_FIELDS = frozenset(f.name for f in dataclasses.fields(LoggingConfig))
+_RUNNER_FIELDS = frozenset(f.name for f in dataclasses.fields(LanguageModelSAERunnerConfig))
+
+
+def split_runner_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``runner_options`` as (runner fields, logging fields); an unknown field, or one the
+    request decides itself, is refused naming the request field (flag) that sets it."""
+    runner: dict[str, Any] = {}
+    logging: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in REQUEST_RUNNER_FIELDS:
+            raise ValueError(
+                f"runner field {key!r} is decided by the training request itself (see "
+                "`sae-variants train --help` for its own flag), not by a runner option"
+            )
+        if key in _LOGGING_FIELDS:
+            logging[key] = value
+        elif key in _RUNNER_FIELDS:
+            runner[key] = value
+        else:
+            raise ValueError(
+                f"LanguageModelSAERunnerConfig has no field {key!r}; its settable fields are: "
+                f"{', '.join(sorted((_RUNNER_FIELDS | _LOGGING_FIELDS) - REQUEST_RUNNER_FIELDS))}"
+            )
+    return runner, logging
+
+
+def _logging_config(request: TrainRequest, options: Mapping[str, Any]) -> LoggingConfig:
     if request.wandb_project is None:
         if request.wandb_run_name is not None:
             raise ValueError("wandb_run_name needs wandb_project (W&B logging is off without it)")
+        if options:
+            raise ValueError(
+                f"{', '.join(sorted(options))} configure W&B logging, which is off; pass "
+                "--wandb [PROJECT] (TrainRequest.wandb_project) to turn it on"
+            )
         return LoggingConfig(log_to_wandb=False)
     return LoggingConfig(
-        log_to_wandb=True, wandb_project=request.wandb_project, run_name=request.wandb_run_name
+        log_to_wandb=True,
+        wandb_project=request.wandb_project,
+        run_name=request.wandb_run_name,
+        **options,
     )
 
 
@@ -368,7 +414,8 @@ def build_runner_config(
         raise ValueError(f"n_checkpoints must be >= 0, got {request.n_checkpoints}")
     lr = request.lr or preset.lr
     output = Path(request.output_path)
-    runner_cfg = LanguageModelSAERunnerConfig(
+    runner_options, logging_options = split_runner_options(request.runner_options)
+    resolved: dict[str, Any] = dict(
         sae=sae_cfg,
         model_name=request.model_name,
         model_class_name="HookedTransformer",
@@ -396,7 +443,7 @@ def build_runner_config(
         n_checkpoints=request.n_checkpoints,
         checkpoint_path=str(output / "checkpoints"),
         output_path=str(output),
-        logger=_logging_config(request),
+        logger=_logging_config(request, logging_options),
         device=resolve_device(request.device),
         autocast=request.autocast,
         autocast_lm=request.autocast_lm,
@@ -407,4 +454,4 @@ def build_runner_config(
         # SAELens's default ({"center_writing_weights": False}) would make every load warn.
         model_from_pretrained_kwargs={} if embedded else None,
     )
-    return runner_cfg, preset
+    return LanguageModelSAERunnerConfig(**{**resolved, **runner_options}), preset

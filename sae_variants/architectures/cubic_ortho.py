@@ -52,9 +52,6 @@ from sae_variants.architectures.cubic_ortho_penalty import (
 from sae_variants.functional import unit_norm_rows
 from sae_variants.validation import require_fields
 
-ActMode = Literal["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"]
-PenaltyMode = Literal["auto", "dense", "blocks"]
-
 PAPER_ORTHO_WARM_UP_STEPS = 1000
 """gamma's ramp when no run is bound: the paper's, which equals its learning-rate warm-up."""
 
@@ -76,7 +73,9 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
     paper ties them (bound by ``bind_run``; unbound, the paper's 1000 with a warning)."""
     exponent: float = 3.0
     """p in |c_ij|^p: 3 is the paper's cubic scaling (run 7), 2 its quadratic ablation (>= 1)."""
-    act_mode: ActMode = "none"
+    # Field annotations spell their Literal out (no module-level alias): SAELens's own CLI reads
+    # them with simple_parsing, which resolves names only in the modules declaring d_in etc.
+    act_mode: Literal["none", "eps_hinge", "sigmoid", "log1p_norm", "ratio_rank"] = "none"
     """Activation-aware pair weighting (off by default): "eps_hinge" is eq. 3 as a hinge margin
     max(0, |<w_i,w_j>| - eps_ij) with eps_ij = eps0 (1 + a_i a_j)^-beta; "sigmoid" (run 9) and
     "log1p_norm" (run 10) multiply the pair term by sigmoid(a_i a_j) or log1p(a_i a_j) / max;
@@ -90,7 +89,7 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
     """beta of eq. 3 (unspecified by the paper; >= 0)."""
     activation_ema_decay: float = 0.99
     """Decay of the EMA of each feature's mean activation a_i used by ``act_mode`` (in [0, 1))."""
-    penalty_mode: PenaltyMode = "auto"
+    penalty_mode: Literal["auto", "dense", "blocks"] = "auto"
     """How Omega is computed: "dense" (d_sae x d_sae matrices, exact), "blocks" (unbiased
     estimate from random blocks of the active features, exact when one block holds them all), or
     "auto": dense up to ``dense_max_d_sae``, blocks above."""
