@@ -105,31 +105,52 @@ class MissingTokenContextError(RuntimeError):
     """A sequence-aware training step ran without the pipeline that knows where its rows are from."""
 
 
+def _no_context_message(architecture: str) -> str:
+    return (
+        f"the {architecture!r} SAE trains on sequence-structured batches and needs each "
+        "row's sequence id and position, which SAELens's LanguageModelSAETrainingRunner "
+        "cannot provide (its store shuffles single tokens). Train it with "
+        "sae_variants.integrations.training.VariantTrainingRunner (same arguments) or "
+        "`sae-variants train`; in your own loop, call sae.expect_token_contexts() once and "
+        "sae.attach_token_context(TokenContext(...)) before each training_forward_pass."
+    )
+
+
 class NeedsTokenContext:
     """Mixin for a training SAE whose step reads a :class:`TokenContext` (one per step).
 
     The pipeline attaches the context right before SAELens's trainer runs the step on the batch
     it belongs to; :meth:`take_token_context` consumes it, so a step can never reuse a stale one.
+
+    A trainer that will deliver contexts says so first (:meth:`expect_token_contexts`):
+    ``get_coefficients``, which SAELens's ``SAETrainer`` calls in its constructor, refuses an SAE
+    that nothing will feed, so SAELens's own runner fails before its normalization estimate and
+    before any step rather than at the first one.
     """
 
     _pending_token_context: TokenContext | None = None
+    _expects_token_contexts: bool = False
+
+    def expect_token_contexts(self) -> None:
+        """Declare that a context will be attached before every training step."""
+        self._expects_token_contexts = True
 
     def attach_token_context(self, context: TokenContext) -> None:
         self._pending_token_context = context
+
+    def get_coefficients(self) -> Any:
+        if not self._expects_token_contexts and self._pending_token_context is None:
+            raise MissingTokenContextError(
+                _no_context_message(self.cfg.architecture())  # type: ignore[attr-defined]
+            )
+        return super().get_coefficients()  # type: ignore[misc]
 
     def take_token_context(self, n_rows: int, device: torch.device) -> TokenContext:
         """The context of the batch of ``n_rows`` rows now being trained on, or a clear error."""
         context, self._pending_token_context = self._pending_token_context, None
         architecture = self.cfg.architecture()  # type: ignore[attr-defined]
         if context is None:
-            raise MissingTokenContextError(
-                f"the {architecture!r} SAE trains on sequence-structured batches and needs each "
-                "row's sequence id and position, which SAELens's LanguageModelSAETrainingRunner "
-                "cannot provide (its store shuffles single tokens). Train it with "
-                "sae_variants.integrations' variant runner or `sae-variants train`; in your own "
-                "loop, call sae.attach_token_context(TokenContext(...)) before each "
-                "training_forward_pass."
-            )
+            raise MissingTokenContextError(_no_context_message(architecture))
         if context.n_rows != n_rows:
             raise ValueError(
                 f"the token context describes {context.n_rows} rows but the training batch has "

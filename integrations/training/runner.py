@@ -180,6 +180,8 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
             )
             # The source checks every batch itself.
             self.activations_store = self.sequence_batches  # type: ignore[assignment]
+            if isinstance(self.sae, NeedsTokenContext):
+                self.sae.expect_token_contexts()  # delivered by attach_to_trainer
         else:
             self.activations_store = CheckedActivationStream(  # type: ignore[assignment]
                 self.activations_store, cfg.sae.d_in, cfg.hook_name

@@ -316,13 +316,23 @@ def test_binding_the_run_ties_the_contrastive_ramp_to_the_lr_warm_up() -> None:
     )
     assert bind_run(explicit).sae.contrastive_warm_up_steps == 7
     # Unbound, the SAE falls back to the paper's ramp and says so.
+    sae = SeqContrastiveTrainingSAE(runner_cfg.sae)
+    sae.expect_token_contexts()
     with pytest.warns(UserWarning, match="contrastive_warm_up_steps is None"):
-        assert (
-            SeqContrastiveTrainingSAE(runner_cfg.sae)
-            .get_coefficients()["contrastive"]
-            .warm_up_steps
-            == 1000
-        )
+        assert sae.get_coefficients()["contrastive"].warm_up_steps == 1000
+
+
+def test_a_trainer_that_will_not_deliver_contexts_is_refused_at_its_construction() -> None:
+    """SAETrainer reads the coefficients in its constructor: an SAE nothing will feed refuses
+    there, before any batch is read."""
+    sae = _sae()
+    with pytest.raises(MissingTokenContextError, match=r"sae.expect_token_contexts\(\) once"):
+        sae.get_coefficients()
+    sae.attach_token_context(_batch()[1])  # a pending context is a promise kept
+    assert "contrastive" in sae.get_coefficients()
+    fresh = _sae()
+    fresh.expect_token_contexts()
+    assert "contrastive" in fresh.get_coefficients()
 
 
 def test_init_is_tied_with_unit_decoder_rows() -> None:

@@ -20,6 +20,7 @@ from sae_lens.saes.sae import TrainingSAEConfig
 
 from sae_variants import (
     MissingTokenContextError,
+    PositionAwareTrainingSAEConfig,
     SeqContrastiveTrainingSAEConfig,
     SequenceLayout,
     TokenContext,
@@ -351,14 +352,31 @@ def test_training_steps_receive_their_own_batch_context(source_runner: Any) -> N
         assert_true_provenance(batch, context)
 
 
-def test_plain_saelens_runner_refuses_with_the_entry_points(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sae_cfg",
+    [
+        seq_config(),
+        PositionAwareTrainingSAEConfig(d_in=64, d_sae=128, normalize_activations="none"),
+    ],
+    ids=lambda cfg: cfg.architecture(),
+)
+def test_plain_saelens_runner_refuses_before_reading_any_batch(
+    sae_cfg: TrainingSAEConfig, tmp_path: Path
+) -> None:
+    """SAELens's runner loads the model before it touches the SAE, so the earliest refusal is
+    its trainer's constructor: before the normalization estimate and before any step."""
     runner = LanguageModelSAETrainingRunner(
-        runner_config(seq_config(), tmp_path),
+        runner_config(sae_cfg, tmp_path, n_batches_for_norm_estimate=1000),
         override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
         override_model=marked_model(),
     )
-    with pytest.raises(MissingTokenContextError, match="variant runner or `sae-variants train`"):
+    store = runner.activations_store
+    batches_read = []
+    next_batch = store.next_batch
+    store.next_batch = lambda *a, **k: batches_read.append(1) or next_batch(*a, **k)
+    with pytest.raises(MissingTokenContextError, match=r"VariantTrainingRunner \(same arguments\)"):
         runner.run()
+    assert batches_read == []
 
 
 def test_bad_layouts_are_clear_errors(tmp_path: Path) -> None:
