@@ -6,7 +6,7 @@ sae-variants train --model gemma-2-2b --layer 12    # the papers' setting (needs
 sae-variants cache --model gemma-3-270m --layer 6 --tokens 1000000 --output acts/g6
 sae-variants train --activations acts/g6 --architecture cubic_ortho --output runs/cubic
 sae-variants evaluate runs/std [--json]
-sae-variants export-standard runs/qucl runs/qucl-as-standard [--tolerance 0.01]
+sae-variants export runs/msn runs/msn-stock [--to auto|standard|jumprelu] [--tolerance 0.01]
 sae-variants compare [--quick] [--sweep] [--readme README.md]
 sae-variants architectures | presets
 """
@@ -48,7 +48,7 @@ from sae_variants.integrations.comparison.report import (
     write_report,
 )
 from sae_variants.integrations.evaluation.evaluate import evaluate_sae, format_table
-from sae_variants.integrations.export import export_saved_qucl
+from sae_variants.integrations.export import DEFAULT_CONTEXTS, export_saved_sae
 from sae_variants.integrations.models import HubAccessError
 from sae_variants.integrations.models.gemma2 import GEMMA2_2B_HOOK_PRESETS
 from sae_variants.integrations.models.gemma3 import MissingExtraError
@@ -517,12 +517,33 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         print(format_throughput(time_activation_pipelines(args.architecture)))
 
 
-def _cmd_export_standard(args: argparse.Namespace) -> None:
-    export = export_saved_qucl(args.path, args.output, args.tolerance, args.contexts)
+def _cmd_export(args: argparse.Namespace) -> None:
+    report = export_saved_sae(
+        args.path,
+        args.output,
+        target=args.to or ("standard" if args.command == "export-standard" else "auto"),
+        max_explained_variance_change=args.tolerance,
+        n_contexts=args.contexts,
+        activations_path=args.activations,
+        model_path=args.model_path,
+        overwrite=args.overwrite,
+    )
+    summary = {
+        "output": str(Path(args.output).resolve()),
+        "architecture": report.sae.cfg.architecture(),
+        **report.as_metadata(),
+        "explained_variance_change": report.change,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
     print(
-        f"explained variance {export.explained_variance_qucl:.4f} (qucl) -> "
-        f"{export.explained_variance_standard:.4f} (standard), change {export.change:+.4f}; "
-        f"saved the standard SAE to {Path(args.output).resolve()}"
+        f"{report.source_architecture} -> SAELens {summary['architecture']} ({report.method}) on "
+        f"{report.evaluated_rows} held-out rows: explained variance "
+        f"{report.explained_variance_source:.4f} -> {report.explained_variance_export:.4f} "
+        f"({report.change:+.4f}), L0 {report.l0_source:.1f} -> {report.l0_export:.1f}, "
+        f"active-set Jaccard {report.active_set_jaccard:.3f}; saved to {summary['output']} "
+        "(SAELens loads it without sae_variants)"
     )
 
 
@@ -711,19 +732,48 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     bench.set_defaults(run=_cmd_benchmark)
 
     export = commands.add_parser(
-        "export-standard",
-        help="save a QuCL SAE as SAELens standard (projection folded, quantizer dropped)",
+        "export",
+        aliases=["export-standard"],
+        help="save a variant SAE as a stock SAELens SAE (standard/jumprelu), measured first",
+        description="Write a stock SAELens copy of a saved variant SAE, for tools that know only "
+        "SAELens's built-in architectures (SAEDashboard, Neuronpedia). Exact where the variant "
+        "allows (SeqContrastive without layer norm), folded for QuCL (the quantizer dropped), "
+        "distilled for the normalizing encoders (an affine encoder fitted by least squares, "
+        "JumpReLU thresholds matched to each feature's firing rate); always measured on held-out "
+        "rows and refused beyond --tolerance. `export-standard` is `export --to standard`.",
     )
-    export.add_argument("path", help="a saved 'qucl' SAE")
-    export.add_argument("output", help="where the standard SAE is written")
+    export.add_argument("path", help="a saved variant SAE")
+    export.add_argument("output", help="where the stock SAE is written (a new or empty folder)")
+    export.add_argument(
+        "--to",
+        choices=["auto", "standard", "jumprelu"],
+        default=None,
+        help="the stock architecture (default auto: standard for exact and folded exports, "
+        "jumprelu for distilled ones)",
+    )
     export.add_argument(
         "--tolerance",
         type=float,
         default=0.01,
         help="largest |explained-variance change| accepted (default 0.01)",
     )
-    export.add_argument("--contexts", type=int, default=64, help="held-out contexts to measure on")
-    export.set_defaults(run=_cmd_export_standard)
+    export.add_argument(
+        "--contexts",
+        type=int,
+        default=DEFAULT_CONTEXTS,
+        help=f"held-out contexts to fit and measure on (default {DEFAULT_CONTEXTS}; the last "
+        "quarter of the rows measure)",
+    )
+    export.add_argument(
+        "--activations",
+        metavar="DIR",
+        help="read held-out rows from an activation cache of the SAE's hook (its last "
+        "--contexts contexts) instead of running the model on the bundled held-out text",
+    )
+    export.add_argument("--model-path", help="a local folder with the SAE's model's weights")
+    export.add_argument("--overwrite", action="store_true", help="replace an SAE at OUTPUT")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(run=_cmd_export)
 
     compare = commands.add_parser(
         "compare",

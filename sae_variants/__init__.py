@@ -28,7 +28,6 @@ from sae_variants.architectures.qucl import (
     QuCLSAEConfig,
     QuCLTrainingSAE,
     QuCLTrainingSAEConfig,
-    export_to_standard,
 )
 from sae_variants.architectures.seq_contrastive import (
     SeqContrastiveSAE,
@@ -42,6 +41,7 @@ from sae_variants.registry import (
     registered_variants,
     training_architectures,
 )
+from sae_variants.saelens_export import ExportReport, NothingToExportError, export_to_saelens
 from sae_variants.token_context import (
     MissingTokenContextError,
     NeedsTokenContext,
@@ -86,12 +86,14 @@ __all__ = [
     "CubicOrthoSAEConfig",
     "CubicOrthoTrainingSAE",
     "CubicOrthoTrainingSAEConfig",
+    "ExportReport",
     "MissingTokenContextError",
     "MultiScaleNormSAE",
     "MultiScaleNormSAEConfig",
     "MultiScaleNormTrainingSAE",
     "MultiScaleNormTrainingSAEConfig",
     "NeedsTokenContext",
+    "NothingToExportError",
     "PositionAwareSAE",
     "PositionAwareSAEConfig",
     "PositionAwareTrainingSAE",
@@ -108,7 +110,7 @@ __all__ = [
     "TokenContext",
     "Variant",
     "check_activations",
-    "export_to_standard",
+    "export_to_saelens",
     "register_variant",
     "registered_variants",
     "training_architectures",

@@ -38,7 +38,9 @@ MODULE_NAMES = {p.name for p in CODE}
 @pytest.mark.parametrize("path", CODE + PAGES, ids=_relative)
 def test_every_cited_file_is_in_the_repository(path: Path) -> None:
     text = path.read_text()
-    missing = [m for m in REPO_PATH.findall(text) if not (ROOT / m.lstrip("./")).exists()]
+    missing = [
+        m for m in REPO_PATH.findall(text) if not (ROOT / re.sub(r"^(?:\.\.?/)+", "", m)).exists()
+    ]
     assert not missing, f"{_relative(path)} cites files that are not in the repository: {missing}"
     assert not OUTSIDE.findall(text), f"{_relative(path)} cites the workplace's shared/ folder"
     if path.suffix == ".py":

@@ -44,8 +44,8 @@ def heldout_activations(
     """``[n_contexts * (context_size - 1), d_in]`` activations of held-out text at ``hook_name``."""
     if model_name != EMBEDDED_MODEL_NAME:
         raise ValueError(
-            f"held-out text is only bundled for {EMBEDDED_MODEL_NAME!r}, not {model_name!r}; call "
-            "sae_variants.export_to_standard(sae, activations) with activations of your own"
+            f"held-out text is only bundled for {EMBEDDED_MODEL_NAME!r}, not {model_name!r}; use "
+            "activations of your own"
         )
     model = load_model(model_name)
     tokens = torch.tensor(heldout_dataset(context_size)["tokens"][:n_contexts])

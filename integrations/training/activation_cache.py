@@ -75,6 +75,9 @@ class CacheInfo:
     distinct_contexts: int | None = None
     """Contexts that are not repeats (fewer than ``contexts`` when the dataset ran out and SAELens
     started it over); None when the dataset's length was not known."""
+    special_token_ids: list[int] | None = None
+    """The model tokenizer's special ids (BOS, EOS, padding) that training skips; None for a cache
+    that does not record them."""
     autocast_lm: bool = False
     seconds: float | None = None
     """Wall time of writing the cache (the model's forward passes and the disk writes)."""
@@ -339,6 +342,7 @@ def cache_activations(
         runner = CacheActivationsRunner(cfg, override_dataset=dataset)
     written = runner.run()
     seconds = time.perf_counter() - start
+    specials = get_special_token_ids(model.tokenizer) if model.tokenizer is not None else []
     info = CacheInfo(
         hook_name=hook,
         d_in=d_in,
@@ -348,9 +352,8 @@ def cache_activations(
         model_name=request.model_name,
         model_path=request.model_path,
         dataset=str(Path(source).expanduser().resolve()) if is_local_dataset(source) else source,
-        usable_tokens=_usable_tokens(
-            written, get_special_token_ids(model.tokenizer) if model.tokenizer is not None else []
-        ),
+        usable_tokens=_usable_tokens(written, specials),
+        special_token_ids=sorted(specials),
         autocast_lm=request.autocast_lm,
         seconds=round(seconds, 1),
         written_by=f"sae-variants {version('sae-variants')}, sae-lens {sae_lens.__version__}",

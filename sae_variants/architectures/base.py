@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from sae_lens.saes.sae import (
     SAE,
@@ -247,6 +247,17 @@ class VariantModule:
         """The codes of a pre-activation: ReLU by default (a restored scale is inside ``pre``)."""
         del scale
         return torch.relu(pre)
+
+    def code_preactivation(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """The pre-activation in code units: a continuous function of ``x`` equal to the codes
+        wherever a feature fires (the restored token scale applied). What an export to a stock
+        SAELens architecture fits (``sae_variants.saelens_export``). ``positions``: ignored by a
+        per-token encoder."""
+        del positions
+        pre, scale = self.preactivation(self.process_sae_in(x))
+        return pre if scale is None else pre * scale
 
     def encode_with_hidden_pre(
         self, x: Float[Tensor, "*batch d_in"]

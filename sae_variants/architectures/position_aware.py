@@ -354,6 +354,12 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
         adapted_pre = self.hook_sae_acts_pre(adapted_pre)
         return self.hook_sae_acts_post(torch.relu(adapted_pre)), adapted_pre
 
+    def code_preactivation(
+        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """The adapted pre-activation (codes are its ReLU) at each row's position."""
+        return self.encode_with_hidden_pre(x, positions)[1]
+
     def adapters_act(self, alpha: float) -> bool:
         """Whether the adapters change anything: off, or at alpha = 0, h_r is h_b."""
         return self.cfg.adapters and alpha != 0.0

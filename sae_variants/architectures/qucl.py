@@ -16,16 +16,15 @@ state is in buffers, so it is checkpointed and resumed with the weights; in eval
 moves and every token is encoded on its own.
 
 The trained SAE is saved as architecture ``"qucl"`` (load it with ``SAE.load_from_disk`` after
-``import sae_variants``), or exported to SAELens's ``standard`` with :func:`export_to_standard`,
+``import sae_variants``), or exported to SAELens's ``standard`` with :func:`sae_variants.saelens_export.export_to_saelens`,
 which measures what dropping the quantizer costs and refuses beyond a tolerance.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -36,7 +35,6 @@ from sae_lens.saes.sae import (
     TrainStepInput,
     TrainStepOutput,
 )
-from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -47,7 +45,6 @@ from sae_variants.architectures.base import (
     VariantSAEConfig,
     VariantTrainingSAE,
     VariantTrainingSAEConfig,
-    loading_requirements,
 )
 from sae_variants.architectures.qucl_functional import (
     RankSchedule,
@@ -64,7 +61,7 @@ from sae_variants.architectures.qucl_functional import (
     scale_ranks,
 )
 from sae_variants.functional import fraction_of_variance_unexplained, unit_norm_rows
-from sae_variants.validation import check_activations, require_fields
+from sae_variants.validation import require_fields
 
 
 @dataclass(kw_only=True)
@@ -468,79 +465,6 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         }
 
 
-@dataclass
-class StandardExport:
-    """What exporting to SAELens ``standard`` did to reconstruction, on the given activations."""
-
-    sae: StandardSAE
-    explained_variance_qucl: float
-    explained_variance_standard: float
-    change: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.change = self.explained_variance_standard - self.explained_variance_qucl
-
-
-@torch.no_grad()
-def export_to_standard(
-    sae: QuCLSAE | QuCLTrainingSAE,
-    activations: Tensor,
-    max_explained_variance_change: float = 0.01,
-) -> StandardExport:
-    """A SAELens ``standard`` SAE with the projection folded into ``W_enc`` and the quantizer
-    dropped, after measuring the explained-variance change on ``activations`` ``[batch, d_in]``
-    (checked here, with a clear error, rather than by the annotation).
-
-    Raises ``ValueError``, naming both figures, when ``|change|`` exceeds
-    ``max_explained_variance_change``. Fold decoder norms first if the rows are not unit: the
-    export keeps the encoder and decoder as they are.
-    """
-    if max_explained_variance_change < 0:
-        raise ValueError(
-            f"max_explained_variance_change must be >= 0, got {max_explained_variance_change}"
-        )
-    check_activations(activations, sae.cfg.d_in, where="export_to_standard")
-    if activations.ndim != 2 or activations.shape[0] < 2:
-        raise ValueError(
-            f"export_to_standard needs activations of shape [batch >= 2, d_in={sae.cfg.d_in}], "
-            f"got {tuple(activations.shape)}"
-        )
-    was_training = sae.training
-    sae.eval()
-    cfg = sae.cfg
-    standard_cfg = StandardSAEConfig(
-        d_in=cfg.d_in,
-        d_sae=cfg.d_sae,
-        dtype=cfg.dtype,
-        device=cfg.device,
-        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
-        normalize_activations=cfg.normalize_activations,
-        reshape_activations=cfg.reshape_activations,
-        metadata=copy.deepcopy(cfg.metadata),
-    )
-    for key, value in loading_requirements(StandardSAEConfig.architecture()).items():
-        standard_cfg.metadata[key] = value  # SAELens alone loads the export
-    standard = StandardSAE(standard_cfg)
-    standard.load_state_dict(
-        {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    )
-    x = activations.to(sae.dtype)
-    ev_qucl = 1.0 - float(fraction_of_variance_unexplained(x, sae.decode(sae.encode(x))))
-    ev_standard = 1.0 - float(
-        fraction_of_variance_unexplained(x, standard.decode(standard.encode(x)))
-    )
-    sae.train(was_training)
-    export = StandardExport(standard.eval(), ev_qucl, ev_standard)
-    if abs(export.change) > max_explained_variance_change:
-        raise ValueError(
-            f"exporting to 'standard' changes explained variance by {export.change:+.4f} "
-            f"({ev_qucl:.4f} with the quantizer -> {ev_standard:.4f} without), more than the "
-            f"tolerance {max_explained_variance_change}; keep the 'qucl' architecture or raise "
-            "max_explained_variance_change"
-        )
-    return export
-
-
 __all__ = [
     "QuCLArchitectureFields",
     "QuCLSAE",
@@ -548,8 +472,6 @@ __all__ = [
     "QuCLTrainingSAE",
     "QuCLTrainingSAEConfig",
     "RankEvent",
-    "StandardExport",
-    "export_to_standard",
     "max_rank",
     "pyramid_blocks",
     "scale_ranks",

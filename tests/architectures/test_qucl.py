@@ -11,7 +11,7 @@ import torch
 from sae_lens import SAE
 from sae_lens.saes.sae import TrainStepInput
 
-from sae_variants import QuCLSAE, QuCLTrainingSAE, QuCLTrainingSAEConfig, export_to_standard
+from sae_variants import QuCLSAE, QuCLTrainingSAE, QuCLTrainingSAEConfig, export_to_saelens
 from sae_variants.architectures.qucl import CURRICULUM_LOG_FILENAME
 from sae_variants.architectures.qucl_functional import (
     batch_diversity,
@@ -320,13 +320,15 @@ def test_resumed_run_continues_with_the_rank_it_stopped_at(checkpointed_runs: An
     assert resumed.current_rank == first.current_rank
 
 
-def test_export_to_standard_reports_the_change_and_refuses_beyond_tolerance() -> None:
+def test_export_folds_to_standard_reports_the_change_and_refuses_beyond_tolerance() -> None:
     sae = _sae(quantization_bits=16)
     sae.eval()
     x = torch.randn(256, D_IN)
     with torch.no_grad():
         sae.b_enc.fill_(0.05)
-    export = export_to_standard(sae, x, max_explained_variance_change=0.01)
+    export = export_to_saelens(sae, x, max_explained_variance_change=0.01)
+    assert export.method == "fold"
+    assert export.sae.cfg.architecture() == "standard"
     assert abs(export.change) < 1e-3
     with torch.no_grad():
         torch.testing.assert_close(export.sae.encode(x), sae.encode(x), atol=1e-3, rtol=1e-3)
@@ -335,6 +337,6 @@ def test_export_to_standard_reports_the_change_and_refuses_beyond_tolerance() ->
     with torch.no_grad():
         coarse.W_r.mul_(50.0)
     with pytest.raises(ValueError, match="changes explained variance by"):
-        export_to_standard(coarse, x, max_explained_variance_change=0.0)
-    with pytest.raises(ValueError, match=r"shape \[batch >= 2, d_in=32\]"):
-        export_to_standard(sae, x[0], max_explained_variance_change=0.01)
+        export_to_saelens(coarse, x, max_explained_variance_change=0.0)
+    with pytest.raises(ValueError, match=r"shape \[rows >= 8, d_in=32\]"):
+        export_to_saelens(sae, x[0], max_explained_variance_change=0.01)

@@ -43,6 +43,7 @@ from sae_variants.integrations.models.tiny_gemma2.config import (
     tiny_gemma2_config,
 )
 from sae_variants.integrations.models.tiny_gemma2.model import (
+    PORTABLE_TOKENIZER_CLASS,
     REPORT_PATH,
     TOKENIZER_DIR,
     WEIGHTS_PATH,
@@ -97,6 +98,12 @@ def build_tokenizer() -> None:
         unk_token=SPECIAL_TOKEN,
     )
     wrapped.save_pretrained(TOKENIZER_DIR)
+    # transformers 5 records its own class (TokenizersBackend), which transformers 4 cannot
+    # import; PreTrainedTokenizerFast loads the same tokenizer on both (token ids identical).
+    config_path = TOKENIZER_DIR / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     load_tokenizer.cache_clear()
 
 

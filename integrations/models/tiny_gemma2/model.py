@@ -20,6 +20,9 @@ ASSET_DIR = Path(__file__).parent
 WEIGHTS_PATH = ASSET_DIR / "model.safetensors"
 TOKENIZER_DIR = ASSET_DIR / "tokenizer"
 REPORT_PATH = ASSET_DIR / "training_report.json"
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The class the shipped ``tokenizer_config.json`` names: one every transformers release has
+(transformers 5 writes its own ``TokenizersBackend``, which transformers 4 cannot import)."""
 
 
 @cache

@@ -18,7 +18,12 @@ from sae_variants.integrations.models.tiny_gemma2 import (
     tiny_gemma2_config,
 )
 from sae_variants.integrations.models.tiny_gemma2.config import GEMMA2_ARCHITECTURE_FIELDS
-from sae_variants.integrations.models.tiny_gemma2.model import REPORT_PATH, build_model
+from sae_variants.integrations.models.tiny_gemma2.model import (
+    PORTABLE_TOKENIZER_CLASS,
+    REPORT_PATH,
+    TOKENIZER_DIR,
+    build_model,
+)
 
 
 @pytest.mark.parametrize(
@@ -88,6 +93,19 @@ def test_token_contexts_start_with_bos_and_keep_text_order() -> None:
     assert (contexts[:, 0] == tokenizer.bos_token_id).all()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert contexts[1, 1:].tolist() == ids[CONTEXT_SIZE - 1 : 2 * (CONTEXT_SIZE - 1)]
+
+
+def test_shipped_tokenizer_names_a_class_every_allowed_transformers_has() -> None:
+    """transformers 5 saves its own TokenizersBackend class name, which transformers 4 (the
+    SAEDashboard environment) cannot import; the shipped config names PreTrainedTokenizerFast."""
+    config = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS == "PreTrainedTokenizerFast"
+    tokenizer = load_tokenizer()
+    assert tokenizer.is_fast
+    assert tokenizer.bos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id == 0
+    assert (
+        tokenizer.decode(tokenizer('"My dear Mr. Bennet,"')["input_ids"]) == '"My dear Mr. Bennet,"'
+    )
 
 
 def test_bad_split_name_is_refused() -> None:
