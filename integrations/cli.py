@@ -48,6 +48,7 @@ from sae_variants.integrations.comparison.report import (
     write_report,
 )
 from sae_variants.integrations.evaluation.evaluate import evaluate_sae, format_table
+from sae_variants.integrations.evaluation.saebench import MissingSAEBenchError, saebench_core_eval
 from sae_variants.integrations.export import DEFAULT_CONTEXTS, export_saved_sae
 from sae_variants.integrations.models import HubAccessError
 from sae_variants.integrations.models.gemma2 import GEMMA2_2B_HOOK_PRESETS
@@ -435,6 +436,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.saebench is not None:
+        bench = saebench_core_eval(args.path, args.saebench)
+        if args.json:
+            print(json.dumps({"metrics": bench.metrics, "result_file": str(bench.result_file)}))
+        else:
+            width = max(map(len, bench.metrics))
+            print(f"{args.path}  (SAEBench core; full result: {bench.result_file})")
+            print("\n".join(f"  {k:<{width}}  {v:>10.4f}" for k, v in bench.metrics.items()))
+        return
     result = evaluate_sae(args.path, n_batches=args.batches, model_path=args.model_path)
     if args.json:
         print(
@@ -672,6 +682,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--model-path", default=None, help="a local Hugging Face folder of the SAE's model"
     )
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument(
+        "--saebench",
+        metavar="OUT_DIR",
+        help="run SAEBench's core evaluation instead (its result JSON goes to OUT_DIR; needs "
+        "`pip install --no-deps sae-bench==0.6.0 && pip install tabulate pandas pydantic`)",
+    )
     evaluate.set_defaults(run=_cmd_evaluate)
 
     bench = commands.add_parser(
@@ -818,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         FileExistsError,
         HubAccessError,
         MissingExtraError,
+        MissingSAEBenchError,
     ) as err:
         print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
         return 2
