@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from sae_lens.saes.sae import TrainStepInput
 
+from sae_variants.architectures.base import RunInfo
 from sae_variants.architectures.cubic_ortho import (
     CubicOrthoTrainingSAE,
     CubicOrthoTrainingSAEConfig,
@@ -272,3 +274,16 @@ def test_dense_codes_take_the_bounded_route_without_blowing_up() -> None:
     omega = cubic_ortho_penalty_blocks(acts, W_dec, block_size=64)
     assert torch.isfinite(omega)
     assert omega > 0
+
+
+def test_an_unbound_warm_up_follows_the_paper_and_says_so_while_a_bound_one_is_silent() -> None:
+    """Under SAELens's plain runner nothing binds the run: the orthogonality ramp then falls
+    back to the paper's 1000 steps, with a warning naming the field, never silently."""
+    unbound = CubicOrthoTrainingSAEConfig(d_in=8, d_sae=32)
+    assert unbound.ortho_warm_up_steps is None
+    with pytest.warns(UserWarning, match="ortho_warm_up_steps is None"):
+        assert unbound.ortho_warm_up() == 1000
+    bound = unbound.bind_run(RunInfo(total_steps=97, lr_warm_up_steps=5, context_size=128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bound.ortho_warm_up() == 5
