@@ -37,6 +37,10 @@ from sae_variants.integrations.benchmark.step_time import (
     time_training_step,
     with_peak_memory,
 )
+from sae_variants.integrations.benchmark.validation_cost import (
+    format_validation_costs,
+    measure_all,
+)
 from sae_variants.integrations.comparison import ALL_ARCHITECTURES, BenchmarkSettings
 from sae_variants.integrations.comparison.command import add_compare_arguments, run_from_args
 from sae_variants.integrations.comparison.performance import measure_performance
@@ -61,6 +65,7 @@ from sae_variants.integrations.training.config_arguments import (
     add_run_config_flags,
 )
 from sae_variants.integrations.training.devices import AUTO
+from sae_variants.integrations.training.finite_guard import NonFiniteTrainingError
 from sae_variants.integrations.training.pipeline import (
     TrainResult,
     train_from_runner_config,
@@ -480,9 +485,29 @@ def _cmd_benchmark_cache(args: argparse.Namespace) -> None:
     print(format_cache_throughput(result))
 
 
+def _cmd_benchmark_validation(args: argparse.Namespace) -> None:
+    names = [v.name for v in registered_variants()]
+    if args.architecture != "all" and args.architecture not in names:
+        raise ValueError(
+            f"--validation-cost measures this package's variants ({', '.join(names)}, or 'all'); "
+            f"got {args.architecture!r}"
+        )
+    costs = measure_all(
+        names if args.architecture == "all" else [args.architecture],
+        d_in=args.d_in,
+        d_sae=args.d_sae[0],
+        batch_size=args.batch_size,
+        repeats=args.repeats or 7,
+    )
+    print(format_validation_costs(costs))
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     if args.cache_vs_live:
         _cmd_benchmark_cache(args)
+        return
+    if args.validation_cost:
+        _cmd_benchmark_validation(args)
         return
     if args.repeats is None:
         args.repeats = 5
@@ -734,6 +759,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="instead: training throughput from an activation cache against live training "
         "(one cache written first; uses --model/--layer/--tokens, the first --d-sae, --batch-size)",
     )
+    bench.add_argument(
+        "--validation-cost",
+        action="store_true",
+        help="instead: what encode's input checks cost, per variant, at --d-in, the first "
+        "--d-sae and --batch-size (integrations/benchmark/validation_cost.py)",
+    )
     bench.add_argument("--model", default=None, help="with --cache-vs-live: the model to train on")
     bench.add_argument("--model-path", default=None, help="with --cache-vs-live: its local folder")
     bench.add_argument("--layer", type=int, default=None, help="with --cache-vs-live: block index")
@@ -838,6 +869,9 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteTrainingError as err:
+        print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -26,18 +28,58 @@ def remove_parallel_component(
     return grad - (grad * direction).sum(dim=-1, keepdim=True) * direction
 
 
-def token_moments(
-    x: Float[Tensor, "*batch d_in"],
-) -> tuple[Float[Tensor, "*batch 1"], Float[Tensor, "*batch 1"]]:
-    """Per-token mean and (biased) variance over the feature axis, as LayerNorm computes them."""
-    variance, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-    return mean, variance
+class TokenMoments(NamedTuple):
+    """Per-token mean and variance over the feature axis, the variance held as
+    ``var(x) / factor**2`` so no square of a large activation is ever formed (``x**2``
+    overflows float32 from ``|x| ~ 1.8e19``). ``factor`` is a power of two >= 1 (1 for tokens
+    whose entries lie in [-2, 2]), so the scaling is exact: every figure computed from these
+    moments is bit-for-bit what the unscaled formula gives wherever that formula does not
+    overflow."""
+
+    mean: Float[Tensor, "*batch 1"]
+    scaled_variance: Float[Tensor, "*batch 1"]
+    """Biased variance of ``x / factor``, as LayerNorm computes it."""
+    factor: Float[Tensor, "*batch 1"]
 
 
-def token_scale(variance: Float[Tensor, "*batch 1"], eps: float) -> Float[Tensor, "*batch 1"]:
-    """``sigma_b = sqrt(v_b + eps)`` from the token variance: the scale a per-token
+def power_of_two_scale(x: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch 1"]:
+    """Per row, the power of two ``f >= 1`` with ``max |x| / f < 2`` (exact division)."""
+    magnitude = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    mantissa, _ = torch.frexp(magnitude)  # magnitude = mantissa 2^e, mantissa in [0.5, 1)
+    return magnitude / (2.0 * mantissa)  # 2^(e-1): at most 2^127 in float32, never inf
+
+
+def token_moments(x: Float[Tensor, "*batch d_in"]) -> TokenMoments:
+    """Per-token mean and (biased) variance over the feature axis, overflow-free at any finite
+    scale (see :class:`TokenMoments`)."""
+    factor = power_of_two_scale(x)
+    if x.numel() == 0:  # an empty batch: nothing to reduce (var_mean would warn)
+        empty = factor.new_zeros(factor.shape)
+        return TokenMoments(empty, empty, factor)
+    variance, mean = torch.var_mean(x / factor, dim=-1, keepdim=True, correction=0)
+    return TokenMoments(mean * factor, variance, factor)
+
+
+def scaled_eps(eps: float, factor: Float[Tensor, "*batch 1"]) -> Float[Tensor, "*batch 1"]:
+    """``eps / factor**2``: the epsilon that sits beside a scaled variance (0 once it underflows,
+    where it is negligible against any variance the scaled row can have)."""
+    return eps / (factor * factor)
+
+
+def scaled_root(
+    scaled_variance: Float[Tensor, "*batch 1"], factor: Float[Tensor, "*batch 1"], eps: float
+) -> Float[Tensor, "*batch 1"]:
+    """``sqrt(v + eps)`` for ``v = scaled_variance * factor**2``, without forming ``v``.
+    Floored at the dtype's smallest normal number, so a constant token at a scale where ``eps``
+    vanishes normalizes to 0 instead of 0/0."""
+    tiny = torch.finfo(scaled_variance.dtype).tiny
+    return torch.sqrt((scaled_variance + scaled_eps(eps, factor)).clamp_min(tiny)) * factor
+
+
+def token_scale(moments: TokenMoments, eps: float) -> Float[Tensor, "*batch 1"]:
+    """``sigma_b = sqrt(v_b + eps)`` from the token moments: the scale a per-token
     normalization removes and scale-restored codes put back (docs/spec.md §3 d2, §5 S1)."""
-    return torch.sqrt(variance + eps)
+    return scaled_root(moments.scaled_variance, moments.factor, eps)
 
 
 def stacked_affine(
@@ -65,15 +107,16 @@ def layer_normalized_preactivation(
     ``s n = (gain (x - mu)) W + s (bias W + b)``."""
     leading = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1])
-    mean, variance = token_moments(rows)
-    scale = token_scale(variance, eps)
+    moments = token_moments(rows)
+    mean, scale = moments.mean, token_scale(moments, eps)
     centred = gain * (rows - mean)
     weights = [W_enc, (bias @ W_enc + b_enc).unsqueeze(0)]
     if restore_scale:
         pre = stacked_affine([centred, scale], weights)
     else:
         pre = stacked_affine([centred / scale, torch.ones_like(scale)], weights)
-    return pre.reshape(*leading, -1), (scale.reshape(*leading, 1) if restore_scale else None)
+    pre = pre.reshape(*leading, W_enc.shape[1])
+    return pre, (scale.reshape(*leading, 1) if restore_scale else None)
 
 
 def fraction_of_variance_unexplained(

@@ -25,6 +25,7 @@ from sae_variants.integrations.training.activation_cache import CacheInfo, open_
 from sae_variants.integrations.training.config_arguments import read_field_value
 from sae_variants.integrations.training.datasets import AUSTEN, is_local_dataset
 from sae_variants.integrations.training.devices import AUTO, resolve_device
+from sae_variants.integrations.training.finite_guard import refuse_non_finite_config
 from sae_variants.integrations.training.presets import (
     OFFLINE_MODELS,
     TrainingPreset,
@@ -386,9 +387,19 @@ def build_runner_config(
     sae_cfg = build_sae_config(
         request.architecture, d_in, d_sae, request.sae_options, request.normalize_activations
     )
-    batch_tokens = request.train_batch_size_tokens or preset.train_batch_size_tokens
-    training_tokens = request.training_tokens or one_pass_tokens(cached, batch_tokens)
-    training_tokens = training_tokens or preset.training_tokens
+    # An explicit 0 is refused below, never replaced by a default.
+    batch_tokens = (
+        preset.train_batch_size_tokens
+        if request.train_batch_size_tokens is None
+        else request.train_batch_size_tokens
+    )
+    if batch_tokens <= 0:
+        raise ValueError(f"train_batch_size_tokens must be positive, got {batch_tokens}")
+    training_tokens = request.training_tokens
+    if training_tokens is None:
+        training_tokens = one_pass_tokens(cached, batch_tokens) or preset.training_tokens
+    if training_tokens <= 0:
+        raise ValueError(f"training_tokens must be positive, got {training_tokens}")
     if training_tokens < batch_tokens:
         raise ValueError(
             f"training_tokens={training_tokens} is smaller than one batch ({batch_tokens} tokens)"
@@ -412,7 +423,9 @@ def build_runner_config(
         )
     if request.n_checkpoints < 0:
         raise ValueError(f"n_checkpoints must be >= 0, got {request.n_checkpoints}")
-    lr = request.lr or preset.lr
+    lr = preset.lr if request.lr is None else request.lr
+    if not lr > 0:  # also NaN
+        raise ValueError(f"lr must be a positive number, got {lr}")
     output = Path(request.output_path)
     runner_options, logging_options = split_runner_options(request.runner_options)
     resolved: dict[str, Any] = dict(
@@ -454,4 +467,6 @@ def build_runner_config(
         # SAELens's default ({"center_writing_weights": False}) would make every load warn.
         model_from_pretrained_kwargs={} if embedded else None,
     )
-    return LanguageModelSAERunnerConfig(**{**resolved, **runner_options}), preset
+    runner_cfg = LanguageModelSAERunnerConfig(**{**resolved, **runner_options})
+    refuse_non_finite_config(runner_cfg)
+    return runner_cfg, preset

@@ -36,6 +36,11 @@ from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_variants.architectures.base import RunInfo, VariantTrainingSAE, VariantTrainingSAEConfig
+from sae_variants.integrations.training.finite_guard import (
+    check_finite_parameters,
+    guard_finite_steps,
+    refuse_non_finite_config,
+)
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout
 from sae_variants.validation import check_activations
@@ -80,6 +85,7 @@ def bind_sae_config(sae_cfg: TrainingSAEConfig, run: RunInfo) -> TrainingSAEConf
 def bind_run(cfg: LanguageModelSAERunnerConfig[Any]) -> LanguageModelSAERunnerConfig[Any]:
     """A copy of ``cfg`` whose SAE config is bound to the run and whose warm-ups fit in it.
     Binding a bound config changes nothing."""
+    refuse_non_finite_config(cfg)
     run = run_info(cfg)
     sae_cfg = bind_sae_config(cfg.sae, run)
     check_warm_ups_fit(sae_cfg, run)
@@ -130,14 +136,18 @@ def deliver_token_contexts(
 
 
 def attach_to_trainer(
-    trainer: SAETrainer[Any, Any], sequence_batches: SequenceBatchSource | None = None
+    trainer: SAETrainer[Any, Any],
+    sequence_batches: SequenceBatchSource | None = None,
+    checkpoint_path: str | None = None,
 ) -> None:
     """Give the trainer's SAE what SAELens's trainer does not: its optimizer (for variants that
-    act on it) and, with a sequence source, each batch's token context."""
+    act on it), with a sequence source each batch's token context, and a check that every step
+    ends finite (naming the last checkpoint under ``checkpoint_path`` when it does not)."""
     if isinstance(trainer.sae, VariantTrainingSAE):
         trainer.sae.bind_optimizer(trainer.optimizer)
     if sequence_batches is not None:
         deliver_token_contexts(trainer, trainer.sae, sequence_batches)
+    guard_finite_steps(trainer, checkpoint_path)
 
 
 class VariantTrainingRunner(LanguageModelSAETrainingRunner):
@@ -188,5 +198,10 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
             )
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer[Any, Any]) -> Any:
-        attach_to_trainer(trainer, self.sequence_batches)
+        attach_to_trainer(trainer, self.sequence_batches, self.cfg.checkpoint_path)
         return super().run_trainer_with_interruption_handling(trainer)
+
+    def save_final_sae(self, sae: TrainingSAE[Any], output_path: str, **kwargs: Any) -> None:
+        """SAELens's save, once every weight is known to be finite."""
+        check_finite_parameters(sae, f"saving to {output_path}")
+        super().save_final_sae(sae, output_path, **kwargs)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from sae_lens.saes.sae import (
     SAE,
@@ -51,7 +51,12 @@ from sae_variants.functional import (
     remove_parallel_component,
     unit_norm_rows,
 )
-from sae_variants.validation import require_fields
+from sae_variants.validation import (
+    check_activations,
+    check_codes,
+    check_decoded,
+    require_fields,
+)
 
 C = TypeVar("C", bound=SAEConfig)
 TC = TypeVar("TC", bound=TrainingSAEConfig)
@@ -249,43 +254,63 @@ class VariantModule:
         return torch.relu(pre)
 
     def code_preactivation(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+        self, x: Tensor, positions: Tensor | None = None
     ) -> Float[Tensor, "*batch d_sae"]:
         """The pre-activation in code units: a continuous function of ``x`` equal to the codes
         wherever a feature fires (the restored token scale applied). What an export to a stock
         SAELens architecture fits (``sae_variants.saelens_export``). ``positions``: ignored by a
         per-token encoder."""
         del positions
-        pre, scale = self.preactivation(self.process_sae_in(x))
+        pre, scale = self.preactivation(self.process_sae_in(self.checked_input(x)))
         return pre if scale is None else pre * scale
 
+    def checked_input(self, x: Tensor) -> Float[Tensor, "*batch d_in"]:
+        """``x`` once it is known to be finite floating ``[..., d_in]`` activations (the error
+        names what arrived). One pass over ``[..., d_in]``: under 1% of an encode."""
+        check_activations(x, self.cfg.d_in, where=f"{self.cfg.architecture()} encode")
+        return x
+
     def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"]
+        self, x: Tensor
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
-        """``(codes, pre-activation)`` through ``hook_sae_acts_pre`` and ``hook_sae_acts_post``."""
-        pre, scale = self.preactivation(self.process_sae_in(x))
+        """``(codes, pre-activation)`` through ``hook_sae_acts_pre`` and ``hook_sae_acts_post``.
+        Refuses non-floating, non-finite, 0-D or wrongly sized input; an empty batch gives
+        empty codes."""
+        pre, scale = self.preactivation(self.process_sae_in(self.checked_input(x)))
         pre = self.hook_sae_acts_pre(pre)
         return self.hook_sae_acts_post(self.activation(pre, scale)), pre
 
-    def decode(self, feature_acts: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_in"]:
+    def decode(self, feature_acts: Tensor) -> Float[Tensor, "*batch d_in"]:
         """``f W_dec + b_dec`` through ``hook_sae_recons``, output normalization and the hook_z
         reshape: SAELens's own decode chain."""
         return self.decode_with(feature_acts, self.W_dec)
 
     def decode_with(
-        self, feature_acts: Float[Tensor, "*batch d_sae"], W_dec: Float[Tensor, "d_sae d_in"]
+        self, feature_acts: Tensor, W_dec: Float[Tensor, "d_sae d_in"]
     ) -> Float[Tensor, "*batch d_in"]:
-        """:meth:`decode` with another view of the decoder (one whose gradient a step rescales)."""
-        sae_out = self.hook_sae_recons(feature_acts @ W_dec + self.b_dec)
+        """:meth:`decode` with another view of the decoder (one whose gradient a step rescales).
+        Refuses non-floating, 0-D or wrongly sized codes; a NaN or inf in the output is refused
+        with its cause (codes, weights or overflow) wherever :meth:`checks_decoded_output`."""
+        where = f"{self.cfg.architecture()} decode"
+        check_codes(feature_acts, self.cfg.d_sae, where=where)
+        feature_acts = feature_acts.to(W_dec.dtype)  # as encode casts its input to the SAE's
+        decoded = feature_acts @ W_dec + self.b_dec
+        if self.checks_decoded_output():
+            check_decoded(feature_acts, decoded, (W_dec, self.b_dec), where=where)
+        sae_out = self.hook_sae_recons(decoded)
         sae_out = self.run_time_activation_norm_fn_out(sae_out)
         return self.reshape_fn_out(sae_out, self.d_head)
+
+    def checks_decoded_output(self) -> bool:
+        """Whether decode refuses a non-finite output (always, for an inference SAE)."""
+        return True
 
 
 class VariantSAE(VariantModule, SAE[C]):
     """Inference SAE of a variant: a per-token function of its input (no mode dependence)."""
 
     @override
-    def encode(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
+    def encode(self, x: Tensor) -> Float[Tensor, "*batch d_sae"]:
         return self.encode_with_hidden_pre(x)[0]
 
 
@@ -310,6 +335,12 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
 
     _optimizer_hooks: tuple[RemovableHandle, ...] = ()
     _tangent_hooked: Callable[[], Tensor | None] = staticmethod(lambda: None)
+
+    @override
+    def checks_decoded_output(self) -> bool:
+        """Outside training mode only: a training step's non-finite output is the trainer's to
+        report (with the step and the loss terms), not decode's."""
+        return not self.training
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:

@@ -279,11 +279,10 @@ class MultiScaleNormEncoder(TokenNormalizingEncoder):
             scales = torch.tensor(
                 cfg.normalization_scales(), dtype=sae_in.dtype, device=sae_in.device
             )
-            mean, variance = token_moments(sae_in)
+            moments = token_moments(sae_in)
             x = multiscale_normalize(
                 sae_in,
-                mean,
-                variance,
+                moments,
                 self.scale_gains,
                 self.scale_biases,
                 self.scale_logits,
@@ -293,7 +292,7 @@ class MultiScaleNormEncoder(TokenNormalizingEncoder):
             if cfg.adaptive_gate:
                 x = torch.sigmoid(self.gate_logit) * x
             if cfg.restore_scale:
-                scale = token_scale(variance, cfg.norm_eps)
+                scale = token_scale(moments, cfg.norm_eps)
         if cfg.attention:
             x = slot_attention(
                 x,

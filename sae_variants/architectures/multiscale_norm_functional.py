@@ -12,13 +12,12 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from sae_variants.functional import unit_norm_rows
+from sae_variants.functional import TokenMoments, scaled_eps, unit_norm_rows
 
 
 def multiscale_normalize(
     x: Float[Tensor, "*batch d_in"],
-    mean: Float[Tensor, "*batch 1"],
-    variance: Float[Tensor, "*batch 1"],
+    moments: TokenMoments,
     gains: Float[Tensor, "scales d_in"],
     biases: Float[Tensor, "scales d_in"],
     scale_logits: Float[Tensor, " scales"],
@@ -29,14 +28,18 @@ def multiscale_normalize(
 
     Computed as one per-token gain instead of ``len(scales)`` normalized copies:
     ``(x - mu) * (c @ (pi gamma)) + pi beta`` with ``c_bs = 1 / sqrt(s v_b + eps)``. (Up to eps this
-    is a single affine LayerNorm; docs/spec.md §3 d1: the scales only reparametrize it.) ``mean`` and
-    ``variance`` are :func:`token_moments` of ``x``, passed in because the scale restoration
-    needs the same variance.
+    is a single affine LayerNorm; docs/spec.md §3 d1: the scales only reparametrize it.)
+    ``moments`` are :func:`token_moments` of ``x``, passed in because the scale restoration
+    needs the same variance; ``c`` is formed from their scaled variance, so no square of ``x``
+    overflows.
     """
     mix = torch.softmax(scale_logits, dim=0)
-    inverse_std = torch.rsqrt(variance * scales + eps)  # [*batch, scales]
-    gain = inverse_std @ (mix.unsqueeze(1) * gains)
-    return (x - mean) * gain + mix @ biases
+    factor = moments.factor
+    scaled_inverse_std = torch.rsqrt(
+        moments.scaled_variance * scales + scaled_eps(eps, factor)
+    )  # [*batch, scales]: factor / sqrt(s v + eps)
+    gain = scaled_inverse_std @ (mix.unsqueeze(1) * gains)
+    return ((x - moments.mean) / factor) * gain + mix @ biases
 
 
 def slot_attention(

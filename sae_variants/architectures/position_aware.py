@@ -68,7 +68,7 @@ from sae_variants.architectures.position_aware_functional import (
 )
 from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout, SequenceStepInput
-from sae_variants.validation import require_fields
+from sae_variants.validation import check_positions, require_fields
 
 BASE_NORMS = ("preact_ln", "input_ln", "none")
 ADAPTER_LNS = ("output", "none")
@@ -100,7 +100,7 @@ class PositionAwareArchitectureFields(ArchitectureFields):
     ``docs/variants/position_aware.md``). Loading a saved SAE reads the trained gain, so this only
     matters for training."""
     adapter_dropout: float = 0.1
-    """Dropout in training (off in eval mode) on the adapter's rank-rho hidden layer (paper: 0.1
+    """Dropout in training (the training SAE in training mode; the inference SAE never drops) on the adapter's rank-rho hidden layer (paper: 0.1
     on its d_sae output; moved inside so that the adapter stays a rank-rho product and no
     [batch, d_sae] random mask is drawn, which alone cost a fifth of a standard step)."""
     base_norm: str = "input_ln"
@@ -217,6 +217,8 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
     position_offset: int | None = None
     """Added to sequence-axis indices of 3-D inputs: set it when a forward does not start at
     position 0 (e.g. the first new position of a cached-generation step)."""
+    drops_adapter_units: ClassVar[bool] = False
+    """Whether ``adapter_dropout`` applies (the training SAE's, in training mode)."""
 
     def initialize_weights(self) -> None:
         assert isinstance(self, nn.Module)
@@ -257,40 +259,41 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
                     torch.full((ranges, d_sae), cfg.adapter_ln_gain_init, **kw)
                 )
                 self.adapter_ln_bias = nn.Parameter(torch.zeros(ranges, d_sae, **kw))
-            self.adapter_dropout = nn.Dropout(cfg.adapter_dropout)
+            # Only the training SAE ever drops: the inference SAE computes the same function in
+            # either mode (SAE.load_from_disk leaves modules in training mode, as nn.Module does).
+            self.adapter_dropout = (
+                nn.Dropout(cfg.adapter_dropout) if self.drops_adapter_units else None
+            )
         # The curriculum coefficient reached in training; inference uses it (0 until trained).
         self.register_buffer("alpha", torch.zeros((), **kw))
 
     # --------------------------------------------------------------------------- positions
 
-    def resolve_positions(
-        self, x: Float[Tensor, ...], positions: Int[Tensor, ...] | None
-    ) -> Int[Tensor, ...]:
+    def resolve_positions(self, x: Tensor, positions: Tensor | None) -> Int[Tensor, ...]:
         """Each row's position: given, or the sequence-axis index (+ ``position_offset``) of a
         3-D input; ambiguous cases raise with the way out."""
         d_in = self.cfg.d_in
         if positions is not None:
-            if positions.shape != x.shape[:-1]:
-                raise ValueError(
-                    f"positions must have the input's leading shape {tuple(x.shape[:-1])}, got "
-                    f"{tuple(positions.shape)}"
-                )
-            return positions.to(x.device).long()
+            checked = check_positions(
+                positions, tuple(x.shape[:-1]), where=f"{self.cfg.architecture()} encode"
+            )
+            return checked.to(x.device)
         if x.ndim == 2:
             raise ValueError(
-                f"a position_aware SAE needs each row's position: got [batch, d_in={d_in}] input "
+                f"position_aware encode: each row's position is needed; got [batch, d_in={d_in}] input "
                 f"{tuple(x.shape)} without positions. Pass sae.encode(x, positions=...) (a "
                 "[batch] tensor of positions in the context), or a [batch, pos, d_in] input whose "
                 "sequence axis starts at position 0 (or at sae.position_offset)."
             )
         if x.ndim < 3:
             raise ValueError(
-                f"expected [batch, d_in] or [batch, pos, d_in] input, got {tuple(x.shape)}"
+                "position_aware encode: expected [batch, d_in] or [batch, pos, d_in] input, got "
+                f"{tuple(x.shape)}"
             )
         length = x.shape[-2]
         if length == 1 and self.position_offset is None:
             raise ValueError(
-                "a position_aware SAE got a single-position input [batch, 1, d_in], which is what a "
+                "position_aware encode: a single-position input [batch, 1, d_in], which is what a "
                 "cached-generation step passes, so its true position is unknown. Set "
                 "sae.position_offset to the position of that token (0 for a one-token prompt), or "
                 "generate with use_past_kv_cache=False."
@@ -337,17 +340,15 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
             )
         return int(self.cfg.position_context)
 
-    def encode(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
-    ) -> Float[Tensor, "*batch d_sae"]:
+    def encode(self, x: Tensor, positions: Tensor | None = None) -> Float[Tensor, "*batch d_sae"]:
         """Codes of ``x``; ``positions`` as the module docstring says (needed for 2-D input)."""
         return self.encode_with_hidden_pre(x, positions)[0]
 
     def encode_with_hidden_pre(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+        self, x: Tensor, positions: Tensor | None = None
     ) -> tuple[Float[Tensor, "*batch d_sae"], Float[Tensor, "*batch d_sae"]]:
         """``(codes, adapted pre-activation)`` through SAELens's hooks, at each row's position."""
-        positions = self.resolve_positions(x, positions)
+        positions = self.resolve_positions(self.checked_input(x), positions)
         adapted_pre = self.adapted_preactivation(
             self.process_sae_in(x), positions, float(self.alpha)
         )
@@ -355,7 +356,7 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
         return self.hook_sae_acts_post(torch.relu(adapted_pre)), adapted_pre
 
     def code_preactivation(
-        self, x: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"] | None = None
+        self, x: Tensor, positions: Tensor | None = None
     ) -> Float[Tensor, "*batch d_sae"]:
         """The adapted pre-activation (codes are its ReLU) at each row's position."""
         return self.encode_with_hidden_pre(x, positions)[1]
@@ -440,13 +441,16 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
 
 
 class PositionAwareSAE(PositionAwareEncoder, VariantSAE[PositionAwareSAEConfig]):
-    """A trained position-aware SAE (inference; positions from the sequence axis or the caller)."""
+    """A trained position-aware SAE (inference; positions from the sequence axis or the caller).
+    No dropout in any mode: its output does not depend on ``.eval()``."""
 
 
 class PositionAwareTrainingSAE(
     NeedsTokenContext, PositionAwareEncoder, VariantTrainingSAE[PositionAwareTrainingSAEConfig]
 ):
     """The position-aware SAE with its curriculum training step (positions from the pipeline)."""
+
+    drops_adapter_units: ClassVar[bool] = True
 
     @override
     def calculate_aux_loss(

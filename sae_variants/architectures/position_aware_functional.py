@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sae_variants.functional import stacked_affine
+from sae_variants.functional import power_of_two_scale, scaled_root, stacked_affine
 
 
 def position_ranges(
@@ -77,8 +77,16 @@ def preact_ln_codes_preactivation(
     quadratic form."""
     W_c, b_c = _centred_over_features(W_enc, b_enc)
     gram, linear, constant = _second_moment_form(W_c, b_c)
-    variance = ((x @ gram) * x).sum(dim=1, keepdim=True) + (x @ linear).unsqueeze(1) + constant
-    scale = torch.sqrt(variance.clamp_min(0.0) + eps)
+    # The quadratic form of y = x / f (f a power of two, exact), so no square of a large x
+    # overflows: var = f^2 (y G y + l.y / f + c / f^2).
+    factor = power_of_two_scale(x)
+    y = x / factor
+    scaled_variance = (
+        ((y @ gram) * y).sum(dim=1, keepdim=True)
+        + (y @ linear).unsqueeze(1) / factor
+        + constant / (factor * factor)
+    )
+    scale = scaled_root(scaled_variance.clamp_min(0.0), factor, eps)
     weights = [W_c * gain, (b_c * gain).unsqueeze(0), bias.unsqueeze(0)]
     if restore_scale:
         return stacked_affine([x, torch.ones_like(scale), scale], weights), scale
@@ -129,12 +137,15 @@ def range_adapter_shift(
         assert ln_bias is not None
         up_c, up_bias_c = _centred_over_features(up, up_bias)
         gram, linear, constant = _second_moment_form(up_c, up_bias_c)  # one form per range
-        variance = (
-            torch.einsum("bk,bkl,bl->b", hidden, gram[ranges], hidden)
-            + (hidden * linear[ranges]).sum(dim=1)
-            + constant[ranges]
+        # As in preact_ln_codes_preactivation: the form of hidden / f, f an exact power of two.
+        factor = power_of_two_scale(hidden)
+        scaled = hidden / factor
+        scaled_variance = (
+            torch.einsum("bk,bkl,bl->b", scaled, gram[ranges], scaled).unsqueeze(1)
+            + (scaled * linear[ranges]).sum(dim=1, keepdim=True) / factor
+            + constant[ranges].unsqueeze(1) / (factor * factor)
         )
-        inverse_std = torch.rsqrt(variance.clamp_min(0.0) + eps).unsqueeze(1)
+        inverse_std = 1.0 / scaled_root(scaled_variance.clamp_min(0.0), factor, eps)
         factors = torch.cat([hidden * inverse_std, inverse_std, ones], dim=1) * row_factor
         blocks = torch.cat(
             [up_c * ln_gain.unsqueeze(1), (up_bias_c * ln_gain).unsqueeze(1), ln_bias.unsqueeze(1)],

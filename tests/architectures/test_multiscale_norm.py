@@ -31,6 +31,7 @@ from sae_variants.architectures.multiscale_norm_functional import (
     reactivation_directions,
     slot_attention,
 )
+from sae_variants.functional import token_moments
 
 D_IN, D_SAE = 32, 128
 
@@ -117,8 +118,16 @@ def test_multiscale_normalization_is_the_softmax_mixture_of_per_scale_layernorms
         weights[s] * (gains[s] * (x - mean) / torch.sqrt(scales[s] * var + 1e-5) + biases[s])
         for s in range(4)
     )
+    moments = token_moments(x)
     torch.testing.assert_close(
-        multiscale_normalize(x, mean, var, gains, biases, logits, scales, 1e-5), expected
+        multiscale_normalize(x, moments, gains, biases, logits, scales, 1e-5), expected
+    )
+    # The same mixture far past the scale where var (x**2) overflows float32: by scale
+    # invariance it is the mixture of x / 2^100 with eps shrunk by 2^-200, i.e. of x alone.
+    huge = x * 2.0**100
+    torch.testing.assert_close(
+        multiscale_normalize(huge, token_moments(huge), gains, biases, logits, scales, 0.0),
+        multiscale_normalize(x, moments, gains, biases, logits, scales, 0.0),
     )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from sae_variants import SeqContrastiveTrainingSAE, SeqContrastiveTrainingSAEConfig
+from sae_variants.architectures.base import VariantModule
 from sae_variants.integrations.benchmark.cache_throughput import (
     format_cache_throughput,
     time_cache_against_live,
@@ -15,6 +17,11 @@ from sae_variants.integrations.benchmark.step_time import (
     synthetic_token_context,
     time_training_step,
 )
+from sae_variants.integrations.benchmark.validation_cost import (
+    format_validation_costs,
+    measure_validation_cost,
+)
+from sae_variants.integrations.cli import main
 from sae_variants.integrations.training.request import TrainRequest
 
 
@@ -56,3 +63,33 @@ def test_cache_against_live_trains_both_ways_on_one_pass_of_a_cache(tmp_path: Pa
     text = format_cache_throughput(result)
     assert "from the cache" in text
     assert "speed-up" in text
+
+
+def test_validation_cost_times_the_same_encode_with_and_without_the_checks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bypassed timing really skips ``checked_input`` (it is counted on the module) and the
+    checked one runs it once per encode; the module is restored afterwards."""
+    calls = {"checked": 0}
+    original = VariantModule.checked_input
+
+    def counting(self: VariantModule, x: torch.Tensor) -> torch.Tensor:
+        calls["checked"] += 1
+        return original(self, x)
+
+    monkeypatch.setattr(VariantModule, "checked_input", counting)
+    cost = measure_validation_cost(
+        "position_aware", d_in=16, d_sae=32, batch_size=64, repeats=2, calls=3
+    )
+    assert calls["checked"] == 1 + 2 * 3  # warm-up + repeats x calls, none from the bypass
+    assert cost.seconds_checked > 0
+    assert cost.seconds_bypassed > 0
+    assert "| `position_aware` |" in format_validation_costs([cost])
+
+
+def test_validation_cost_refuses_an_architecture_it_does_not_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["benchmark", "--architecture", "standard", "--validation-cost"]
+    assert main(argv) == 2
+    assert "--validation-cost measures this package's variants" in capsys.readouterr().err
