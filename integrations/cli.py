@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens import LanguageModelSAERunnerConfig
+from safetensors import SafetensorError
 
 from sae_variants.integrations.benchmark.cache_throughput import (
     format_cache_throughput,
@@ -619,6 +620,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     whose hyperparameter flags ``train`` and ``demo`` get."""
     architecture = _architecture_named(list(argv or []))
     parser = argparse.ArgumentParser(prog="sae-variants", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of its one-line message",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     # Exact flag names only: with a flag per config field, an abbreviation could mean another.
@@ -859,20 +865,36 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-        FileExistsError,
-        HubAccessError,
-        MissingExtraError,
-        MissingSAEBenchError,
-    ) as err:
-        print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"sae-variants {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except NonFiniteTrainingError as err:
+        if args.debug:
+            raise
         print(f"sae-variants {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,  # missing, unreadable, unwritable or clashing files and folders
+    SafetensorError,
+    HubAccessError,
+    MissingExtraError,
+    MissingSAEBenchError,
+)
+"""What the command line reports as one line and exit status 2 (``--debug`` shows the
+traceback): errors in what the user gave it, never bugs."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(text.split())
 
 
 def _entry() -> None:

@@ -22,10 +22,11 @@ import torch
 from sae_lens import SAE
 from torch import Tensor
 
-from sae_variants.integrations.evaluation.evaluate import load_sae
+from sae_variants.integrations.evaluation.evaluate import check_sae_hook, load_sae
 from sae_variants.integrations.evaluation.heldout import special_token_ids, usable_tokens
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.output_folders import move_into_place
 from sae_variants.integrations.training.activation_cache import cached_token_ids, open_cache
 from sae_variants.integrations.training.datasets import austen_contexts
 from sae_variants.integrations.training.request import OFFLINE_MODELS
@@ -67,6 +68,7 @@ def model_heldout_rows(
             "(`sae-variants cache`)"
         )
     model = load_model(model_name, device=device, model_path=model_path)
+    check_sae_hook("this export's input", meta.hook_name, model, model_name)
     context_size = meta.context_size or 128
     dataset = austen_contexts("held_out", model.tokenizer, context_size)
     tokens = torch.as_tensor(dataset[:n_contexts]["tokens"])[:, :context_size]
@@ -123,9 +125,7 @@ def _write_atomically(sae: SAE[Any], output: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         sae.save_model(str(staging))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        move_into_place(staging, output)
     finally:
         if staging.exists():
             shutil.rmtree(staging)

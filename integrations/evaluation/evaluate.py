@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from sae_lens import SAE, ActivationsStore, HookedSAETransformer
+from sae_lens.constants import SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
 from sae_lens.evals import get_eval_everything_config, run_evals
 from sae_lens.registry import SAE_CLASS_REGISTRY
 from sae_lens.training.activation_scaler import ActivationScaler
+from safetensors import SafetensorError
 
 import sae_variants  # noqa: F401  (registers this package's architectures with SAELens)
 from sae_variants.functional import mean_max_decoder_cosine
@@ -44,16 +46,65 @@ DENSE_THRESHOLD = 0.1
 """A feature is *dense* when it fires on more than this fraction of held-out tokens."""
 
 
+def _refuse_a_run_in_progress(path: Path) -> None:
+    # A training checkpoint (SAELens's trainer state beside the weights) or the staging folder
+    # of an unfinished run is not a finished SAE: say how to finish it.
+    staged = path.name.endswith(".partial") and (path / "checkpoints").is_dir()
+    if (path / TRAINER_STATE_FILENAME).is_file() or staged:
+        raise ValueError(
+            f"{path} is a training checkpoint or an unfinished run, not a finished SAE; "
+            f"continue the run with `sae-variants train --resume {path}`"
+        )
+
+
+def _read_cfg(cfg_file: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{cfg_file} is not valid JSON ({error})") from error
+    if not isinstance(saved, dict):
+        raise ValueError(f"{cfg_file} must hold a JSON object, found a {type(saved).__name__}")
+    missing = [key for key in ("d_in", "d_sae") if not isinstance(saved.get(key), int)]
+    if missing:
+        raise ValueError(f"{cfg_file} lacks the integer field(s) {', '.join(missing)}")
+    return saved
+
+
+def _check_weights(sae: SAE[Any], weights_file: Path) -> None:
+    bad = [
+        name
+        for name, tensor in sae.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ValueError(f"{weights_file} holds NaN/inf values in {', '.join(bad)}")
+
+
+def check_sae_hook(path: str | Path, hook_name: str, model: Any, model_name: str) -> None:
+    """``ValueError`` when the hook a saved SAE's metadata names is not one of ``model``'s."""
+    if hook_name not in model.hook_dict:
+        raise ValueError(
+            f"the SAE in {path} reads hook {hook_name!r}, which {model_name} does not have "
+            f"(its cfg.json metadata names the hook; {model_name} has {model.cfg.n_layers} blocks)"
+        )
+
+
 def load_sae(path: str | Path, device: str = "cpu") -> SAE[Any]:
-    """``SAE.load_from_disk`` with errors that say what is wrong with ``path``."""
+    """``SAE.load_from_disk`` in eval mode, with errors (``ValueError``/``FileNotFoundError``)
+    that say what is wrong with ``path``: not a folder, no SAE, a training checkpoint, a
+    ``cfg.json`` that is not an SAE config, an unregistered architecture, weights that are
+    unreadable, of the wrong shape or not finite."""
     path = Path(path)
-    cfg_file = path / "cfg.json"
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; a saved SAE is a folder (cfg.json + weights)")
+    _refuse_a_run_in_progress(path)
+    cfg_file, weights_file = path / "cfg.json", path / SAE_WEIGHTS_FILENAME
     if not cfg_file.is_file():
         raise FileNotFoundError(
-            f"{path} holds no saved SAE (expected {cfg_file.name} and sae_weights.safetensors "
+            f"{path} holds no saved SAE (expected {cfg_file.name} and {SAE_WEIGHTS_FILENAME} "
             "as written by `sae-variants train` or SAELens)"
         )
-    saved = json.loads(cfg_file.read_text())
+    saved = _read_cfg(cfg_file)
     architecture = saved.get("architecture", "standard")
     if architecture not in SAE_CLASS_REGISTRY:
         needs = (saved.get("metadata") or {}).get("load_with")
@@ -66,7 +117,20 @@ def load_sae(path: str | Path, device: str = "cpu") -> SAE[Any]:
                 else "import the package that defines it before loading"
             )
         )
-    sae = SAE.load_from_disk(str(path), device=device)
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{path} has a cfg.json but no {SAE_WEIGHTS_FILENAME}")
+    try:
+        sae = SAE.load_from_disk(str(path), device=device)
+    except SafetensorError as error:
+        raise ValueError(f"{weights_file} is not a readable safetensors file ({error})") from error
+    except (RuntimeError, KeyError, TypeError) as error:
+        # load_state_dict's size mismatches and missing keys, a config field of the wrong kind.
+        detail = " ".join(str(error).split())[:400]
+        raise ValueError(
+            f"the SAE in {path} does not load: its weights or cfg.json do not match the "
+            f"{architecture!r} architecture ({type(error).__name__}: {detail})"
+        ) from error
+    _check_weights(sae, weights_file)
     sae.eval()
     return sae
 
@@ -124,6 +188,7 @@ def evaluate_sae(
         )
     if model is None:
         model = load_model(model_name, device=device, model_path=model_path)
+    check_sae_hook(path, meta.hook_name, model, model_name)
     context_size = meta.context_size or 128
     if dataset is None:
         if model_name not in OFFLINE_MODELS:

@@ -6,6 +6,7 @@ Nothing here loads weights, so hooks can be checked for ``gemma-2-2b`` without t
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -55,7 +56,14 @@ def site_hook_names(cfg: HookedTransformerConfig) -> list[str]:
 
 
 def hook_width(cfg: HookedTransformerConfig, name: str) -> int:
-    """``d_in`` of an SAE at hook ``name`` (``attn.hook_z`` is flattened over heads, as SAELens does)."""
+    """``d_in`` of an SAE at hook ``name`` (``attn.hook_z`` is flattened over heads, as SAELens
+    does); ``ValueError`` for a block the model does not have or a site of unknown width."""
+    block = re.match(r"blocks\.(\d+)\.", name)
+    if block is not None and int(block.group(1)) >= cfg.n_layers:
+        raise ValueError(
+            f"hook {name!r} names block {block.group(1)}, but the model has {cfg.n_layers} blocks "
+            f"(0-{cfg.n_layers - 1})"
+        )
     if name.endswith("attn.hook_z"):
         return cfg.n_heads * cfg.d_head
     if name.endswith(

@@ -40,6 +40,7 @@ from sae_variants.integrations.models import load_model, model_config
 from sae_variants.integrations.models.hooks import hook_name as site_hook_name
 from sae_variants.integrations.models.hooks import hook_width
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
+from sae_variants.integrations.output_folders import move_into_place
 from sae_variants.integrations.training.datasets import (
     AUSTEN,
     austen_contexts,
@@ -360,7 +361,5 @@ def cache_activations(
     )
     (partial / CACHE_INFO_FILENAME).write_text(json.dumps(asdict(info), indent=2) + "\n")
     del written, runner
-    if output.exists():
-        shutil.rmtree(output)
-    partial.rename(output)
+    move_into_place(partial, output)
     return CacheResult(output, info)

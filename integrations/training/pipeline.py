@@ -6,7 +6,9 @@ trains with :class:`~.runner.VariantTrainingRunner` (on live activations or an a
 
 from __future__ import annotations
 
+import copy
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,11 @@ from sae_lens import HookedSAETransformer, LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import TrainingSAE
 
 from sae_variants.integrations.models import load_model
+from sae_variants.integrations.output_folders import (
+    check_output_folder,
+    move_into_place,
+    staging_folder,
+)
 from sae_variants.integrations.training.activation_cache import (
     TOKEN_IDS_COLUMN,
     CacheInfo,
@@ -77,11 +84,35 @@ def initialize_b_dec_to_mean(
     sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
 
 
-def _refuse_to_overwrite(output: Path, overwrite: bool) -> None:
-    if (output / "cfg.json").exists() and not overwrite:
-        raise FileExistsError(
-            f"{output} already holds a trained SAE; choose another --output or pass --overwrite"
-        )
+def has_checkpoints(staging: Path) -> bool:
+    """Whether a run's staging folder holds a checkpoint it could be resumed from."""
+    checkpoints = staging / "checkpoints"
+    return checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir())
+
+
+def prepare_run_folders(
+    runner_cfg: LanguageModelSAERunnerConfig[Any], overwrite: bool
+) -> LanguageModelSAERunnerConfig[Any]:
+    """Check the run's output before any work (see
+    :func:`~sae_variants.integrations.output_folders.check_output_folder`) and return the config
+    writing into its staging folder ``<output>.partial`` (checkpoints included, unless the config
+    sends them elsewhere); :func:`train_from_runner_config` moves the finished SAE into place."""
+    output = Path(runner_cfg.output_path).expanduser()
+    check_output_folder(output, overwrite=overwrite, marker="cfg.json", what="a trained SAE")
+    staging = staging_folder(output)
+    if staging.exists():
+        if not overwrite and has_checkpoints(staging):
+            raise FileExistsError(
+                f"{staging} holds an interrupted run for {output}: continue it with "
+                f"`sae-variants train --resume {staging}`, or pass --overwrite to start over"
+            )
+        shutil.rmtree(staging)
+    staged = copy.copy(runner_cfg)
+    staged.output_path = str(staging)
+    default_checkpoints = runner_cfg.checkpoint_path in (None, str(output / "checkpoints"))
+    if default_checkpoints:
+        staged.checkpoint_path = str(staging / "checkpoints")
+    return staged
 
 
 def _warn_about_repeated_passes(info: CacheInfo, training_tokens: int) -> None:
@@ -150,8 +181,9 @@ def train_from_runner_config(
     already loaded. Everything that can fail without the model (the output folder, a local
     dataset) is checked before it loads.
     """
-    output = Path(runner_cfg.output_path)
-    _refuse_to_overwrite(output, overwrite)
+    output = Path(runner_cfg.output_path).expanduser()
+    requested = runner_cfg
+    runner_cfg = prepare_run_folders(runner_cfg, overwrite)
     for device in {runner_cfg.device, runner_cfg.llm_device, runner_cfg.act_store_device}:
         resolve_device(device)  # a config written on another machine may name a device not here
     cache = None
@@ -171,6 +203,18 @@ def train_from_runner_config(
         initialize_b_dec_to_mean(
             runner.sae, runner.activations_store, runner_cfg.sae.normalize_activations
         )
-    sae = runner.run()
+    staging = Path(runner_cfg.output_path)
+    try:
+        sae = runner.run()
+    except BaseException:
+        if not has_checkpoints(staging):  # nothing to resume from: leave nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into_place(staging, output)
     logger.info("saved the trained SAE to %s", output)
-    return TrainResult(output, sae, runner.cfg)
+    result_cfg = copy.copy(runner.cfg)
+    result_cfg.output_path, result_cfg.checkpoint_path = (
+        requested.output_path,
+        requested.checkpoint_path,
+    )
+    return TrainResult(output, sae, result_cfg)
