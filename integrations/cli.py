@@ -61,6 +61,7 @@ from sae_variants.integrations.models.gemma3 import MissingExtraError
 from sae_variants.integrations.models.hooks import HOOK_SITES
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME
 from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
+from sae_variants.integrations.training.checkpoints import TrainingInterrupted
 from sae_variants.integrations.training.config_arguments import (
     RunConfigFlags,
     add_run_config_flags,
@@ -69,6 +70,7 @@ from sae_variants.integrations.training.devices import AUTO
 from sae_variants.integrations.training.finite_guard import NonFiniteTrainingError
 from sae_variants.integrations.training.pipeline import (
     TrainResult,
+    resume_training,
     train_from_runner_config,
     train_sae,
 )
@@ -146,6 +148,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="learning-rate warm-up in steps; the variants' own warm-ups follow it "
         "(default: the preset's)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="write a complete, resumable checkpoint every STEPS steps (the newest is kept); "
+        "SIGINT/SIGTERM always write one. `train --resume OUTPUT.partial` continues exactly",
     )
     parser.add_argument(
         "--n-checkpoints",
@@ -277,6 +287,7 @@ def _request(args: argparse.Namespace, output: Path, options: dict[str, Any]) ->
         context_size=args.context_size,
         lr_warm_up_steps=args.lr_warm_up_steps,
         n_checkpoints=args.n_checkpoints,
+        checkpoint_every=args.checkpoint_every,
         wandb_project=args.wandb,
         wandb_run_name=args.wandb_run_name,
     )
@@ -339,7 +350,9 @@ def _print_runner_config(cfg: LanguageModelSAERunnerConfig[Any]) -> None:
     print(json.dumps(cfg.to_dict(), indent=2, default=str))
 
 
-_WITH_CONFIG = frozenset({"config", "model_path", "overwrite", "evaluate", "json", "dry_run"})
+_WITH_CONFIG = frozenset(
+    {"config", "model_path", "overwrite", "evaluate", "json", "dry_run", "checkpoint_every"}
+)
 """The train flags that may accompany --config (the file holds everything else)."""
 
 
@@ -386,14 +399,38 @@ def _train_from_config(args: argparse.Namespace) -> None:
         _print_runner_config(cfg)
         return
     _time_and_report(
-        lambda: train_from_runner_config(cfg, model_path=args.model_path, overwrite=args.overwrite),
+        lambda: train_from_runner_config(
+            cfg,
+            model_path=args.model_path,
+            overwrite=args.overwrite,
+            checkpoint_every=args.checkpoint_every,
+        ),
         args.model_path,
         args.evaluate,
         args.json,
     )
 
 
+_WITH_RESUME = frozenset({"resume", "evaluate", "json"})
+"""The train flags that may accompany --resume (the run's folder records everything else)."""
+
+
+def _resume(args: argparse.Namespace) -> None:
+    train_parser = build_parser(args.raw_argv)._subparsers._group_actions[0].choices["train"]
+    given = _flags_given(args.raw_argv, train_parser)
+    extra = sorted(flag for dest, flag in given.items() if dest not in _WITH_RESUME)
+    if extra:
+        raise ValueError(
+            f"--resume continues the run exactly as it was configured, so {', '.join(extra)} "
+            "cannot change it; start a new run to change it"
+        )
+    _time_and_report(lambda: resume_training(args.resume), None, args.evaluate, args.json)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
+    if args.resume is not None:
+        _resume(args)
+        return
     if args.config is not None:
         _train_from_config(args)
         return
@@ -641,6 +678,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--tokens defaults to one pass over it",
     )
     train.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="continue an interrupted run from its newest complete checkpoint, exactly: DIR is "
+        "its OUTPUT.partial folder (or OUTPUT, or a checkpoint in it)",
+    )
+    train.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -870,6 +915,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sae-variants {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"sae-variants {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signal_number
     except NonFiniteTrainingError as err:
         if args.debug:
             raise
@@ -899,3 +947,7 @@ def _one_line(err: BaseException) -> str:
 
 def _entry() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

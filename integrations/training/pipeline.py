@@ -7,8 +7,10 @@ trains with :class:`~.runner.VariantTrainingRunner` (on live activations or an a
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from sae_variants.integrations.training.activation_cache import (
     cached_token_ids,
     open_cache,
 )
+from sae_variants.integrations.training.checkpoints import latest_complete_checkpoint
 from sae_variants.integrations.training.datasets import (
     austen_contexts,
     is_local_dataset,
@@ -85,9 +88,8 @@ def initialize_b_dec_to_mean(
 
 
 def has_checkpoints(staging: Path) -> bool:
-    """Whether a run's staging folder holds a checkpoint it could be resumed from."""
-    checkpoints = staging / "checkpoints"
-    return checkpoints.is_dir() and any(p.is_dir() for p in checkpoints.iterdir())
+    """Whether a run's staging folder holds a complete checkpoint it can be resumed from."""
+    return latest_complete_checkpoint(staging / "checkpoints") is not None
 
 
 def prepare_run_folders(
@@ -95,8 +97,8 @@ def prepare_run_folders(
 ) -> LanguageModelSAERunnerConfig[Any]:
     """Check the run's output before any work (see
     :func:`~sae_variants.integrations.output_folders.check_output_folder`) and return the config
-    writing into its staging folder ``<output>.partial`` (checkpoints included, unless the config
-    sends them elsewhere); :func:`train_from_runner_config` moves the finished SAE into place."""
+    writing into its staging folder ``<output>.partial`` (checkpoints included);
+    :func:`train_from_runner_config` moves the finished SAE into place."""
     output = Path(runner_cfg.output_path).expanduser()
     check_output_folder(output, overwrite=overwrite, marker="cfg.json", what="a trained SAE")
     staging = staging_folder(output)
@@ -107,11 +109,17 @@ def prepare_run_folders(
                 f"`sae-variants train --resume {staging}`, or pass --overwrite to start over"
             )
         shutil.rmtree(staging)
+    return _staged_config(runner_cfg, staging)
+
+
+def _staged_config(
+    runner_cfg: LanguageModelSAERunnerConfig[Any], staging: Path
+) -> LanguageModelSAERunnerConfig[Any]:
+    """``runner_cfg`` writing into ``staging``, its checkpoints into ``staging/checkpoints``
+    (where a resumed run looks for them, whatever ``checkpoint_path`` the config names)."""
     staged = copy.copy(runner_cfg)
     staged.output_path = str(staging)
-    default_checkpoints = runner_cfg.checkpoint_path in (None, str(output / "checkpoints"))
-    if default_checkpoints:
-        staged.checkpoint_path = str(staging / "checkpoints")
+    staged.checkpoint_path = str(staging / "checkpoints")
     return staged
 
 
@@ -144,6 +152,7 @@ def train_sae(request: TrainRequest, *, model: HookedSAETransformer | None = Non
         init_b_dec_to_mean=request.init_b_dec_to_mean,
         overwrite=request.overwrite,
         model=model,
+        checkpoint_every=request.checkpoint_every,
     )
 
 
@@ -163,6 +172,11 @@ def _dataset_for(
     return None
 
 
+RUN_CONFIG_FILENAME = "sae_variants_run.json"
+"""Written into a run's staging folder at its start: the requested runner config (SAELens's
+``to_dict``) and the options a resumed run needs."""
+
+
 def train_from_runner_config(
     runner_cfg: LanguageModelSAERunnerConfig[Any],
     *,
@@ -170,6 +184,7 @@ def train_from_runner_config(
     init_b_dec_to_mean: bool = True,
     overwrite: bool = False,
     model: HookedSAETransformer | None = None,
+    checkpoint_every: int | None = None,
 ) -> TrainResult:
     """Train a complete SAELens runner config (one :func:`build_runner_config` made, e.g. the
     JSON ``sae-variants train --dry-run --json`` prints, edited or not) with
@@ -178,12 +193,120 @@ def train_from_runner_config(
     The data is what the config records: an activation cache, the bundled Austen text
     (``dataset_path="sae-variants:austen"``), a local file by its path, or a hub name SAELens
     streams. ``model_path``: a local folder with ``model_name``'s weights; ``model``: the model
-    already loaded. Everything that can fail without the model (the output folder, a local
-    dataset) is checked before it loads.
+    already loaded; ``checkpoint_every``: a complete checkpoint every this many steps (SIGINT
+    and SIGTERM write one anyway; :func:`resume_training` continues from it). Everything that
+    can fail without the model (the output folder, a local dataset) is checked before it loads.
     """
-    output = Path(runner_cfg.output_path).expanduser()
-    requested = runner_cfg
-    runner_cfg = prepare_run_folders(runner_cfg, overwrite)
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 step, got {checkpoint_every}")
+    staged = prepare_run_folders(runner_cfg, overwrite)
+    staging = Path(staged.output_path)
+    staging.mkdir(parents=True)
+    record = {
+        "runner_config": runner_cfg.to_dict(),
+        "model_path": model_path,
+        "init_b_dec_to_mean": init_b_dec_to_mean,
+        "checkpoint_every": checkpoint_every,
+    }
+    (staging / RUN_CONFIG_FILENAME).write_text(json.dumps(record, indent=1, default=str))
+    return _run(runner_cfg, staged, model_path, init_b_dec_to_mean, model, checkpoint_every, None)
+
+
+def resume_training(path: str | Path, *, model: HookedSAETransformer | None = None) -> TrainResult:
+    """Continue an interrupted run from its newest complete checkpoint, exactly as it would have
+    gone on, and save the SAE where the run was going to. ``path``: the run's ``--output``, its
+    staging folder ``<output>.partial``, or a checkpoint folder inside it."""
+    staging, checkpoint = _locate_resume(Path(path).expanduser())
+    record = json.loads((staging / RUN_CONFIG_FILENAME).read_text())
+    requested = LanguageModelSAERunnerConfig.from_dict(record["runner_config"])
+    output = Path(requested.output_path).expanduser()
+    if staging_folder(output) != staging:
+        raise ValueError(
+            f"{staging} records a run whose output is {output}; it cannot be resumed from a "
+            "moved folder (move it back)"
+        )
+    check_output_folder(output, overwrite=False, marker="cfg.json", what="a trained SAE")
+    staged = _staged_config(requested, staging)
+    logger.info("resuming %s from %s", output, checkpoint)
+    return _run(
+        requested,
+        staged,
+        record["model_path"],
+        False,  # b_dec comes from the checkpoint
+        model,
+        record["checkpoint_every"],
+        checkpoint,
+    )
+
+
+def _locate_resume(path: Path) -> tuple[Path, Path]:
+    """(staging folder, newest complete checkpoint) for ``path`` (see :func:`resume_training`)."""
+    candidates = [path, staging_folder(path)]
+    if path.parent.name == "checkpoints":
+        candidates.insert(0, path.parent.parent)
+    for staging in candidates:
+        if (staging / RUN_CONFIG_FILENAME).is_file():
+            checkpoint = latest_complete_checkpoint(staging / "checkpoints")
+            if checkpoint is None:
+                raise FileNotFoundError(
+                    f"{staging} holds no complete checkpoint to resume from (the run stopped "
+                    "before its first one); train it again with --overwrite"
+                )
+            return staging, checkpoint
+    raise FileNotFoundError(
+        f"{path} is not an interrupted run: expected the folder a run was training into "
+        f"(<output>.partial, holding {RUN_CONFIG_FILENAME} and checkpoints/), its --output, or a "
+        "checkpoint inside it"
+    )
+
+
+def _resume_hint(output: Path) -> Callable[[Path], str]:
+    staging = staging_folder(output)
+    return lambda _checkpoint: (
+        f"Continue with `sae-variants train --resume {staging}` "
+        f"(Python: resume_training('{staging}'))."
+    )
+
+
+def _run(
+    requested: LanguageModelSAERunnerConfig[Any],
+    runner_cfg: LanguageModelSAERunnerConfig[Any],
+    model_path: str | None,
+    init_b_dec_to_mean: bool,
+    model: HookedSAETransformer | None,
+    checkpoint_every: int | None,
+    resume_from: Path | None,
+) -> TrainResult:
+    output = Path(requested.output_path).expanduser()
+    staging = Path(runner_cfg.output_path)
+    try:
+        runner = _build_runner(
+            runner_cfg, model_path, init_b_dec_to_mean, model, checkpoint_every, resume_from
+        )
+        sae = runner.run()
+    except BaseException:
+        if not has_checkpoints(staging):  # nothing to resume from: leave nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / RUN_CONFIG_FILENAME).unlink(missing_ok=True)
+    move_into_place(staging, output)
+    logger.info("saved the trained SAE to %s", output)
+    result_cfg = copy.copy(runner.cfg)
+    result_cfg.output_path, result_cfg.checkpoint_path = (
+        requested.output_path,
+        requested.checkpoint_path,
+    )
+    return TrainResult(output, sae, result_cfg)
+
+
+def _build_runner(
+    runner_cfg: LanguageModelSAERunnerConfig[Any],
+    model_path: str | None,
+    init_b_dec_to_mean: bool,
+    model: HookedSAETransformer | None,
+    checkpoint_every: int | None,
+    resume_from: Path | None,
+) -> VariantTrainingRunner:
     for device in {runner_cfg.device, runner_cfg.llm_device, runner_cfg.act_store_device}:
         resolve_device(device)  # a config written on another machine may name a device not here
     cache = None
@@ -198,23 +321,19 @@ def train_from_runner_config(
         model = load_model(runner_cfg.model_name, device=runner_cfg.device, model_path=model_path)
     if cache is None and runner_cfg.dataset_path == AUSTEN_RECORD:
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
-    runner = VariantTrainingRunner(runner_cfg, override_dataset=dataset, override_model=model)
+    output = Path(runner_cfg.output_path).with_name(
+        Path(runner_cfg.output_path).name.removesuffix(".partial")
+    )
+    runner = VariantTrainingRunner(
+        runner_cfg,
+        override_dataset=dataset,
+        override_model=model,
+        checkpoint_every=checkpoint_every,
+        resume_from=resume_from,
+        resume_hint=_resume_hint(output),
+    )
     if init_b_dec_to_mean:
         initialize_b_dec_to_mean(
             runner.sae, runner.activations_store, runner_cfg.sae.normalize_activations
         )
-    staging = Path(runner_cfg.output_path)
-    try:
-        sae = runner.run()
-    except BaseException:
-        if not has_checkpoints(staging):  # nothing to resume from: leave nothing behind
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    move_into_place(staging, output)
-    logger.info("saved the trained SAE to %s", output)
-    result_cfg = copy.copy(runner.cfg)
-    result_cfg.output_path, result_cfg.checkpoint_path = (
-        requested.output_path,
-        requested.checkpoint_path,
-    )
-    return TrainResult(output, sae, result_cfg)
+    return runner

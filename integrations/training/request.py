@@ -121,6 +121,9 @@ class TrainRequest:
     name; ``None`` means :func:`default_dataset` of the model."""
     n_checkpoints: int = 0
     """Checkpoints SAELens writes during the run, evenly spaced (0: none)."""
+    checkpoint_every: int | None = None
+    """A complete, resumable checkpoint every this many steps (the newest is kept; SIGINT and
+    SIGTERM write one anyway); None: only on a signal."""
     context_size: int | None = None
     """Tokens per context; None: the preset's (from a cache: the cache's, which it must equal)."""
     lr_warm_up_steps: int | None = None

@@ -3,19 +3,26 @@
 It is SAELens's ``LanguageModelSAETrainingRunner`` plus what a variant needs from the run, all
 through seams SAELens exposes:
 
-1. before anything is built, the SAE config is bound to the run (:func:`bind_run`: the variant
-   receives its run's facts once, and the warm-ups are checked against the run's length);
-2. the activation store is wrapped: every batch is checked (finite, of width ``d_in``), and for
-   a config that declares a sequence layout the batches come from a
+1. before anything is built, the config is checked (no NaN/inf setting) and the SAE config is
+   bound to the run (:func:`bind_run`: the variant receives its run's facts once, and the
+   warm-ups are checked against the run's length);
+2. the activation store is wrapped: the per-token batches come from a
+   :class:`~sae_variants.integrations.training.mixing_stream.ResumableMixingStream` (SAELens's
+   mixing buffer, bit for bit, with a state a checkpoint holds), and for a config that declares a
+   sequence layout from a
    :class:`~sae_variants.integrations.training.sequence_batches.SequenceBatchSource` over that
-   same store (the runner reads batches and saves/restores checkpoints through
-   ``runner.activations_store``);
+   same store; every batch is checked (finite, of width ``d_in``); around either, a
+   :class:`~sae_variants.integrations.training.checkpoints.CheckpointSeam` writes complete
+   checkpoints between steps (periodically, and on SIGINT/SIGTERM) and a resumed run reads one
+   back (the runner reads batches and saves checkpoints through ``runner.activations_store``);
 3. once SAELens's trainer exists, the SAE is bound to *its* optimizer (``bind_optimizer``), and
    ``trainer.step`` (its documented per-batch seam, called by ``fit`` with each batch exactly as
-   the data provider returned it) hands a sequence-aware SAE the batch's token context first.
+   the data provider returned it) hands a sequence-aware SAE the batch's token context first and
+   stops the run within any step whose loss terms or parameters go non-finite; the final
+   weights are checked before they are saved.
 
-Everything else (the model, Adam, schedules, clipping, checkpoints, normalization and its fold,
-saving) is SAELens's own; ``tests/integrations/training/test_sequence_training.py`` pins the SAELens
+Everything else (the model, Adam, schedules, clipping, normalization and its fold, saving) is
+SAELens's own; ``tests/integrations/training/test_sequence_training.py`` pins the SAELens
 behaviour this relies on.
 
     runner = VariantTrainingRunner(LanguageModelSAERunnerConfig(
@@ -25,25 +32,29 @@ behaviour this relies on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-import torch
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_variants.architectures.base import RunInfo, VariantTrainingSAE, VariantTrainingSAEConfig
+from sae_variants.integrations.training.checkpoints import CheckpointSeam, load_checkpoint
 from sae_variants.integrations.training.finite_guard import (
     check_finite_parameters,
     guard_finite_steps,
     refuse_non_finite_config,
 )
+from sae_variants.integrations.training.mixing_stream import ResumableMixingStream
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout
-from sae_variants.validation import check_activations
 
 
 def sequence_layout_of(sae_cfg: TrainingSAEConfig) -> SequenceLayout | None:
@@ -94,30 +105,19 @@ def bind_run(cfg: LanguageModelSAERunnerConfig[Any]) -> LanguageModelSAERunnerCo
     return bound
 
 
-class CheckedActivationStream:
-    """The runner's activation store, with every training batch checked before the SAE sees it.
-
-    SAELens trains happily on NaN activations or a wrongly sized hook; this turns both into an
-    error on the first batch. Everything but iteration is delegated to the wrapped store.
-    """
-
-    def __init__(self, store: Any, d_in: int, hook: str) -> None:
-        self._store = store
-        self._d_in = d_in
-        self._hook = hook
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "_store":
-            raise AttributeError(name)
-        return getattr(self._store, name)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        batch = next(self._store)
-        check_activations(batch, self._d_in, where=f"training activations at {self._hook}")
-        return batch
+@contextlib.contextmanager
+def _signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block (in the main thread only: Python
+    delivers signals there); the previous handlers are put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def deliver_token_contexts(
@@ -160,6 +160,9 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
     """
 
     sequence_batches: SequenceBatchSource | None
+    checkpoint_seam: CheckpointSeam | None
+    """The data provider the trainer reads (None with SAELens's prefetching, which reads ahead
+    in another thread, so no step boundary can be checkpointed)."""
 
     def __init__(
         self,
@@ -170,7 +173,22 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
         *,
         layout: SequenceLayout | None = None,
         pool_contexts: int | None = None,
+        checkpoint_every: int | None = None,
+        resume_from: str | Path | None = None,
+        resume_hint: Callable[[Path], str] | None = None,
     ) -> None:
+        """``checkpoint_every``: write a complete checkpoint every this many steps (SIGINT and
+        SIGTERM always write one, see :mod:`~.checkpoints`); ``resume_from``: a checkpoint
+        folder to continue from exactly; ``resume_hint``: the sentence an interrupted run prints
+        about resuming, given the checkpoint written."""
+        if cfg.prefetch_llm_batches and (checkpoint_every or resume_from):
+            raise ValueError(
+                "prefetch_llm_batches reads batches ahead in another thread, so no step boundary "
+                "can be checkpointed or resumed exactly; set it to False to use checkpoint_every "
+                "or resume_from"
+            )
+        if (checkpoint_every or resume_from) and cfg.checkpoint_path is None:
+            raise ValueError("checkpoint_every and resume_from need cfg.checkpoint_path")
         cfg = bind_run(cfg)
         super().__init__(
             cfg,
@@ -193,13 +211,38 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
             if isinstance(self.sae, NeedsTokenContext):
                 self.sae.expect_token_contexts()  # delivered by attach_to_trainer
         else:
-            self.activations_store = CheckedActivationStream(  # type: ignore[assignment]
+            self.activations_store = ResumableMixingStream(  # type: ignore[assignment]
                 self.activations_store, cfg.sae.d_in, cfg.hook_name
             )
+        self.resume_from = None if resume_from is None else Path(resume_from)
+        self.checkpoint_seam = None
+        if not cfg.prefetch_llm_batches:
+            hint = resume_hint or (
+                lambda c: f"Resume with VariantTrainingRunner(..., resume_from='{c}')."
+            )
+            self.checkpoint_seam = CheckpointSeam(self.activations_store, checkpoint_every, hint)
+            self.activations_store = self.checkpoint_seam  # type: ignore[assignment]
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer[Any, Any]) -> Any:
         attach_to_trainer(trainer, self.sequence_batches, self.cfg.checkpoint_path)
-        return super().run_trainer_with_interruption_handling(trainer)
+        seam = self.checkpoint_seam
+        if seam is None:
+            return super().run_trainer_with_interruption_handling(trainer)
+        seam.trainer = trainer
+        if self.resume_from is not None:
+            load_checkpoint(trainer, seam._provider, self.resume_from)
+            seam.training_started = True
+        else:
+            step = trainer.step
+
+            def first_step_starts_training(batch: Any) -> Any:
+                seam.training_started = True
+                trainer.step = step  # type: ignore[method-assign]
+                return step(batch)
+
+            trainer.step = first_step_starts_training  # type: ignore[method-assign]
+        with _signals_to(seam.on_signal):
+            return trainer.fit()
 
     def save_final_sae(self, sae: TrainingSAE[Any], output_path: str, **kwargs: Any) -> None:
         """SAELens's save, once every weight is known to be finite."""

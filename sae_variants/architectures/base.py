@@ -462,6 +462,16 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
         """Plain data about the run, written beside the saved SAE (see ``training_log_filename``)."""
         return {}
 
+    def resumable_state(self) -> dict[str, Any]:
+        """What a resumed run needs beside the parameters and buffers (which SAELens's checkpoint
+        holds): plain data (numbers, strings, lists, dicts, tensors) kept outside them, such as a
+        log of decisions. Nothing by default."""
+        return {}
+
+    def load_resumable_state(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`resumable_state` returned."""
+        del state
+
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)

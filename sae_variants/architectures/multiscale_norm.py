@@ -641,6 +641,15 @@ class MultiScaleNormTrainingSAE(
     # ------------------------------------------------------------------------------- saving
 
     @override
+    @override
+    def resumable_state(self) -> dict[str, Any]:
+        """The learning-rate spike count (everything else the policy keeps is a buffer)."""
+        return {"lr_spikes": self.lr_spikes}
+
+    @override
+    def load_resumable_state(self, state: dict[str, Any]) -> None:
+        self.lr_spikes = int(state.get("lr_spikes", 0))
+
     def training_log(self) -> dict[str, Any]:
         """The run's final optimizer-policy and reactivation state, as plain data for reports."""
         return {

@@ -454,8 +454,17 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         self.rank_trajectory.append(RankEvent(step, before, after, windowed, threshold))
 
     @override
+    @override
+    def resumable_state(self) -> dict[str, Any]:
+        """The rank decisions so far (the curriculum's numbers are buffers)."""
+        return {"decisions": [list(dataclasses.astuple(e)) for e in self.rank_trajectory]}
+
+    @override
+    def load_resumable_state(self, state: dict[str, Any]) -> None:
+        self.rank_trajectory = [RankEvent(*values) for values in state.get("decisions", [])]
+
     def training_log(self) -> dict[str, Any]:
-        """The curriculum's final state and every rank decision of this process, as plain data."""
+        """The curriculum's final state and every rank decision of the run, as plain data."""
         return {
             "final_rank": self.current_rank,
             "rank_bounds": dataclasses.asdict(self.cfg.schedule()),

@@ -96,7 +96,9 @@ def test_a_failed_run_leaves_no_sae_and_overwrite_replaces_the_whole_folder(
     assert not (tmp_path / "run.partial").exists()  # no checkpoint: nothing to resume, none left
     monkeypatch.undo()
     shutil.rmtree(output)
-    (tmp_path / "run.partial" / "checkpoints" / "4096").mkdir(parents=True)
+    checkpoint = tmp_path / "run.partial" / "checkpoints" / "step-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "sae_variants_resume.pt").write_bytes(b"")
     _fails_with(argv, capsys, "run.partial holds an interrupted run", "--resume")
     assert main([*argv, "--overwrite"]) == 0
     assert not (output / "stale.txt").exists()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from sae_lens.training.mixing_buffer import mixing_buffer
 
 from sae_variants.integrations import cli
+from sae_variants.integrations.training.mixing_stream import ResumableMixingStream
 from sae_variants.integrations.training.request import (
     TrainRequest,
     build_runner_config,
     build_sae_config,
 )
-from sae_variants.integrations.training.runner import CheckedActivationStream, bind_run
+from sae_variants.integrations.training.runner import bind_run
 
 
 def test_gemma_2_2b_layer_12_builds_the_papers_config() -> None:
@@ -91,17 +94,46 @@ def test_unknown_model_is_a_clear_error() -> None:
         build_runner_config(TrainRequest(model_name="not-a-model"))
 
 
+class _Store:
+    """What ResumableMixingStream reads from a SAELens store: filtered LLM batches of rows."""
+
+    def __init__(self, batches: list[torch.Tensor], buffer_batches: int = 1) -> None:
+        self.batches = iter(batches)
+        self.n_batches_in_buffer = buffer_batches
+        self.training_context_size = batches[0].shape[0]
+        self.train_batch_size_tokens = batches[0].shape[0]
+        self.activations_mixing_fraction = 0.5
+
+    def get_filtered_llm_batch(self, raise_on_epoch_end: bool = False) -> torch.Tensor:
+        del raise_on_epoch_end  # an endless source
+        return next(self.batches)
+
+
 def test_nan_activations_stop_training_at_the_first_batch() -> None:
-    batches = iter([torch.tensor([[1.0, float("nan")]])])
-    stream = CheckedActivationStream(batches, d_in=2, hook="blocks.0.hook_resid_post")
+    store = _Store([torch.tensor([[1.0, float("nan")]] * 4)])
+    stream = ResumableMixingStream(store, d_in=2, hook="blocks.0.hook_resid_post")
     with pytest.raises(ValueError, match=r"training activations at blocks.0.hook_resid_post.*NaN"):
         next(stream)
 
 
 def test_wrong_width_activations_stop_training() -> None:
-    stream = CheckedActivationStream(iter([torch.zeros(4, 3)]), d_in=2, hook="h")
+    stream = ResumableMixingStream(_Store([torch.zeros(4, 3)]), d_in=2, hook="h")
     with pytest.raises(ValueError, match=r"d_in=2.*\(4, 3\)"):
         next(stream)
+
+
+def test_the_mixing_stream_serves_saelens_batches_bit_for_bit() -> None:
+    """The same batches, in the same order, with the same draws from torch's RNG as SAELens's
+    mixing_buffer (so every figure recorded with SAELens's loader re-runs unchanged)."""
+    source = [torch.randn(96, 8, generator=torch.Generator().manual_seed(i)) for i in range(40)]
+    torch.manual_seed(5)
+    expected = list(itertools.islice(mixing_buffer(256, 32, iter(source), mix_fraction=0.5), 60))
+    store = _Store(source, buffer_batches=8)
+    store.training_context_size, store.train_batch_size_tokens = 32, 32
+    torch.manual_seed(5)
+    stream = ResumableMixingStream(store, d_in=8, hook="h")
+    got = [next(stream) for _ in range(60)]
+    assert all(a.equal(b) for a, b in zip(expected, got, strict=True))
 
 
 def test_trained_sae_is_saved_with_metadata(trained_standard_sae) -> None:
