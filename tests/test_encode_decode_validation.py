@@ -361,3 +361,64 @@ def test_the_checks_exist_on_every_variant_module() -> None:
         for cls in (variant.training_sae, variant.sae):
             if cls is not None:
                 assert issubclass(cls, VariantModule), cls
+
+
+# Values a config field is tried with: sensible, boundary and hostile.
+FLOATS = [0.0, 1e-3, 0.5, 1.0, 3.0, -1.0, float("inf"), float("nan")]
+INTS = [-1, 0, 1, 2, 3, 64]
+CONFIG_ERRORS = (ValueError, TypeError)
+SKIPPED_FIELDS = {"d_in", "d_sae", "dtype", "device", "metadata", "apply_b_dec_to_input"}
+
+
+@st.composite
+def variant_configs(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A variant and random values for a few of its own config fields (booleans, numbers and
+    Literal choices), some of them invalid."""
+    import dataclasses
+    import typing
+
+    name = draw(st.sampled_from(sorted(VARIANTS)))
+    cls = VARIANTS[name].training_cfg
+    hints = typing.get_type_hints(cls)
+    options: dict[str, Any] = {}
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in SKIPPED_FIELDS]
+    for f in draw(st.lists(st.sampled_from(fields), max_size=4, unique_by=lambda f: f.name)):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        if hint is bool:
+            options[f.name] = draw(st.booleans())
+        elif hint is float:
+            options[f.name] = draw(st.sampled_from(FLOATS))
+        elif hint is int:
+            options[f.name] = draw(st.sampled_from(INTS))
+        elif typing.get_origin(hint) is typing.Literal:
+            options[f.name] = draw(st.sampled_from(args))
+    return name, options
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(case=variant_configs(), d_in=st.integers(1, 12), d_sae=st.integers(1, 40))
+def test_any_config_builds_a_working_sae_or_is_refused_clearly(
+    case: tuple[str, dict[str, Any]], d_in: int, d_sae: int
+) -> None:
+    name, options = case
+    variant = VARIANTS[name]
+    run = RunInfo(total_steps=100, lr_warm_up_steps=0, context_size=CONTEXT)
+    refusal: str | None = None
+    try:
+        cfg = variant.training_cfg(d_in=d_in, d_sae=d_sae, **options).bind_run(run)
+        sae = variant.training_sae(cfg).eval()
+    except CONFIG_ERRORS as error:
+        refusal = str(error)
+    if refusal is not None:
+        assert refusal.strip(), "a refusal must say why"
+        return
+    assert all(
+        not isinstance(v, float) or (v == v and abs(v) != float("inf")) for v in options.values()
+    ), f"a non-finite setting was accepted: {options}"
+    x = torch.randn(2, 3, d_in)
+    codes = sae.encode(x)
+    assert codes.shape == (2, 3, d_sae)
+    assert torch.isfinite(codes).all()
+    assert (codes >= 0).all()
+    assert sae.decode(codes).shape == x.shape

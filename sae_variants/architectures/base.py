@@ -105,6 +105,16 @@ def _check_finite_numbers(cfg: object) -> None:
             raise ValueError(f"{f.name} must be a finite number, got {value}")
 
 
+def _check_input_normalization(cfg: Any) -> None:
+    # SAELens's run-time LayerNorm of the input divides by the std over d_in features: with one
+    # feature that is 0/0 (NaN codes), so refuse it here.
+    if getattr(cfg, "normalize_activations", None) == "layer_norm" and cfg.d_in < 2:
+        raise ValueError(
+            f"normalize_activations='layer_norm' needs d_in >= 2 (a LayerNorm over one feature "
+            f"divides by a zero spread), got d_in={cfg.d_in}"
+        )
+
+
 PACKAGE = "sae-variants"
 
 
@@ -155,6 +165,7 @@ class VariantSAEConfig(SAEConfig):
             self.metadata = SAEMetadata(**self.metadata)
         super().__post_init__()
         _check_finite_numbers(self)
+        _check_input_normalization(self)
         self.validate_architecture()  # type: ignore[attr-defined]
 
 
@@ -193,6 +204,7 @@ class VariantTrainingSAEConfig(TrainingSAEConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_finite_numbers(self)
+        _check_input_normalization(self)
         self.validate_architecture()  # type: ignore[attr-defined]
         require_fields(self, ("l1_coefficient",), lambda v: v >= 0, ">= 0")
         require_fields(self, ("l1_warm_up_steps",), lambda v: v >= 0, ">= 0 steps")

@@ -123,7 +123,9 @@ def feature_importance(
     """
     with torch.no_grad():
         importance = codes.mean(dim=0) * decoder_norms
-        standardized = (importance - importance.mean()) / importance.std().clamp_min(1e-8)
+        # One feature has no spread to standardize by: it gets 0 (sigmoid 0.5), not 0/0.
+        spread = importance.std(correction=1 if importance.numel() > 1 else 0)
+        standardized = (importance - importance.mean()) / spread.clamp_min(1e-8)
         return torch.sigmoid(standardized)
 
 
