@@ -384,15 +384,22 @@ def _flags_given(argv: list[str], parser: argparse.ArgumentParser) -> dict[str, 
     return given
 
 
-def _train_from_config(args: argparse.Namespace) -> None:
+def _refuse_flags_beside(args: argparse.Namespace, allowed: frozenset[str], why: str) -> None:
+    """``ValueError`` naming the train flags written on the line that ``allowed`` does not list:
+    ``why`` is a format string with ``{flags}``."""
     train_parser = build_parser(args.raw_argv)._subparsers._group_actions[0].choices["train"]
     given = _flags_given(args.raw_argv, train_parser)
-    extra = sorted(flag for dest, flag in given.items() if dest not in _WITH_CONFIG)
+    extra = sorted(flag for dest, flag in given.items() if dest not in allowed)
     if extra:
-        raise ValueError(
-            f"--config holds the whole run, so {', '.join(extra)} would be ignored; edit the "
-            "file instead"
-        )
+        raise ValueError(why.format(flags=", ".join(extra)))
+
+
+def _train_from_config(args: argparse.Namespace) -> None:
+    _refuse_flags_beside(
+        args,
+        _WITH_CONFIG,
+        "--config holds the whole run, so {flags} would be ignored; edit the file instead",
+    )
     cfg = read_runner_config(args.config)
     if args.dry_run:
         bind_run(cfg)  # refuses warm-ups longer than the (edited) run before anything prints
@@ -416,14 +423,12 @@ _WITH_RESUME = frozenset({"resume", "evaluate", "json"})
 
 
 def _resume(args: argparse.Namespace) -> None:
-    train_parser = build_parser(args.raw_argv)._subparsers._group_actions[0].choices["train"]
-    given = _flags_given(args.raw_argv, train_parser)
-    extra = sorted(flag for dest, flag in given.items() if dest not in _WITH_RESUME)
-    if extra:
-        raise ValueError(
-            f"--resume continues the run exactly as it was configured, so {', '.join(extra)} "
-            "cannot change it; start a new run to change it"
-        )
+    _refuse_flags_beside(
+        args,
+        _WITH_RESUME,
+        "--resume continues the run exactly as it was configured, so {flags} cannot change "
+        "it; start a new run to change it",
+    )
     _time_and_report(lambda: resume_training(args.resume), None, args.evaluate, args.json)
 
 
