@@ -100,7 +100,14 @@ def prepare_run_folders(
     writing into its staging folder ``<output>.partial`` (checkpoints included);
     :func:`train_from_runner_config` moves the finished SAE into place."""
     output = Path(runner_cfg.output_path).expanduser()
-    check_output_folder(output, overwrite=overwrite, marker="cfg.json", what="a trained SAE")
+    cache = runner_cfg.cached_activations_path if runner_cfg.use_cached_activations else None
+    check_output_folder(
+        output,
+        overwrite=overwrite,
+        marker="cfg.json",
+        what="a trained SAE",
+        source=None if cache is None else Path(cache),
+    )
     staging = staging_folder(output)
     if staging.exists():
         if not overwrite and has_checkpoints(staging):

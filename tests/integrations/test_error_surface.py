@@ -193,3 +193,14 @@ def test_train_result_names_the_requested_folder_not_the_staging_one(tmp_path: P
     )
     assert result.output_path == tmp_path / "r"
     assert result.runner_config.output_path == str(tmp_path / "r")
+
+
+def test_a_run_never_writes_into_the_activation_cache_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "acts"
+    assert main(["cache", "--tokens", "2048", "--output", str(cache)]) == 0
+    capsys.readouterr()
+    argv = ["train", "--activations", str(cache), "--architecture", "standard", "--d-sae", "64"]
+    argv += ["--lr-warm-up-steps", "0"]
+    _fails_with([*argv, "--output", str(cache / "sae")], capsys, "is the input", str(cache))
