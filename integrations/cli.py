@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -923,6 +924,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(f"sae-variants {args.command}: {err}", file=sys.stderr)
         return 128 + err.signal_number
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(
+            f"sae-variants {args.command}: interrupted before training started (or a second "
+            "time); nothing to resume from was written",
+            file=sys.stderr,
+        )
+        return 128 + signal.SIGINT
     except NonFiniteTrainingError as err:
         if args.debug:
             raise

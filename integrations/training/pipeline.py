@@ -214,6 +214,7 @@ def train_from_runner_config(
         "model_path": model_path,
         "init_b_dec_to_mean": init_b_dec_to_mean,
         "checkpoint_every": checkpoint_every,
+        "overwrite": overwrite,
     }
     (staging / RUN_CONFIG_FILENAME).write_text(json.dumps(record, indent=1, default=str))
     return _run(runner_cfg, staged, model_path, init_b_dec_to_mean, model, checkpoint_every, None)
@@ -232,7 +233,8 @@ def resume_training(path: str | Path, *, model: HookedSAETransformer | None = No
             f"{staging} records a run whose output is {output}; it cannot be resumed from a "
             "moved folder (move it back)"
         )
-    check_output_folder(output, overwrite=False, marker="cfg.json", what="a trained SAE")
+    overwrite = bool(record.get("overwrite", False))  # as the interrupted run was asked
+    check_output_folder(output, overwrite=overwrite, marker="cfg.json", what="a trained SAE")
     staged = _staged_config(requested, staging)
     logger.info("resuming %s from %s", output, checkpoint)
     return _run(

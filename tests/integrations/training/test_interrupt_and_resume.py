@@ -144,3 +144,27 @@ def test_resume_takes_no_flags_that_would_change_the_run(tmp_path: Path) -> None
     result = _train("train", "--resume", str(tmp_path), "--lr", "0.1")
     assert result.returncode == 2
     assert "--resume continues the run exactly as it was configured, so --lr" in result.stderr
+
+
+def test_a_run_that_replaces_an_sae_still_replaces_it_when_resumed(tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "cfg.json").write_text("{}")  # a previous SAE's folder
+    (output / "stale.txt").write_text("from the previous run")
+    command = [sys.executable, "-m", "sae_variants.integrations.cli", "train"]
+    command += ["--architecture", "standard", *RUN, "--checkpoint-every", "8", "--overwrite"]
+    command += ["--output", str(output)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    first = tmp_path / "run.partial" / "checkpoints" / "step-8"
+    deadline = time.monotonic() + 300
+    while not first.is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=300)
+    assert (output / "stale.txt").exists()  # untouched until the run finishes
+    assert _in_process("train", "--resume", str(tmp_path / "run.partial")) == 0
+    assert not (output / "stale.txt").exists()
+    assert (output / "sae_weights.safetensors").is_file()
