@@ -34,6 +34,7 @@ from sae_variants.integrations.benchmark.pipeline import (
     format_throughput,
     time_activation_pipelines,
 )
+from sae_variants.integrations.benchmark.sparse_decode import format_decode_timings, sweep
 from sae_variants.integrations.benchmark.step_time import (
     format_timings,
     time_training_step,
@@ -553,6 +554,11 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
     if args.validation_cost:
         _cmd_benchmark_validation(args)
         return
+    if args.sparse_decode:
+        for d_sae in args.d_sae:
+            timings = sweep(args.d_in, d_sae, args.batch_size, repeats=args.repeats or 5)
+            print(format_decode_timings(timings))
+        return
     if args.repeats is None:
         args.repeats = 5
     if args.architecture == "all":
@@ -815,6 +821,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="instead: training throughput from an activation cache against live training "
         "(one cache written first; uses --model/--layer/--tokens, the first --d-sae, --batch-size)",
+    )
+    bench.add_argument(
+        "--sparse-decode",
+        action="store_true",
+        help="instead: the decoder product with its gradients, dense against over the active "
+        "codes only, at code densities 0.5%%-20%%, for each --d-sae (one --d-in; "
+        "integrations/benchmark/sparse_decode.py)",
     )
     bench.add_argument(
         "--validation-cost",

@@ -51,6 +51,7 @@ from sae_variants.functional import (
     remove_parallel_component,
     unit_norm_rows,
 )
+from sae_variants.sparse_decode import SPARSE_DECODE_CROSSOVER, decode_product
 from sae_variants.validation import (
     check_activations,
     check_codes,
@@ -306,7 +307,7 @@ class VariantModule:
         where = f"{self.cfg.architecture()} decode"
         check_codes(feature_acts, self.cfg.d_sae, where=where)
         feature_acts = feature_acts.to(W_dec.dtype)  # as encode casts its input to the SAE's
-        decoded = feature_acts @ W_dec + self.b_dec
+        decoded = decode_product(feature_acts, W_dec, self.sparse_decode_density()) + self.b_dec
         if self.checks_decoded_output():
             check_decoded(feature_acts, decoded, (W_dec, self.b_dec), where=where)
         sae_out = self.hook_sae_recons(decoded)
@@ -316,6 +317,11 @@ class VariantModule:
     def checks_decoded_output(self) -> bool:
         """Whether decode refuses a non-finite output (always, for an inference SAE)."""
         return True
+
+    def sparse_decode_density(self) -> float:
+        """The code density at or below which decode runs over the active codes only
+        (``sae_variants.sparse_decode``); 0: always dense (an inference SAE)."""
+        return 0.0
 
 
 class VariantSAE(VariantModule, SAE[C]):
@@ -348,11 +354,20 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
     _optimizer_hooks: tuple[RemovableHandle, ...] = ()
     _tangent_hooked: Callable[[], Tensor | None] = staticmethod(lambda: None)
 
+    sparse_decode_max_density: float = SPARSE_DECODE_CROSSOVER
+    """In training mode, decode over the active codes only while at most this fraction of them
+    is non-zero (0 turns it off); the default is the crossover measured by
+    ``sae-variants benchmark --sparse-decode``."""
+
     @override
     def checks_decoded_output(self) -> bool:
         """Outside training mode only: a training step's non-finite output is the trainer's to
         report (with the step and the loss terms), not decode's."""
         return not self.training
+
+    @override
+    def sparse_decode_density(self) -> float:
+        return self.sparse_decode_max_density if self.training else 0.0
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:

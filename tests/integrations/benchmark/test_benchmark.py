@@ -13,6 +13,12 @@ from sae_variants.integrations.benchmark.cache_throughput import (
     format_cache_throughput,
     time_cache_against_live,
 )
+from sae_variants.integrations.benchmark.sparse_decode import (
+    DecodeTiming,
+    crossover,
+    format_decode_timings,
+    time_decode,
+)
 from sae_variants.integrations.benchmark.step_time import (
     synthetic_token_context,
     time_training_step,
@@ -93,3 +99,15 @@ def test_validation_cost_refuses_an_architecture_it_does_not_check(
     argv = ["benchmark", "--architecture", "standard", "--validation-cost"]
     assert main(argv) == 2
     assert "--validation-cost measures this package's variants" in capsys.readouterr().err
+
+
+def test_the_sparse_decode_sweep_measures_the_densities_it_reports() -> None:
+    timing = time_decode(d_in=8, d_sae=400, batch_size=64, density=0.05, repeats=2)
+    assert 0.03 < timing.density < 0.08  # the codes really were about 5% active
+    assert timing.seconds_dense > 0
+    assert timing.seconds_sparse > 0
+    fast = DecodeTiming(8, 400, 64, 0.02, 1.0, 0.5, 0.5)
+    slow = DecodeTiming(8, 400, 64, 0.10, 1.0, 2.0, 2.0)
+    assert crossover([fast, slow]) == 0.02
+    assert crossover([slow]) == 0.0
+    assert "sparse is faster up to density 0.020" in format_decode_timings([fast, slow])
