@@ -2,9 +2,9 @@
 
 At the L0 of a trained SAE (tens of d_sae's thousands) almost every code is zero, yet the dense
 product and its two gradients (``grad W_dec = f^T g``, ``grad f = g W_dec^T``) each cost
-``2 B d_sae d_in`` FLOPs. Over the active entries only, as one ``embedding_bag`` (a gather of the
-active decoder rows weighted by their codes, summed per row), the forward and both gradients
-cost ``2 nnz d_in``: the gradient reaches only the active entries of ``f`` and the decoder rows
+``2 B d_sae d_in`` FLOPs. Over the active entries only (``f`` as a CSR matrix: the forward and
+``grad W_dec`` as sparse-dense products, ``grad f`` sampled at the active entries), each costs
+``2 nnz d_in``: the gradient reaches only the active entries of ``f`` and the decoder rows
 that fired. That is the exact gradient of every variant's loss wherever the codes come from an
 activation whose derivative is zero where its output is zero (ReLU, JumpReLU-style gates, the
 variants here), since autograd would multiply the dense ``grad f`` there by zero anyway.
@@ -12,25 +12,64 @@ variants here), since autograd would multiply the dense ``grad f`` there by zero
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
-SPARSE_DECODE_CROSSOVER = 0.0
+SPARSE_DECODE_CROSSOVER = 0.02
 """The code density below which :func:`sparse_decode` beats the dense product, measured on this
 project's CI machine (2 CPU cores) by ``sae-variants benchmark --sparse-decode``."""
+
+
+def _csr(
+    rows: Int[Tensor, " nnz"], cols: Int[Tensor, " nnz"], values: Tensor, shape: tuple[int, int]
+) -> Tensor:
+    """The CSR matrix of ``shape`` holding ``values`` at (``rows``, ``cols``), rows sorted."""
+    counts = torch.bincount(rows, minlength=shape[0])
+    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
+    with warnings.catch_warnings():  # "CSR support is in beta": the products used here are not
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``f @ W`` over the non-zero entries of ``f``: forward and ``grad W = f^T g`` as CSR
+    products, ``grad f = (g W^T)`` sampled at the non-zero entries only."""
+
+    @staticmethod
+    def forward(ctx: Any, codes: Tensor, W_dec: Tensor) -> Tensor:
+        rows, cols = codes.nonzero(as_tuple=True)  # row-major order
+        values = codes[rows, cols]
+        ctx.save_for_backward(rows, cols, values, W_dec)
+        ctx.shape = codes.shape
+        return _csr(rows, cols, values, codes.shape) @ W_dec
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        rows, cols, values, W_dec = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_codes = grad_W = None
+        if ctx.needs_input_grad[0]:
+            pattern = _csr(rows, cols, torch.zeros_like(values), ctx.shape)
+            sampled = torch.sparse.sampled_addmm(pattern, grad, W_dec.t(), beta=0.0)
+            grad_codes = grad.new_zeros(ctx.shape)
+            grad_codes[rows, cols] = sampled.values()
+        if ctx.needs_input_grad[1]:
+            order = torch.argsort(cols, stable=True)  # the transpose, rows sorted
+            transposed = _csr(cols[order], rows[order], values[order], ctx.shape[::-1])
+            grad_W = transposed @ grad
+        return grad_codes, grad_W
 
 
 def sparse_decode(
     codes: Float[Tensor, "rows d_sae"], W_dec: Float[Tensor, "d_sae d_in"]
 ) -> Float[Tensor, "rows d_in"]:
-    """``codes @ W_dec`` over the non-zero codes only (gradients flow to those codes and to the
-    decoder rows that fired). Costs one pass over ``codes`` to find them, and a host sync."""
-    rows, cols = codes.nonzero(as_tuple=True)  # row-major: each row's entries are contiguous
-    counts = torch.bincount(rows, minlength=codes.shape[0])
-    offsets = torch.cumsum(counts, dim=0) - counts
-    return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=codes[rows, cols])
+    """``codes @ W_dec`` over the non-zero codes only: the gradient reaches those codes and the
+    decoder rows that fired. Costs one pass over ``codes`` to find them, and a host sync."""
+    return _SparseDecode.apply(codes, W_dec)
 
 
 def decode_product(
@@ -39,7 +78,13 @@ def decode_product(
     """``codes @ W_dec``: by :func:`sparse_decode` when at most ``max_density`` of the codes are
     non-zero (the measured crossover below which it is faster), densely otherwise (early in
     training, codes are dense)."""
-    if max_density <= 0 or codes.numel() == 0:
+    dense = (
+        max_density <= 0
+        or codes.numel() == 0
+        or codes.dtype not in (torch.float32, torch.float64)
+        or torch.is_autocast_enabled(codes.device.type)
+    )
+    if dense:  # (CSR products are not available in reduced precision everywhere)
         return codes @ W_dec
     flat = codes.reshape(-1, codes.shape[-1])
     density = float(torch.count_nonzero(flat)) / flat.numel()
