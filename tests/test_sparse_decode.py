@@ -87,3 +87,33 @@ def test_every_variant_trains_with_the_dense_gradients(name: str) -> None:
     assert grads[0].keys() == grads[1].keys()
     for parameter, dense in grads[0].items():
         torch.testing.assert_close(grads[1][parameter], dense, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_a_short_run_ends_where_the_dense_run_ends(name: str) -> None:
+    """Twenty Adam steps with the sparse decode forced on give the dense run's weights (the
+    products sum in another order, so float rounding differs; nothing else does)."""
+    variant = VARIANTS[name]
+    run = RunInfo(total_steps=100, lr_warm_up_steps=0, context_size=CONTEXT)
+    cfg = variant.training_cfg(d_in=D_IN, d_sae=D_SAE).bind_run(run)
+    batches = torch.randn(20, ROWS, D_IN, generator=torch.Generator().manual_seed(2))
+    finals = []
+    for density in (0.0, 1.0):
+        torch.manual_seed(0)
+        sae = variant.training_sae(cfg)
+        optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+        if sae.cfg.needs_optimizer():
+            sae.bind_optimizer(optimizer)
+        with torch.no_grad():
+            sae.b_enc.sub_(1.0)
+        sae.sparse_decode_max_density = density
+        torch.manual_seed(1)
+        for x in batches:
+            output = sae.training_forward_pass(_step_input(sae, x))
+            output.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        finals.append({n: p.detach().clone() for n, p in sae.named_parameters()})
+    for parameter, dense in finals[0].items():
+        difference = (finals[1][parameter] - dense).norm() / dense.norm().clamp_min(1e-12)
+        assert difference < 1e-4, f"{parameter}: relative difference {difference:.2e}"
