@@ -47,6 +47,14 @@ def test_step_timing_runs_a_sequence_aware_variant() -> None:
     assert timing.ratio > 0
     assert 0 < timing.variant_l0 <= 64
     assert torch.isfinite(torch.tensor(timing.variant_seconds))
+    # The same variant with its sparse-aware decode off, timed in the same repeats.
+    assert timing.dense_decode_ratio is not None
+    assert timing.dense_decode_ratio > 0
+    assert timing.dense_flop_fraction == pytest.approx(0.4 + 0.6 * timing.variant_l0 / 64)
+    builtin = time_training_step(
+        "standard", d_in=16, d_sae=64, batch_size=256, target_l0=8, steps=1, repeats=1
+    )
+    assert builtin.dense_decode_ratio is None
 
 
 def test_cache_against_live_trains_both_ways_on_one_pass_of_a_cache(tmp_path: Path) -> None:
