@@ -16,16 +16,24 @@ def unit_norm_rows(
     return weight / weight.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def normalize_rows_(weight: Float[Tensor, "rows cols"], eps: float = 1e-8) -> Tensor:
+    """:func:`unit_norm_rows` in place (the same numbers, no ``[rows, cols]`` temporary)."""
+    return weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(eps))
+
+
 def remove_parallel_component(
     grad: Float[Tensor, "rows cols"], weight: Float[Tensor, "rows cols"]
 ) -> Float[Tensor, "rows cols"]:
     """``grad`` minus its component along each (unit-normalized) row of ``weight``.
 
     Projecting decoder gradients onto the tangent space of the unit sphere keeps a step from
-    fighting the renormalization that follows it.
+    fighting the renormalization that follows it. Three passes over ``[rows, cols]`` (two row
+    dot products, one fused multiply-subtract) and one new tensor: at d_sae x d_in this runs
+    every step, and each extra temporary of that size costs as much as the arithmetic.
     """
-    direction = unit_norm_rows(weight)
-    return grad - (grad * direction).sum(dim=-1, keepdim=True) * direction
+    squared_norms = torch.einsum("ij,ij->i", weight, weight).clamp_min(1e-16)
+    along = torch.einsum("ij,ij->i", grad, weight) / squared_norms
+    return torch.addcmul(grad, weight, along.unsqueeze(-1), value=-1.0)
 
 
 class TokenMoments(NamedTuple):

@@ -28,10 +28,10 @@ from sae_lens import (
     LoggingConfig,
 )
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-from sae_lens.saes.sae import TrainingSAE, TrainStepInput
+from sae_lens.saes.sae import TrainingSAE
+from training_steps import step_input
 
 import sae_variants
-from sae_variants import NeedsTokenContext, TokenContext
 from sae_variants.integrations.training.runner import VariantTrainingRunner
 
 HOOK = "blocks.1.hook_resid_post"
@@ -40,25 +40,6 @@ D_SAE = 256
 CONTEXT = 32
 
 CONTRACT_ARCHITECTURES = ["standard", *(v.name for v in sae_variants.registered_variants())]
-
-
-def _step_input(sae: TrainingSAE[Any], x: torch.Tensor) -> TrainStepInput:
-    if isinstance(sae, NeedsTokenContext):
-        # The probe is 8 whole contexts, row-major, so these are its rows' true provenance.
-        rows = torch.arange(x.shape[0])
-        sae.attach_token_context(
-            TokenContext(rows % CONTEXT, rows // CONTEXT, torch.zeros_like(rows))
-        )
-    coefficients = {
-        name: (c if isinstance(c, float) else c.value) for name, c in sae.get_coefficients().items()
-    }
-    return TrainStepInput(
-        sae_in=x,
-        coefficients=coefficients,
-        dead_neuron_mask=None,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
 
 
 PROBE_POSITIONS = torch.arange(8 * CONTEXT) % CONTEXT
@@ -80,7 +61,7 @@ def _encode(sae: Any, x: torch.Tensor, rows: Any = slice(None)) -> torch.Tensor:
 def _loss(sae: TrainingSAE[Any], x: torch.Tensor) -> float:
     sae.eval()
     with torch.no_grad():
-        return sae.training_forward_pass(_step_input(sae, x)).loss.item()
+        return sae.training_forward_pass(step_input(sae, x, CONTEXT)).loss.item()
 
 
 @pytest.fixture(scope="module", params=CONTRACT_ARCHITECTURES)
@@ -173,7 +154,7 @@ def test_decode_of_encode_is_the_full_reconstruction(trained: dict[str, Any]) ->
     contexts = probe.reshape(8, CONTEXT, D_IN)  # what splicing passes
     sae.eval()
     with torch.no_grad():
-        out = sae.training_forward_pass(_step_input(sae, probe))
+        out = sae.training_forward_pass(step_input(sae, probe, CONTEXT))
         torch.testing.assert_close(out.sae_out, sae.decode(_encode(sae, probe)))
         torch.testing.assert_close(sae(contexts), sae.decode(sae.encode(contexts)))
         torch.testing.assert_close(sae(contexts).reshape(-1, D_IN), out.sae_out)

@@ -4,14 +4,11 @@ included), compared against the same step taken densely."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from sae_lens.saes.sae import TrainStepInput
+from training_steps import step_input
 
 import sae_variants
-from sae_variants import NeedsTokenContext, TokenContext
 from sae_variants.architectures.base import RunInfo
 from sae_variants.sparse_decode import decode_product, sparse_decode
 
@@ -44,25 +41,6 @@ def test_rows_without_active_codes_decode_to_zero_and_leading_shapes_are_kept() 
     assert decode_product(torch.zeros(0, 10), W, max_density=1.0).shape == (0, 5)
 
 
-def _step_input(sae: Any, x: torch.Tensor) -> TrainStepInput:
-    if isinstance(sae, NeedsTokenContext):
-        rows = torch.arange(x.shape[0])
-        sae.expect_token_contexts()
-        sae.attach_token_context(
-            TokenContext(rows % CONTEXT, rows // CONTEXT, torch.zeros_like(rows))
-        )
-    coefficients = {
-        name: (c if isinstance(c, float) else c.value) for name, c in sae.get_coefficients().items()
-    }
-    return TrainStepInput(
-        sae_in=x,
-        coefficients=coefficients,
-        dead_neuron_mask=None,
-        n_training_steps=5,
-        is_logging_step=False,
-    )
-
-
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_variant_trains_with_the_dense_gradients(name: str) -> None:
     variant = VARIANTS[name]
@@ -79,7 +57,7 @@ def test_every_variant_trains_with_the_dense_gradients(name: str) -> None:
             sae.b_enc.sub_(1.0)
         sae.sparse_decode_max_density = density
         torch.manual_seed(1)
-        output = sae.training_forward_pass(_step_input(sae, x))
+        output = sae.training_forward_pass(step_input(sae, x, CONTEXT, n_training_steps=5))
         output.loss.backward()
         losses.append(output.loss.detach())
         grads.append({n: p.grad for n, p in sae.named_parameters() if p.grad is not None})
@@ -109,7 +87,7 @@ def test_a_short_run_ends_where_the_dense_run_ends(name: str) -> None:
         sae.sparse_decode_max_density = density
         torch.manual_seed(1)
         for x in batches:
-            output = sae.training_forward_pass(_step_input(sae, x))
+            output = sae.training_forward_pass(step_input(sae, x, CONTEXT, n_training_steps=5))
             output.loss.backward()
             optimizer.step()
             optimizer.zero_grad()

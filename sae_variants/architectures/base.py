@@ -46,10 +46,11 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from sae_variants.encoder_gradient import CentredInput, split_centred_input
 from sae_variants.functional import (
     fraction_of_variance_unexplained,
+    normalize_rows_,
     remove_parallel_component,
-    unit_norm_rows,
 )
 from sae_variants.sparse_decode import SPARSE_DECODE_CROSSOVER, decode_product
 from sae_variants.validation import (
@@ -277,6 +278,11 @@ class VariantModule:
         pre, scale = self.preactivation(self.process_sae_in(self.checked_input(x)))
         return pre if scale is None else pre * scale
 
+    def centred_input(self, sae_in: Float[Tensor, "*batch d_in"]) -> CentredInput | None:
+        """``process_sae_in``'s output split for the encoder forms whose backward skips the
+        input-side product (``sae_variants.encoder_gradient``); ``None``: use the plain form."""
+        return split_centred_input(sae_in, self.b_dec, bool(self.cfg.apply_b_dec_to_input))
+
     def checked_input(self, x: Tensor) -> Float[Tensor, "*batch d_in"]:
         """``x`` once it is known to be finite floating ``[..., d_in]`` activations (the error
         names what arrived). One pass over ``[..., d_in]``: under 1% of an encode."""
@@ -404,7 +410,7 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
                 "sae.bind_optimizer(optimizer) in your own loop."
             )
         with torch.no_grad():
-            self.W_dec.copy_(unit_norm_rows(self.W_dec))
+            normalize_rows_(self.W_dec)
         if self.tangent_decoder_gradient:
             self._project_decoder_gradients()
         return step_input

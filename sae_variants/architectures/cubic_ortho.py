@@ -49,6 +49,7 @@ from sae_variants.architectures.cubic_ortho_penalty import (
     cubic_ortho_penalty_blocks,
     cubic_ortho_penalty_dense,
 )
+from sae_variants.encoder_gradient import affine_preactivation
 from sae_variants.functional import unit_norm_rows
 from sae_variants.validation import require_fields
 
@@ -247,6 +248,9 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
     def preactivation(
         self, sae_in: Float[Tensor, "*batch d_in"]
     ) -> tuple[Float[Tensor, "*batch d_sae"], None]:
+        centred = self.centred_input(sae_in)
+        if centred is not None:  # a training step: b_dec's gradient without the input product
+            return affine_preactivation(centred, self.W_enc, self.b_enc), None
         return sae_in @ self.W_enc + self.b_enc, None
 
     @override
@@ -272,7 +276,11 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
     def calculate_aux_loss(
         self, step_input: TrainStepInput, feature_acts: Tensor, hidden_pre: Tensor, sae_out: Tensor
     ) -> dict[str, Tensor]:
-        l1 = (feature_acts * self.W_dec.norm(dim=1)).sum(dim=-1).mean()
+        # SAELens's standard L1 weights each code by its decoder row's norm; here every row has
+        # unit norm in a step (prepare_step) and that factor's gradient is radial, which the
+        # tangent projection removes, so the plain sum is the same term without a d_sae x d_in
+        # backward pass.
+        l1 = feature_acts.sum(dim=-1).mean()
         omega = cubic_ortho_penalty(
             feature_acts.reshape(-1, self.cfg.d_sae),
             self.W_dec,

@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sae_variants.functional import unit_norm_rows
+from sae_variants.sparse_decode import sampled_gram
 
 PairTerms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """``(i, j) -> (w_ij, eps_ij)`` for index tensors of pairs; constants (no gradient)."""
@@ -118,7 +119,7 @@ def cubic_ortho_penalty_blocks(
     """
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
-    d_sae, d_in = W_dec.shape
+    d_sae = W_dec.shape[0]
     rows, feats = acts.detach().nonzero(as_tuple=True)
     active = torch.unique(feats)
     n_active = active.shape[0]
@@ -142,14 +143,80 @@ def cubic_ortho_penalty_blocks(
         coactivation = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks, size)
     else:
         coactivation = _block_coactivation_dense(acts, blocks)
+    cells = coactivation.detach() != 0
+    cells.diagonal(dim1=1, dim2=2).fill_(False)
+    n_cells = int(cells.sum())
+    if n_cells <= cells.numel() // COACTIVE_CELL_SHARE:
+        within = _coactive_cell_terms(coactivation, cells, blocks, W_dec, exponent, pair_terms)
+    else:
+        within = _block_terms(coactivation, blocks, W_dec, exponent, pair_terms)
+    # A given pair lands in the same block with probability (size - 1) / (n_slots - 1).
+    return within * ((n_slots - 1) / (size - 1))
+
+
+COACTIVE_CELL_SHARE = 4
+"""Past this fraction (1/4) of a block's pairs co-firing, the overlaps of whole blocks (batched
+products) are cheaper than sampling the co-firing pairs' (measured at d_in 2304, block 128)."""
+
+
+def _pair_term(
+    coactivation: Tensor,
+    overlap: Tensor,
+    exponent: float,
+    weight: Tensor | None,
+    margin: Tensor | None,
+) -> Tensor:
+    if margin is not None:
+        overlap = torch.relu(overlap - margin)
+    terms = coactivation.abs().pow(exponent) * overlap
+    return terms if weight is None else terms * weight
+
+
+def _block_terms(
+    coactivation: Float[Tensor, "blocks size size"],
+    blocks: Int[Tensor, "blocks size"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    exponent: float,
+    pair_terms: PairTerms | None,
+) -> Float[Tensor, ""]:
+    """The sum of every within-block pair's term, overlaps from whole-block batched products."""
+    d_sae, d_in = W_dec.shape
+    size = blocks.shape[1]
     unit = torch.cat([unit_norm_rows(W_dec), W_dec.new_zeros(1, d_in)], dim=0)[blocks]
     overlap = torch.bmm(unit, unit.transpose(1, 2)).abs()
+    weight = margin = None
     if pair_terms is not None:
         i = blocks[:, :, None].expand(-1, -1, size).clamp_max(d_sae - 1)
         j = blocks[:, None, :].expand(-1, size, -1).clamp_max(d_sae - 1)
         weight, margin = pair_terms(i, j)
-        overlap = torch.relu(overlap - margin) * weight
-    terms = coactivation.abs().pow(exponent) * overlap
-    within = terms.sum() - terms.diagonal(dim1=1, dim2=2).sum()
-    # A given pair lands in the same block with probability (size - 1) / (n_slots - 1).
-    return within * ((n_slots - 1) / (size - 1))
+    terms = _pair_term(coactivation, overlap, exponent, weight, margin)
+    return terms.sum() - terms.diagonal(dim1=1, dim2=2).sum()
+
+
+def _coactive_cell_terms(
+    coactivation: Float[Tensor, "blocks size size"],
+    cells: Bool[Tensor, "blocks size size"],
+    blocks: Int[Tensor, "blocks size"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    exponent: float,
+    pair_terms: PairTerms | None,
+) -> Float[Tensor, ""]:
+    """The same sum over the within-block pairs that co-fire (``cells``, diagonal excluded): the
+    others' terms are zero, with zero gradient. Each overlap ``|w_i . w_j| / (|w_i| |w_j|)`` comes
+    from the Gram matrix sampled at the pair and at both diagonals, so no ``d_sae x d_in``
+    temporary is formed and the cost is ``~6 n_cells d_in`` FLOPs, not the blocks' products."""
+    d_sae = W_dec.shape[0]
+    block, a, b = cells.nonzero(as_tuple=True)
+    i, j = blocks[block, a], blocks[block, b]  # co-firing slots never hold the padding feature
+    features = torch.unique(torch.cat([i, j]))
+    rows = torch.cat([i, features])
+    cols = torch.cat([j, features])
+    key = rows * d_sae + cols  # distinct: each pair shares one block, the diagonals are apart
+    order = torch.argsort(key)
+    products = sampled_gram(W_dec, rows[order], cols[order])[torch.argsort(order)]
+    dots, squared_norms = products[: i.shape[0]], products[i.shape[0] :].clamp_min(1e-16)
+    norm_i = squared_norms[torch.searchsorted(features, i)]
+    norm_j = squared_norms[torch.searchsorted(features, j)]
+    overlap = dots.abs() / torch.sqrt(norm_i * norm_j)
+    weight, margin = pair_terms(i, j) if pair_terms is not None else (None, None)
+    return _pair_term(coactivation[block, a, b], overlap, exponent, weight, margin).sum()

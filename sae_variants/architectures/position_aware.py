@@ -66,6 +66,10 @@ from sae_variants.architectures.position_aware_functional import (
     preact_ln_codes_preactivation,
     range_adapter_shift,
 )
+from sae_variants.encoder_gradient import (
+    affine_preactivation,
+    layer_normalized_scaled_preactivation,
+)
 from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout, SequenceStepInput
 from sae_variants.validation import check_positions, require_fields
@@ -319,6 +323,14 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
                 cfg.ln_eps,
                 cfg.restore_scale,
             )
+        # In a training step b_dec's gradient skips the input-side product (encoder_gradient).
+        centred = self.centred_input(sae_in)
+        if cfg.base_norm == "input_ln" and cfg.restore_scale and centred is not None:
+            return layer_normalized_scaled_preactivation(
+                centred, self.W_enc, self.b_enc, self.input_ln_gain, self.input_ln_bias, cfg.ln_eps
+            )
+        if cfg.base_norm != "input_ln" and centred is not None:
+            return affine_preactivation(centred, self.W_enc, self.b_enc), None
         if cfg.base_norm == "input_ln":
             return layer_normalized_preactivation(
                 sae_in,

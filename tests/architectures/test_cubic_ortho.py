@@ -287,3 +287,34 @@ def test_an_unbound_warm_up_follows_the_paper_and_says_so_while_a_bound_one_is_s
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert bound.ortho_warm_up() == 5
+
+
+@pytest.mark.parametrize("act_mode", ["none", "eps_hinge", "sigmoid"])
+def test_both_overlap_routes_give_the_same_penalty_and_gradients(act_mode: str) -> None:
+    """Overlaps sampled at the co-firing pairs (sparse codes) against whole-block products."""
+    from sae_variants.architectures.cubic_ortho_penalty import (
+        _block_coactivation_dense,
+        _block_terms,
+        _coactive_cell_terms,
+    )
+
+    acts = _sparse_acts(16, 24, 0.15)
+    blocks = torch.randperm(24, generator=torch.Generator().manual_seed(3)).view(3, 8)
+    coactivation = _block_coactivation_dense(acts, blocks)
+    cells = coactivation != 0
+    cells.diagonal(dim1=1, dim2=2).fill_(False)
+    assert 0 < int(cells.sum()) < cells.numel() - 24  # some pairs co-fire, not all
+    W_base = torch.randn(24, 6, generator=torch.Generator().manual_seed(4))
+    mean_acts = acts.mean(0)
+    results = []
+    for route in (_block_terms, _coactive_cell_terms):
+        W_dec = W_base.clone().requires_grad_()
+        terms = pair_terms(mean_acts, acts, act_mode, eps0=0.1, beta=1.0)
+        if route is _block_terms:
+            value = route(coactivation, blocks, W_dec, 3.0, terms)
+        else:
+            value = route(coactivation, cells, blocks, W_dec, 3.0, terms)
+        value.backward()
+        results.append((value.detach(), W_dec.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-5)

@@ -270,7 +270,9 @@ def test_decoder_rows_stay_unit_through_tangent_gradients_and_renormalization() 
     out = _step(sae, x, context)
     out.loss.backward()
     radial = (sae.W_dec.grad * sae.W_dec).sum(dim=-1)
-    assert radial.abs().max() < 1e-5, "the decoder gradient has a component along its rows"
+    size = sae.W_dec.grad.norm(dim=-1) * sae.W_dec.norm(dim=-1)
+    # float32 rounding of the projection leaves ~1e-7 of a gradient along its row, not more
+    assert (radial.abs() / size).max() < 1e-5, "the decoder gradient has a radial component"
     with torch.no_grad():
         sae.W_dec.mul_(1.3)
     _step(sae, x, context)
