@@ -8,6 +8,9 @@ product and its two gradients (``grad W_dec = f^T g``, ``grad f = g W_dec^T``) e
 that fired. That is the exact gradient of every variant's loss wherever the codes come from an
 activation whose derivative is zero where its output is zero (ReLU, JumpReLU-style gates, the
 variants here), since autograd would multiply the dense ``grad f`` there by zero anyway.
+
+:func:`sampled_gram` is the same idea for a Gram matrix ``W W^T`` read at a few pairs only (the
+cubic orthogonality penalty's co-firing features).
 """
 
 from __future__ import annotations

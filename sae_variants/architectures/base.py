@@ -46,7 +46,11 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from sae_variants.encoder_gradient import CentredInput, split_centred_input
+from sae_variants.encoder_gradient import (
+    CentredInput,
+    affine_preactivation,
+    split_centred_input,
+)
 from sae_variants.functional import (
     fraction_of_variance_unexplained,
     normalize_rows_,
@@ -282,6 +286,16 @@ class VariantModule:
         """``process_sae_in``'s output split for the encoder forms whose backward skips the
         input-side product (``sae_variants.encoder_gradient``); ``None``: use the plain form."""
         return split_centred_input(sae_in, self.b_dec, bool(self.cfg.apply_b_dec_to_input))
+
+    def affine_preactivation(
+        self, sae_in: Float[Tensor, "*batch d_in"]
+    ) -> Float[Tensor, "*batch d_sae"]:
+        """``sae_in W_enc + b_enc``; in a training step by the split form, whose backward skips
+        the input-side product."""
+        centred = self.centred_input(sae_in)
+        if centred is not None:
+            return affine_preactivation(centred, self.W_enc, self.b_enc)
+        return sae_in @ self.W_enc + self.b_enc
 
     def checked_input(self, x: Tensor) -> Float[Tensor, "*batch d_in"]:
         """``x`` once it is known to be finite floating ``[..., d_in]`` activations (the error

@@ -49,7 +49,6 @@ from sae_variants.architectures.cubic_ortho_penalty import (
     cubic_ortho_penalty_blocks,
     cubic_ortho_penalty_dense,
 )
-from sae_variants.encoder_gradient import affine_preactivation
 from sae_variants.functional import unit_norm_rows
 from sae_variants.validation import require_fields
 
@@ -248,10 +247,7 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
     def preactivation(
         self, sae_in: Float[Tensor, "*batch d_in"]
     ) -> tuple[Float[Tensor, "*batch d_sae"], None]:
-        centred = self.centred_input(sae_in)
-        if centred is not None:  # a training step: b_dec's gradient without the input product
-            return affine_preactivation(centred, self.W_enc, self.b_enc), None
-        return sae_in @ self.W_enc + self.b_enc, None
+        return self.affine_preactivation(sae_in), None
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:

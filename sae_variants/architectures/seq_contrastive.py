@@ -59,10 +59,7 @@ from sae_variants.architectures.seq_contrastive_functional import (
     soft_support,
     window_partners,
 )
-from sae_variants.encoder_gradient import (
-    affine_preactivation,
-    layer_normalized_scaled_preactivation,
-)
+from sae_variants.encoder_gradient import layer_normalized_scaled_preactivation
 from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
 from sae_variants.token_context import (
     NeedsTokenContext,
@@ -209,12 +206,10 @@ class SeqContrastiveEncoder(TokenNormalizingEncoder):
     ) -> tuple[Float[Tensor, "*batch d_sae"], None]:
         """The pre-activation of ``x' = x - b_dec`` (subtracted by ``process_sae_in``) whose ReLU
         are the codes (S1, with the token scale restored when ``restore_scale``)."""
+        if not self.cfg.layer_norm:
+            return self.affine_preactivation(sae_in), None
         # In a training step b_dec's gradient skips the input-side product (encoder_gradient).
         centred = self.centred_input(sae_in)
-        if not self.cfg.layer_norm:
-            if centred is not None:
-                return affine_preactivation(centred, self.W_enc, self.b_enc), None
-            return sae_in @ self.W_enc + self.b_enc, None
         if centred is not None and self.cfg.restore_scale:
             pre, _ = layer_normalized_scaled_preactivation(
                 centred, self.W_enc, self.b_enc, self.ln_gain, self.ln_bias, self.cfg.ln_eps
