@@ -30,6 +30,11 @@ from sae_variants.integrations.benchmark.cache_throughput import (
     format_cache_throughput,
     time_cache_against_live,
 )
+from sae_variants.integrations.benchmark.data_parallel import (
+    format_data_parallel,
+    measure_communication_share,
+    measure_throughput,
+)
 from sae_variants.integrations.benchmark.pipeline import (
     format_throughput,
     time_activation_pipelines,
@@ -69,6 +74,7 @@ from sae_variants.integrations.training.config_arguments import (
     add_run_config_flags,
 )
 from sae_variants.integrations.training.devices import AUTO
+from sae_variants.integrations.training.distributed import is_main_process, leave_process_group
 from sae_variants.integrations.training.finite_guard import NonFiniteTrainingError
 from sae_variants.integrations.training.pipeline import (
     TrainResult,
@@ -314,7 +320,7 @@ def _print_plan(request: TrainRequest) -> None:
 
 
 def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> None:
-    if not as_json:
+    if not as_json and is_main_process():
         _print_plan(request)
     _time_and_report(lambda: train_sae(request), request.model_path, evaluate, as_json)
 
@@ -322,10 +328,13 @@ def _train_and_report(request: TrainRequest, evaluate: bool, as_json: bool) -> N
 def _time_and_report(
     train: Callable[[], TrainResult], model_path: str | None, evaluate: bool, as_json: bool
 ) -> None:
-    """Run ``train``, say where the SAE went, and evaluate it if asked."""
+    """Run ``train``, say where the SAE went, and evaluate it if asked (under torchrun: rank 0
+    alone reports and evaluates)."""
     start = time.monotonic()
     result = train()
     seconds = time.monotonic() - start
+    if not is_main_process():
+        return
     if not as_json:
         print(f"trained in {seconds:.0f} s; SAE saved to {result.output_path.resolve()}")
     if not evaluate:
@@ -547,7 +556,26 @@ def _cmd_benchmark_validation(args: argparse.Namespace) -> None:
     print(format_validation_costs(costs))
 
 
+def _cmd_benchmark_data_parallel(args: argparse.Namespace) -> None:
+    if args.architecture == "all":
+        raise ValueError("--data-parallel measures one architecture; name it with --architecture")
+    repeats = args.repeats or 2
+    throughput = measure_throughput(
+        args.architecture,
+        args.training_tokens,
+        args.batch_size,
+        repeats,
+        model=args.model,
+        model_path=args.model_path,
+    )
+    communication = measure_communication_share(args.d_in, args.d_sae[0], args.batch_size, repeats)
+    print(format_data_parallel(throughput, communication))
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> None:
+    if args.data_parallel:
+        _cmd_benchmark_data_parallel(args)
+        return
     if args.cache_vs_live:
         _cmd_benchmark_cache(args)
         return
@@ -835,6 +863,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="instead: what encode's input checks cost, per variant, at --d-in, the first "
         "--d-sae and --batch-size (integrations/benchmark/validation_cost.py)",
     )
+    bench.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="instead: training tokens/s in one process against two torchrun processes (the "
+        "architecture on --model, --tokens, global --batch-size), and the all-reduce's share "
+        "of a step at --d-in x the first --d-sae (integrations/benchmark/data_parallel.py)",
+    )
     bench.add_argument("--model", default=None, help="with --cache-vs-live: the model to train on")
     bench.add_argument("--model-path", default=None, help="with --cache-vs-live: its local folder")
     bench.add_argument("--layer", type=int, default=None, help="with --cache-vs-live: block index")
@@ -929,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.run(args)
+        leave_process_group()
     except USER_ERRORS as err:
         if args.debug:
             raise

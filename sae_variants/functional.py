@@ -136,6 +136,26 @@ def fraction_of_variance_unexplained(
     return residual / total
 
 
+def variance_sums(
+    x: Float[Tensor, "batch d_in"], x_hat: Float[Tensor, "batch d_in"]
+) -> Float[Tensor, " d_in_plus_3"]:
+    """The sums :func:`fraction_of_variance_unexplained` is made of, in float64, as one vector
+    ``[sum ||x - x_hat||^2, sum ||x||^2, rows, sum_b x_b (d_in)]``: summed over several batches
+    (e.g. data-parallel replicas'), :func:`fvu_from_sums` gives the FVU of their union."""
+    x, x_hat = x.double(), x_hat.double()
+    scalars = torch.stack(
+        [(x - x_hat).pow(2).sum(), x.pow(2).sum(), x.new_tensor(float(x.shape[0]))]
+    )
+    return torch.cat([scalars, x.sum(dim=0)])
+
+
+def fvu_from_sums(sums: Float[Tensor, " d_in_plus_3"]) -> Float[Tensor, ""]:
+    """The FVU of the rows :func:`variance_sums` summed (float32, like the direct form)."""
+    residual, squares, rows, column_sums = sums[0], sums[1], sums[2], sums[3:]
+    total = (squares - column_sums.pow(2).sum() / rows).clamp_min(torch.finfo(torch.float32).tiny)
+    return (residual / total).float()
+
+
 def mean_max_decoder_cosine(
     W_dec: Float[Tensor, "d_sae d_in"], chunk: int = 4096
 ) -> Float[Tensor, ""]:

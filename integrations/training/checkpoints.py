@@ -11,6 +11,9 @@ next batch (:class:`CheckpointSeam`), so no batch is half-used. It holds:
 - ``sae_variants_resume.pt``: every RNG state (torch's CPU and CUDA generators, Python's,
   NumPy's) and what a variant logs outside its buffers (e.g. QuCL's rank decisions).
 
+In data-parallel training (``distributed``) every rank writes into the same checkpoint: rank 0
+all of the above, each other rank its data provider's state and RNG states in ``rank-R/``.
+
 It is written under a temporary name and renamed when complete; only the newest complete
 checkpoint is kept. A checkpoint found by :func:`latest_complete_checkpoint` is always whole.
 """
@@ -26,9 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_variants.architectures.base import VariantTrainingSAE
+from sae_variants.integrations.training.distributed import DataParallel, check_replicas_agree
 
 RESUME_STATE_FILENAME = "sae_variants_resume.pt"
 STEP_PREFIX = "step-"
@@ -83,39 +88,91 @@ def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete, key=checkpoint_step, default=None)
 
 
-def write_checkpoint(trainer: SAETrainer[Any, Any]) -> Path:
+def write_checkpoint(
+    trainer: SAETrainer[Any, Any], provider: Any = None, layout: DataParallel | None = None
+) -> Path:
     """A complete checkpoint of the run before step ``trainer.n_training_steps``, under the
     trainer's checkpoint folder (written as ``.incomplete-step-N`` and renamed when whole); older
-    complete checkpoints are removed once it is in place."""
+    complete checkpoints are removed once it is in place.
+
+    In data-parallel training (``layout``) every rank calls this: rank 0 writes the SAE, the
+    trainer and its own data ``provider`` as above, each other rank its ``provider``'s state and
+    its RNG states into ``rank-R/`` inside the same folder, after the ranks' copies of the SAE are
+    checked to agree."""
     base = Path(trainer.cfg.checkpoint_path)
     step = trainer.n_training_steps
     final = base / f"{STEP_PREFIX}{step}"
     temporary = base / f".incomplete-{final.name}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    # SAELens's checkpoint: the SAE, trainer state, and (through the runner) the data provider.
-    trainer.save_checkpoint(checkpoint_name=temporary.name)
-    sae = trainer.sae
-    state = {
-        "step": step,
-        "rng": capture_rng_states(),
-        "variant": sae.resumable_state() if isinstance(sae, VariantTrainingSAE) else {},
-    }
-    torch.save(state, temporary / RESUME_STATE_FILENAME)
-    shutil.rmtree(final, ignore_errors=True)
-    temporary.rename(final)
-    for older in base.iterdir():
-        if older != final and older.name.startswith(STEP_PREFIX):
-            shutil.rmtree(older, ignore_errors=True)
+    if layout is not None:
+        check_replicas_agree(trainer.sae, f"the checkpoint before step {step}")
+    if layout is None or layout.is_main:
+        shutil.rmtree(temporary, ignore_errors=True)
+        # SAELens's checkpoint: the SAE, trainer state, and (through the runner) the data provider.
+        trainer.save_checkpoint(checkpoint_name=temporary.name)
+    if layout is not None:
+        dist.barrier()
+        if not layout.is_main:
+            own = temporary / rank_folder_name(layout.rank)
+            own.mkdir()
+            provider.save_to_checkpoint(own)
+            torch.save({"step": step, "rng": capture_rng_states()}, own / RESUME_STATE_FILENAME)
+        dist.barrier()
+    if layout is None or layout.is_main:
+        sae = trainer.sae
+        state = {
+            "step": step,
+            "world_size": 1 if layout is None else layout.world_size,
+            "rng": capture_rng_states(),
+            "variant": sae.resumable_state() if isinstance(sae, VariantTrainingSAE) else {},
+        }
+        torch.save(state, temporary / RESUME_STATE_FILENAME)
+        shutil.rmtree(final, ignore_errors=True)
+        temporary.rename(final)
+        for older in base.iterdir():
+            if older != final and older.name.startswith(STEP_PREFIX):
+                shutil.rmtree(older, ignore_errors=True)
+    if layout is not None:
+        dist.barrier()
     return final
 
 
-def load_checkpoint(trainer: SAETrainer[Any, Any], provider: Any, checkpoint: Path) -> None:
-    """Restore the run from ``checkpoint`` into a freshly built ``trainer`` and its data
-    ``provider``; the RNG states last, so nothing draws from them before the next step."""
+def checkpoint_world_size(checkpoint: Path) -> int:
+    """How many processes wrote ``checkpoint`` (1 for a single-process run)."""
     state = torch.load(checkpoint / RESUME_STATE_FILENAME, weights_only=True)
+    return int(state.get("world_size", 1))
+
+
+def rank_folder_name(rank: int) -> str:
+    """The folder inside a data-parallel checkpoint holding rank ``rank``'s own state."""
+    return f"rank-{rank}"
+
+
+def load_checkpoint(
+    trainer: SAETrainer[Any, Any],
+    provider: Any,
+    checkpoint: Path,
+    layout: DataParallel | None = None,
+) -> None:
+    """Restore the run from ``checkpoint`` into a freshly built ``trainer`` and its data
+    ``provider`` (in data-parallel training, this rank's, from its ``rank-R/`` folder); the RNG
+    states last, so nothing draws from them before the next step."""
+    state = torch.load(checkpoint / RESUME_STATE_FILENAME, weights_only=True)
+    written_by = int(state.get("world_size", 1))
+    world_size = 1 if layout is None else layout.world_size
+    if written_by != world_size:
+        raise ValueError(
+            f"{checkpoint} was written by a run of {written_by} process(es); resume it with "
+            f"{written_by} (torchrun --nproc-per-node), not {world_size}: each one's share of "
+            "the data is in it"
+        )
+    own = checkpoint
+    if layout is not None and not layout.is_main:
+        own = checkpoint / rank_folder_name(layout.rank)
+        if not (own / RESUME_STATE_FILENAME).is_file():
+            raise FileNotFoundError(f"{checkpoint} holds no state for rank {layout.rank} ({own})")
     trainer.load_trainer_state(checkpoint)
     trainer.sae.load_weights_from_checkpoint(checkpoint)
-    provider.load_from_checkpoint(checkpoint)
+    provider.load_from_checkpoint(own)
     if isinstance(trainer.sae, VariantTrainingSAE):
         trainer.sae.load_resumable_state(state["variant"])
     # SAELens's periodic checkpoints already passed must not be written again.
@@ -127,7 +184,10 @@ def load_checkpoint(trainer: SAETrainer[Any, Any], provider: Any, checkpoint: Pa
             f"{checkpoint}: the trainer state is at step {trainer.n_training_steps}, the resume "
             f"state at step {state['step']}; the checkpoint is damaged"
         )
-    restore_rng_states(state["rng"])
+    own_state = (
+        state if own == checkpoint else torch.load(own / RESUME_STATE_FILENAME, weights_only=True)
+    )
+    restore_rng_states(own_state["rng"])
 
 
 class CheckpointSeam:
@@ -148,6 +208,8 @@ class CheckpointSeam:
         self.trainer: SAETrainer[Any, Any] | None = None
         self.training_started = False
         self.signal_received: int | None = None
+        self.layout: DataParallel | None = None
+        """Set in data-parallel training: every rank checkpoints together."""
 
     def __getattr__(self, name: str) -> Any:
         if name == "_provider":
@@ -167,8 +229,10 @@ class CheckpointSeam:
         if trainer is not None and self.training_started:
             step = trainer.n_training_steps
             due = self.every is not None and step > 0 and step % self.every == 0
+            if self.layout is not None:
+                self._agree_on_signal(trainer.sae.W_dec.device)
             if self.signal_received is not None or due:
-                written = write_checkpoint(trainer)
+                written = write_checkpoint(trainer, self._provider, self.layout)
                 if self.signal_received is not None:
                     name = signal.Signals(self.signal_received).name
                     raise TrainingInterrupted(
@@ -177,3 +241,11 @@ class CheckpointSeam:
                         self.signal_received,
                     )
         return next(self._provider)
+
+    def _agree_on_signal(self, device: torch.device) -> None:
+        # A signal that reached one rank stops them all at the same step (one small all-reduce,
+        # on the SAE's device: NCCL reduces CUDA tensors only).
+        received = torch.tensor([self.signal_received or 0], dtype=torch.long, device=device)
+        dist.all_reduce(received, op=dist.ReduceOp.MAX)
+        if int(received) and self.signal_received is None:
+            self.signal_received = int(received)

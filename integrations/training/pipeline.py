@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from datasets import Dataset
 from sae_lens import HookedSAETransformer, LanguageModelSAERunnerConfig
 from sae_lens.saes.sae import TrainingSAE
@@ -32,19 +33,32 @@ from sae_variants.integrations.training.activation_cache import (
     cached_token_ids,
     open_cache,
 )
-from sae_variants.integrations.training.checkpoints import latest_complete_checkpoint
+from sae_variants.integrations.training.checkpoints import (
+    checkpoint_world_size,
+    latest_complete_checkpoint,
+)
 from sae_variants.integrations.training.datasets import (
     austen_contexts,
     is_local_dataset,
     local_dataset,
 )
 from sae_variants.integrations.training.devices import resolve_device
+from sae_variants.integrations.training.distributed import (
+    DataParallel,
+    check_same_config,
+    join_process_group,
+    launched_data_parallel,
+    on_main_first,
+    per_rank_config,
+    rank_device,
+    shard_dataset,
+)
 from sae_variants.integrations.training.request import (
     AUSTEN_RECORD,
     TrainRequest,
     build_runner_config,
 )
-from sae_variants.integrations.training.runner import VariantTrainingRunner
+from sae_variants.integrations.training.runner import VariantTrainingRunner, bind_run
 from sae_variants.validation import check_activations
 
 logger = logging.getLogger(__name__)
@@ -68,14 +82,23 @@ def sample_contexts(store: Any, n_contexts: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def initialize_b_dec_to_mean(
-    sae: TrainingSAE[Any], store: Any, normalize_activations: str, n_batches: int = 4
+    sae: TrainingSAE[Any],
+    store: Any,
+    normalize_activations: str,
+    n_batches: int = 4,
+    ranks: DataParallel | None = None,
 ) -> None:
     """Set ``b_dec`` to the mean of a few store batches, in the space the SAE trains in.
 
     With ``expected_average_only_in`` the trainer scales inputs by sqrt(d_in) / E||x||, so the
-    mean is scaled the same way. Special tokens are left out, as in training.
+    mean is scaled the same way. Special tokens are left out, as in training. In data-parallel
+    training (``ranks``) each rank reads its share of the contexts one process would, and the
+    ranks' means are averaged.
     """
-    tokens, acts = sample_contexts(store, n_batches * store.store_batch_size_prompts)
+    n_contexts = n_batches * store.store_batch_size_prompts
+    if ranks is not None:  # each rank reads its share of the same global contexts
+        n_contexts = max(1, n_contexts // ranks.world_size)
+    tokens, acts = sample_contexts(store, n_contexts)
     acts = acts.reshape(-1, sae.cfg.d_in)
     if store.exclude_special_tokens is not None:
         keep = ~torch.isin(tokens.reshape(-1), store.exclude_special_tokens.to(tokens.device))
@@ -85,6 +108,8 @@ def initialize_b_dec_to_mean(
     if normalize_activations == "expected_average_only_in":
         mean = mean * (sae.cfg.d_in**0.5 / acts.norm(dim=-1).mean())
     sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
+    if ranks is not None:  # equal shares: the mean of the means is the global mean
+        ranks.replicas.mean_(sae.b_dec.data)
 
 
 def has_checkpoints(staging: Path) -> bool:
@@ -206,18 +231,38 @@ def train_from_runner_config(
     """
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 step, got {checkpoint_every}")
-    staged = prepare_run_folders(runner_cfg, overwrite)
-    staging = Path(staged.output_path)
-    staging.mkdir(parents=True)
-    record = {
-        "runner_config": runner_cfg.to_dict(),
-        "model_path": model_path,
-        "init_b_dec_to_mean": init_b_dec_to_mean,
-        "checkpoint_every": checkpoint_every,
-        "overwrite": overwrite,
-    }
-    (staging / RUN_CONFIG_FILENAME).write_text(json.dumps(record, indent=1, default=str))
-    return _run(runner_cfg, staged, model_path, init_b_dec_to_mean, model, checkpoint_every, None)
+    ranks = _join_launched_ranks(runner_cfg)
+
+    def prepare() -> None:
+        staging = Path(prepare_run_folders(runner_cfg, overwrite).output_path)
+        staging.mkdir(parents=True)
+        record = {
+            "runner_config": runner_cfg.to_dict(),
+            "model_path": model_path,
+            "init_b_dec_to_mean": init_b_dec_to_mean,
+            "checkpoint_every": checkpoint_every,
+            "overwrite": overwrite,
+        }
+        (staging / RUN_CONFIG_FILENAME).write_text(json.dumps(record, indent=1, default=str))
+
+    on_main_first(ranks, prepare)
+    staged = _staged_config(runner_cfg, staging_folder(Path(runner_cfg.output_path).expanduser()))
+    return _run(
+        runner_cfg, staged, model_path, init_b_dec_to_mean, model, checkpoint_every, None, ranks
+    )
+
+
+def _join_launched_ranks(runner_cfg: LanguageModelSAERunnerConfig[Any]) -> DataParallel | None:
+    """Under torchrun, this process's rank, once the run is known to split over the ranks and
+    every rank is known to run the same config (None: a single process)."""
+    ranks = launched_data_parallel()
+    if ranks is None:
+        return None
+    device = rank_device(runner_cfg.device, ranks)
+    per_rank_config(runner_cfg, ranks, device)  # refuses a batch that does not split, early
+    join_process_group(ranks, device)
+    check_same_config(runner_cfg, ranks)
+    return ranks
 
 
 def resume_training(path: str | Path, *, model: HookedSAETransformer | None = None) -> TrainResult:
@@ -227,6 +272,15 @@ def resume_training(path: str | Path, *, model: HookedSAETransformer | None = No
     staging, checkpoint = _locate_resume(Path(path).expanduser())
     record = json.loads((staging / RUN_CONFIG_FILENAME).read_text())
     requested = LanguageModelSAERunnerConfig.from_dict(record["runner_config"])
+    ranks = launched_data_parallel()
+    written_by, now = checkpoint_world_size(checkpoint), 1 if ranks is None else ranks.world_size
+    if written_by != now:
+        raise ValueError(
+            f"{checkpoint} was written by a run of {written_by} process(es); resume it with "
+            f"{written_by} (torchrun --nproc-per-node {written_by}), not {now}: each one's share "
+            "of the data stream is in it"
+        )
+    ranks = _join_launched_ranks(requested)
     output = Path(requested.output_path).expanduser()
     if staging_folder(output) != staging:
         raise ValueError(
@@ -245,6 +299,7 @@ def resume_training(path: str | Path, *, model: HookedSAETransformer | None = No
         model,
         record["checkpoint_every"],
         checkpoint,
+        ranks,
     )
 
 
@@ -285,22 +340,29 @@ def _run(
     model: HookedSAETransformer | None,
     checkpoint_every: int | None,
     resume_from: Path | None,
+    ranks: DataParallel | None = None,
 ) -> TrainResult:
     output = Path(requested.output_path).expanduser()
     staging = Path(runner_cfg.output_path)
+    main = ranks is None or ranks.is_main
+    if ranks is not None:
+        runner_cfg = per_rank_config(runner_cfg, ranks, rank_device(runner_cfg.device, ranks))
     try:
         runner = _build_runner(
-            runner_cfg, model_path, init_b_dec_to_mean, model, checkpoint_every, resume_from
+            runner_cfg, model_path, init_b_dec_to_mean, model, checkpoint_every, resume_from, ranks
         )
         sae = runner.run()
     except BaseException:
-        if not has_checkpoints(staging):  # nothing to resume from: leave nothing behind
+        if main and not has_checkpoints(staging):  # nothing to resume from: leave nothing behind
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    (staging / RUN_CONFIG_FILENAME).unlink(missing_ok=True)
-    move_into_place(staging, output)
-    logger.info("saved the trained SAE to %s", output)
-    result_cfg = copy.copy(runner.cfg)
+    if main:
+        (staging / RUN_CONFIG_FILENAME).unlink(missing_ok=True)
+        move_into_place(staging, output)
+        logger.info("saved the trained SAE to %s", output)
+    if ranks is not None:
+        dist.barrier()  # every rank returns once the SAE is in place
+    result_cfg = copy.copy(runner.cfg if ranks is None else bind_run(requested))
     result_cfg.output_path, result_cfg.checkpoint_path = (
         requested.output_path,
         requested.checkpoint_path,
@@ -315,6 +377,7 @@ def _build_runner(
     model: HookedSAETransformer | None,
     checkpoint_every: int | None,
     resume_from: Path | None,
+    ranks: DataParallel | None = None,
 ) -> VariantTrainingRunner:
     for device in {runner_cfg.device, runner_cfg.llm_device, runner_cfg.act_store_device}:
         resolve_device(device)  # a config written on another machine may name a device not here
@@ -330,6 +393,8 @@ def _build_runner(
         model = load_model(runner_cfg.model_name, device=runner_cfg.device, model_path=model_path)
     if cache is None and runner_cfg.dataset_path == AUSTEN_RECORD:
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
+    if ranks is not None:
+        dataset = shard_dataset(_hub_dataset(runner_cfg) if dataset is None else dataset, ranks)
     output = Path(runner_cfg.output_path).with_name(
         Path(runner_cfg.output_path).name.removesuffix(".partial")
     )
@@ -340,9 +405,26 @@ def _build_runner(
         checkpoint_every=checkpoint_every,
         resume_from=resume_from,
         resume_hint=_resume_hint(output),
+        data_parallel=ranks,
     )
     if init_b_dec_to_mean:
         initialize_b_dec_to_mean(
-            runner.sae, runner.activations_store, runner_cfg.sae.normalize_activations
+            runner.sae,
+            runner.activations_store,
+            runner_cfg.sae.normalize_activations,
+            ranks=ranks,
         )
     return runner
+
+
+def _hub_dataset(runner_cfg: LanguageModelSAERunnerConfig[Any]) -> Any:
+    """The hub dataset SAELens would stream for ``runner_cfg``, opened here so each rank can take
+    its share of it."""
+    from datasets import load_dataset
+
+    return load_dataset(
+        runner_cfg.dataset_path,
+        split="train",
+        streaming=runner_cfg.streaming,
+        trust_remote_code=runner_cfg.dataset_trust_remote_code,
+    )

@@ -21,6 +21,10 @@ through seams SAELens exposes:
    stops the run within any step whose loss terms or parameters go non-finite; the final
    weights are checked before they are saved.
 
+4. in data-parallel training (``data_parallel``, :mod:`~.distributed`), gradients are averaged
+   over the ranks at the end of each backward, SAELens's statistics are reduced, only rank 0
+   writes, and the ranks' copies are checked to agree at every checkpoint and at the end.
+
 Everything else (the model, Adam, schedules, clipping, normalization and its fold, saving) is
 SAELens's own; ``tests/integrations/training/test_sequence_training.py`` pins the SAELens
 behaviour this relies on.
@@ -47,6 +51,16 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from sae_variants.architectures.base import RunInfo, VariantTrainingSAE, VariantTrainingSAEConfig
 from sae_variants.integrations.training.checkpoints import CheckpointSeam, load_checkpoint
+from sae_variants.integrations.training.distributed import (
+    DataParallel,
+    GradientAverager,
+    broadcast_state,
+    check_replicas_agree,
+    only_on_main,
+    shard_activation_cache,
+    synchronize_feature_statistics,
+    synchronize_scaling_estimate,
+)
 from sae_variants.integrations.training.finite_guard import (
     check_finite_parameters,
     guard_finite_steps,
@@ -176,11 +190,14 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
         checkpoint_every: int | None = None,
         resume_from: str | Path | None = None,
         resume_hint: Callable[[Path], str] | None = None,
+        data_parallel: DataParallel | None = None,
     ) -> None:
         """``checkpoint_every``: write a complete checkpoint every this many steps (SIGINT and
         SIGTERM always write one, see :mod:`~.checkpoints`); ``resume_from``: a checkpoint
         folder to continue from exactly; ``resume_hint``: the sentence an interrupted run prints
-        about resuming, given the checkpoint written."""
+        about resuming, given the checkpoint written; ``data_parallel``: this process's rank in
+        data-parallel training (:mod:`~.distributed`), with ``cfg`` its per-rank config and
+        ``override_dataset`` its share of the data already."""
         if cfg.prefetch_llm_batches and (checkpoint_every or resume_from):
             raise ValueError(
                 "prefetch_llm_batches reads batches ahead in another thread, so no step boundary "
@@ -196,6 +213,10 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
             override_model=override_model,
             override_sae=override_sae,
         )
+        self.data_parallel = data_parallel
+        if data_parallel is not None:
+            shard_activation_cache(self.activations_store, data_parallel)
+            self.sae.replicas = data_parallel.replicas  # type: ignore[assignment]
         layout = layout or sequence_layout_of(cfg.sae)
         self.sequence_batches = None
         if layout is not None:
@@ -221,16 +242,27 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
                 lambda c: f"Resume with VariantTrainingRunner(..., resume_from='{c}')."
             )
             self.checkpoint_seam = CheckpointSeam(self.activations_store, checkpoint_every, hint)
+            self.checkpoint_seam.layout = data_parallel
             self.activations_store = self.checkpoint_seam  # type: ignore[assignment]
 
     def run_trainer_with_interruption_handling(self, trainer: SAETrainer[Any, Any]) -> Any:
         attach_to_trainer(trainer, self.sequence_batches, self.cfg.checkpoint_path)
+        ranks = self.data_parallel
+        if ranks is not None:
+            if self.checkpoint_seam is None:
+                raise ValueError(
+                    "data-parallel training reads batches step by step; set "
+                    "prefetch_llm_batches=False"
+                )
+            only_on_main(ranks, trainer)
+            synchronize_scaling_estimate(trainer, ranks.replicas)
+            synchronize_feature_statistics(trainer, ranks.replicas)
         seam = self.checkpoint_seam
         if seam is None:
             return super().run_trainer_with_interruption_handling(trainer)
         seam.trainer = trainer
         if self.resume_from is not None:
-            load_checkpoint(trainer, seam._provider, self.resume_from)
+            load_checkpoint(trainer, seam._provider, self.resume_from, ranks)
             seam.training_started = True
         else:
             step = trainer.step
@@ -241,10 +273,27 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
                 return step(batch)
 
             trainer.step = first_step_starts_training  # type: ignore[method-assign]
-        with _signals_to(seam.on_signal):
-            return trainer.fit()
+        averager = None
+        if ranks is not None:
+            broadcast_state(trainer.sae)
+            averager = GradientAverager(trainer.sae, ranks)
+        try:
+            with _signals_to(seam.on_signal):
+                sae = trainer.fit()
+        finally:
+            if averager is not None:
+                averager.remove()
+        if ranks is not None:
+            check_replicas_agree(sae, "the end of training")
+        return sae
 
     def save_final_sae(self, sae: TrainingSAE[Any], output_path: str, **kwargs: Any) -> None:
-        """SAELens's save, once every weight is known to be finite."""
+        """SAELens's save, once every weight is known to be finite (rank 0 alone, in
+        data-parallel training)."""
+        if self.data_parallel is not None and not self.data_parallel.is_main:
+            # Saving folds the decoder norms in place; the SAE every rank returns is the same.
+            if isinstance(sae, VariantTrainingSAE):
+                sae.fold_W_dec_norm()
+            return
         check_finite_parameters(sae, f"saving to {output_path}")
         super().save_final_sae(sae, output_path, **kwargs)

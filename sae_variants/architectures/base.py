@@ -56,6 +56,7 @@ from sae_variants.functional import (
     normalize_rows_,
     remove_parallel_component,
 )
+from sae_variants.replicas import Replicas
 from sae_variants.sparse_decode import SPARSE_DECODE_CROSSOVER, decode_product
 from sae_variants.validation import (
     check_activations,
@@ -371,6 +372,11 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
     training_log_filename: ClassVar[str | None] = None
     """File written beside the saved SAE with :meth:`training_log`, if any."""
 
+    replicas: Replicas | None = None
+    """The data-parallel replicas this SAE trains among (set by the trainer that runs them;
+    ``None``: trained in one process). A variant reduces its running statistics across them
+    through ``sae_variants.replicas``."""
+
     _optimizer_hooks: tuple[RemovableHandle, ...] = ()
     _tangent_hooked: Callable[[], Tensor | None] = staticmethod(lambda: None)
 
@@ -487,6 +493,10 @@ class VariantTrainingSAE(VariantModule, TrainingSAE[TC]):
 
     def before_optimizer_step(self, optimizer: Optimizer) -> None:
         """Runs right before each step of the bound optimizer (nothing by default)."""
+
+    def after_gradients_reduced(self) -> None:
+        """Runs in data-parallel training once every parameter's gradient is the average over
+        the replicas (end of backward, before the trainer clips; nothing by default)."""
 
     def after_optimizer_step(self, optimizer: Optimizer) -> None:
         """Runs right after each step of the bound optimizer (nothing by default)."""

@@ -50,6 +50,7 @@ from sae_variants.architectures.cubic_ortho_penalty import (
     cubic_ortho_penalty_dense,
 )
 from sae_variants.functional import unit_norm_rows
+from sae_variants.replicas import Replicas, mean_over_replicas, replicas_of
 from sae_variants.validation import require_fields
 
 PAPER_ORTHO_WARM_UP_STEPS = 1000
@@ -203,8 +204,10 @@ def cubic_ortho_penalty(
     W_dec: Float[Tensor, "d_sae d_in"],
     mean_acts: Float[Tensor, " d_sae"],
     cfg: CubicOrthoTrainingSAEConfig,
+    replicas: Replicas | None = None,
 ) -> Float[Tensor, ""]:
-    """Omega for ``cfg`` (normalized as configured), in the form ``cfg.penalty_mode`` selects."""
+    """Omega for ``cfg`` (normalized as configured), in the form ``cfg.penalty_mode`` selects;
+    with ``replicas``, over their batches together (see the two forms)."""
     d_sae = W_dec.shape[0]
     mode = cfg.penalty_mode
     if mode == "auto":
@@ -216,9 +219,11 @@ def cubic_ortho_penalty(
             index = torch.arange(d_sae, device=W_dec.device)
             i, j = torch.meshgrid(index, index, indexing="ij")
             weight, margin = terms(i, j)
-        omega = cubic_ortho_penalty_dense(acts, W_dec, cfg.exponent, weight, margin)
+        omega = cubic_ortho_penalty_dense(acts, W_dec, cfg.exponent, weight, margin, replicas)
     else:
-        omega = cubic_ortho_penalty_blocks(acts, W_dec, cfg.exponent, cfg.block_size, terms)
+        omega = cubic_ortho_penalty_blocks(
+            acts, W_dec, cfg.exponent, cfg.block_size, terms, replicas=replicas
+        )
     return omega / d_sae if cfg.ortho_normalization == "per_feature" else omega
 
 
@@ -263,7 +268,8 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
         # The mean-activation EMA only feeds the activation-aware modes; skip the pass otherwise.
         if self.training and self.cfg.act_mode != "none":
             with torch.no_grad():
-                batch_mean = output.feature_acts.detach().mean(dim=0)
+                # A mean over the batch's rows: across data-parallel replicas, of the global batch.
+                batch_mean = mean_over_replicas(self, output.feature_acts.detach().mean(dim=0))
                 decay = self.cfg.activation_ema_decay
                 self.feature_mean_activation.mul_(decay).add_(batch_mean, alpha=1.0 - decay)
         return output
@@ -282,6 +288,7 @@ class CubicOrthoTrainingSAE(VariantTrainingSAE[CubicOrthoTrainingSAEConfig]):
             self.W_dec,
             self.feature_mean_activation,
             self.cfg,
+            replicas_of(self),
         )
         return {
             "l1_loss": step_input.coefficients["l1"] * l1,

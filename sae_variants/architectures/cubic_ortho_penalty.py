@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sae_variants.functional import unit_norm_rows
+from sae_variants.replicas import Replicas
 from sae_variants.sparse_decode import sampled_gram
 
 PairTerms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -41,17 +42,30 @@ def normalize_columns(acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batc
     return acts / (acts.norm(dim=0, keepdim=True) + COLUMN_EPS)
 
 
+def column_norms(squares: Float[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """``sqrt(squares) + COLUMN_EPS``, with a zero gradient (not an infinite one) at 0."""
+    return squares.clamp_min(torch.finfo(squares.dtype).tiny).sqrt() + COLUMN_EPS
+
+
 def cubic_ortho_penalty_dense(
     acts: Float[Tensor, "batch d_sae"],
     W_dec: Float[Tensor, "d_sae d_in"],
     exponent: float = 3.0,
     pair_weight: Float[Tensor, "d_sae d_sae"] | None = None,
     pair_margin: Float[Tensor, "d_sae d_sae"] | None = None,
+    replicas: Replicas | None = None,
 ) -> Float[Tensor, ""]:
-    """Omega from dense ``d_sae x d_sae`` matrices (reference implementation)."""
-    normalized = normalize_columns(acts)
+    """Omega from dense ``d_sae x d_sae`` matrices (reference implementation). With
+    ``replicas`` (data-parallel training), the co-activations are those of the replicas'
+    batches together: their column products are summed over the replicas, with gradient."""
     unit = unit_norm_rows(W_dec)
-    coactivation = (normalized.T @ normalized).abs()
+    if replicas is None or replicas.world_size == 1:
+        normalized = normalize_columns(acts)
+        coactivation = (normalized.T @ normalized).abs()
+    else:
+        products = replicas.differentiable_sum(acts.T @ acts)
+        norms = column_norms(products.diagonal())
+        coactivation = (products / norms[:, None] / norms[None, :]).abs()
     overlap = (unit @ unit.T).abs()
     if pair_margin is not None:
         overlap = torch.relu(overlap - pair_margin)
@@ -75,26 +89,23 @@ def _pairs_within_groups(group: Int[Tensor, " n"]) -> tuple[Int[Tensor, " m"], I
     return order[first], order[own_start[first] + offsets]
 
 
-def _block_coactivation_from_pairs(
+def _block_products_from_pairs(
     acts: Tensor, rows: Tensor, feats: Tensor, slot_of: Tensor, n_blocks: int, size: int
 ) -> Tensor:
-    """c for every within-block pair, accumulated from pairs of nonzeros sharing a row and block."""
+    """``sum_b f_bi f_bj`` for every within-block pair, accumulated from pairs of nonzeros
+    sharing a row and block."""
     values = acts[rows, feats]
-    squares = torch.zeros(acts.shape[1], dtype=acts.dtype, device=acts.device).index_add(
-        0, feats, values * values
-    )
-    normalized = values / (squares[feats].sqrt() + COLUMN_EPS)
     entry_slot = slot_of[feats]
     entry_block, entry_pos = entry_slot // size, entry_slot % size
     a, b = _pairs_within_groups(rows * n_blocks + entry_block)
     cell = (entry_block[a] * size + entry_pos[a]) * size + entry_pos[b]
     flat = torch.zeros(n_blocks * size * size, dtype=acts.dtype, device=acts.device)
-    return flat.index_add(0, cell, normalized[a] * normalized[b]).view(n_blocks, size, size)
+    return flat.index_add(0, cell, values[a] * values[b]).view(n_blocks, size, size)
 
 
-def _block_coactivation_dense(acts: Tensor, blocks: Tensor) -> Tensor:
-    """c for every within-block pair from the gathered dense columns (bounded cost, any L0)."""
-    padded = torch.cat([normalize_columns(acts), acts.new_zeros(acts.shape[0], 1)], dim=1)
+def _block_products_dense(acts: Tensor, blocks: Tensor) -> Tensor:
+    """The same products from the gathered dense columns (bounded cost, any L0)."""
+    padded = torch.cat([acts, acts.new_zeros(acts.shape[0], 1)], dim=1)
     n_blocks, size = blocks.shape
     columns = padded[:, blocks.reshape(-1)].view(acts.shape[0], n_blocks, size)
     return torch.einsum("bki,bkj->kij", columns, columns)
@@ -107,8 +118,13 @@ def cubic_ortho_penalty_blocks(
     block_size: int = 128,
     pair_terms: PairTerms | None = None,
     generator: torch.Generator | None = None,
+    replicas: Replicas | None = None,
 ) -> Float[Tensor, ""]:
     """Unbiased Omega from random blocks of the active features (exact for a single block).
+
+    With ``replicas`` (data-parallel training) the blocks hold the features active on any
+    replica, laid out as rank 0 drew them, and the co-activations are those of the replicas'
+    batches together (products and column norms summed over them, with gradient).
 
     ``c`` is accumulated from the pairs of nonzeros that share a row and a block, about
     ``batch * L0^2 / n_blocks`` of them, so at training sparsity the cost does not grow with
@@ -121,8 +137,14 @@ def cubic_ortho_penalty_blocks(
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2, got {block_size}")
     d_sae = W_dec.shape[0]
+    replicas = None if replicas is None or replicas.world_size == 1 else replicas
     rows, feats = acts.detach().nonzero(as_tuple=True)
-    active = torch.unique(feats)
+    if replicas is None:
+        active = torch.unique(feats)
+    else:
+        fired = torch.zeros(d_sae, dtype=torch.int32, device=acts.device)
+        fired[feats] = 1
+        active = replicas.sum_(fired).nonzero().squeeze(1)
     n_active = active.shape[0]
     if n_active < 2:
         return acts.sum() * 0.0
@@ -131,6 +153,8 @@ def cubic_ortho_penalty_blocks(
     n_slots = n_blocks * size
     slot_of = torch.full((d_sae,), -1, dtype=torch.long, device=acts.device)
     slot_of[active] = torch.randperm(n_slots, generator=generator, device=acts.device)[:n_active]
+    if replicas is not None:
+        replicas.broadcast_(slot_of)
     # Padding slots hold an extra all-zero feature (index d_sae), which adds nothing.
     feature_in_slot = torch.full((n_slots,), d_sae, dtype=torch.long, device=acts.device)
     feature_in_slot[slot_of[active]] = active
@@ -141,9 +165,16 @@ def cubic_ortho_penalty_blocks(
     # Each pair costs a few index entries; past about half the gathered matrix's size the dense
     # route is both faster and smaller.
     if n_pairs <= acts.shape[0] * n_slots // 2:
-        coactivation = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks, size)
+        products = _block_products_from_pairs(acts, rows, feats, slot_of, n_blocks, size)
     else:
-        coactivation = _block_coactivation_dense(acts, blocks)
+        products = _block_products_dense(acts, blocks)
+    squares = torch.zeros(d_sae + 1, dtype=acts.dtype, device=acts.device)
+    squares = squares.index_add(0, feats, acts[rows, feats].pow(2))
+    if replicas is not None:
+        products = replicas.differentiable_sum(products)
+        squares = replicas.differentiable_sum(squares)
+    norms = column_norms(squares)[blocks]  # the padding feature d_sae has no squares
+    coactivation = products / norms[:, :, None] / norms[:, None, :]
     cells = coactivation.detach() != 0
     cells.diagonal(dim1=1, dim2=2).fill_(False)
     n_cells = int(cells.sum())

@@ -60,10 +60,12 @@ from sae_variants.architectures.input_scale_fold import (
 from sae_variants.architectures.multiscale_norm_functional import (
     batch_moments,
     dead_features,
-    feature_importance,
     frame_orthogonality,
     gate_thresholds,
     gated_codes,
+    importance_from_mean_codes,
+    moment_sums,
+    moments_from_sums,
     multiscale_normalize,
     next_lr_factor,
     reactivation_directions,
@@ -71,6 +73,7 @@ from sae_variants.architectures.multiscale_norm_functional import (
 )
 from sae_variants.architectures.optimizer_policy import decoupled_weight_decay, zero_adam_moments
 from sae_variants.functional import token_moments, token_scale, unit_norm_rows
+from sae_variants.replicas import mean_over_replicas, replicas_of
 from sae_variants.validation import require_fields
 
 NORMALIZATIONS = ("multiscale", "layernorm", "none")
@@ -428,7 +431,7 @@ class MultiScaleNormTrainingSAE(
             return {}
         W_dec = self.W_dec.view_as(self.W_dec)
         if self.cfg.importance_weighting and W_dec.requires_grad:
-            importance = feature_importance(feature_acts, self.W_dec.detach().norm(dim=-1))
+            importance = self._importance(feature_acts)
             W_dec.register_hook(lambda grad: grad * importance.unsqueeze(1))
         return {
             "orthogonality_loss": self.cfg.orthogonality_coefficient * frame_orthogonality(W_dec)
@@ -482,7 +485,7 @@ class MultiScaleNormTrainingSAE(
         sae_out = self.decode_with(feature_acts, W_dec)
         mse_loss = (sae_out - x).pow(2).sum(dim=-1).mean()
         if self.cfg.importance_weighting:
-            importance = feature_importance(feature_acts, self.W_dec.detach().norm(dim=-1))
+            importance = self._importance(feature_acts)
             l1 = (feature_acts * importance).sum(dim=-1).mean()
             if W_enc.requires_grad:
                 W_enc.register_hook(lambda grad: grad * importance)
@@ -494,9 +497,23 @@ class MultiScaleNormTrainingSAE(
 
     # --------------------------------------------------------------------- running statistics
 
+    def _importance(self, feature_acts: Float[Tensor, "rows d_sae"]) -> Tensor:
+        """C7's importance ``u`` of these rows (in data-parallel training, of the global
+        micro-batch: each replica's mean codes are averaged)."""
+        mean_codes = mean_over_replicas(self, feature_acts.detach().mean(dim=0))
+        return importance_from_mean_codes(mean_codes, self.W_dec.detach().norm(dim=-1))
+
+    def _moments(self, pre: Float[Tensor, "rows d_sae"]) -> tuple[Tensor, Tensor]:
+        """Mean and variance of each pre-activation over these rows (in data-parallel training,
+        over the global micro-batch's)."""
+        replicas = replicas_of(self)
+        if replicas.world_size == 1:
+            return batch_moments(pre)
+        return moments_from_sums(replicas.sum_(moment_sums(pre)), pre.dtype)
+
     @torch.no_grad()
     def _update_gate_statistics(self, pre: Float[Tensor, "rows d_sae"]) -> None:
-        mean, variance = batch_moments(pre)
+        mean, variance = self._moments(pre)
         if not bool(self.gate_initialized):
             self.gate_mean.copy_(mean)
             self.gate_var.copy_(variance)
@@ -509,6 +526,8 @@ class MultiScaleNormTrainingSAE(
     @torch.no_grad()
     def _count_firing(self, feature_acts: Float[Tensor, "batch d_sae"]) -> None:
         fired = (feature_acts > 0).any(dim=0)
+        # Fired on any replica's share of the batch (a maximum over replicas).
+        fired = replicas_of(self).max_(fired.to(torch.int32)).bool()
         self.steps_since_fired.add_(1).masked_fill_(fired, 0)
         self.training_step.add_(1)
 
@@ -545,9 +564,14 @@ class MultiScaleNormTrainingSAE(
         self.W_dec[index] = directions
         self.W_enc[:, index] = self.cfg.reactivation_encoder_scale * live_norm * directions.T
         self.b_enc[index] = 0.0
-        mean, variance = batch_moments(encoder_input @ self.W_enc[:, index])
+        mean, variance = self._moments(encoder_input @ self.W_enc[:, index])
         self.gate_mean[index] = mean
         self.gate_var[index] = variance
+        # The revived directions come from this replica's batch and a random sketch: every
+        # replica takes rank 0's.
+        replicas = replicas_of(self)
+        for tensor in (self.W_dec, self.W_enc, self.b_enc, self.gate_mean, self.gate_var):
+            replicas.broadcast_(tensor.data)
         self.steps_since_fired[index] = 0
         self.pending_moment_reset[index] = True
         self.features_revived.add_(n_dead)
@@ -606,6 +630,16 @@ class MultiScaleNormTrainingSAE(
         for group, lr in zip(optimizer.param_groups, self._lr_before_step, strict=False):
             group["lr"] = lr
         self._lr_before_step = []
+
+    @override
+    def after_gradients_reduced(self) -> None:
+        """Data-parallel training averaged the gradients after the hooks above recorded this
+        replica's: the controller reads the norm of the averaged ones."""
+        self._grad_square_norms = {
+            name: p.grad.detach().pow(2).sum()
+            for name, p in self.named_parameters()
+            if p.grad is not None
+        }
 
     def _consume_gradient_norm(self) -> float | None:
         if not self._grad_square_norms:

@@ -114,6 +114,26 @@ def frame_orthogonality_floor(d_sae: int, d_in: int) -> float:
     return math.sqrt(max(d_sae * d_sae / d_in - d_sae, 0.0))
 
 
+def moment_sums(pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, " two_d_sae_plus_1"]:
+    """``[rows, sum_b pre_b (d_sae), sum_b pre_b^2 (d_sae)]`` in float64: summed over several
+    batches (e.g. data-parallel replicas'), :func:`moments_from_sums` gives their union's
+    :func:`batch_moments`."""
+    pre = pre.double()
+    rows = pre.new_tensor([float(pre.shape[0])])
+    return torch.cat([rows, pre.sum(dim=0), pre.pow(2).sum(dim=0)])
+
+
+def moments_from_sums(
+    sums: Float[Tensor, " two_d_sae_plus_1"], dtype: torch.dtype
+) -> tuple[Float[Tensor, " d_sae"], Float[Tensor, " d_sae"]]:
+    """Mean and (biased) variance of the rows :func:`moment_sums` summed, as ``dtype``."""
+    d_sae = (sums.shape[0] - 1) // 2
+    rows = sums[0]
+    mean = sums[1 : 1 + d_sae] / rows
+    variance = (sums[1 + d_sae :] / rows - mean * mean).clamp_min(0.0)
+    return mean.to(dtype), variance.to(dtype)
+
+
 def feature_importance(
     codes: Float[Tensor, "batch d_sae"], decoder_norms: Float[Tensor, " d_sae"]
 ) -> Float[Tensor, " d_sae"]:
@@ -121,8 +141,16 @@ def feature_importance(
 
     ``||f_bi w_i|| = f_bi ||w_i||`` replaces the paper code's d_sae full decodes per step.
     """
+    return importance_from_mean_codes(codes.detach().mean(dim=0), decoder_norms)
+
+
+def importance_from_mean_codes(
+    mean_codes: Float[Tensor, " d_sae"], decoder_norms: Float[Tensor, " d_sae"]
+) -> Float[Tensor, " d_sae"]:
+    """:func:`feature_importance` from each feature's mean code over the batch (which
+    data-parallel replicas average into the global batch's)."""
     with torch.no_grad():
-        importance = codes.mean(dim=0) * decoder_norms
+        importance = mean_codes * decoder_norms
         # One feature has no spread to standardize by: it gets 0 (sigmoid 0.5), not 0/0.
         spread = importance.std(correction=1 if importance.numel() > 1 else 0)
         standardized = (importance - importance.mean()) / spread.clamp_min(1e-8)

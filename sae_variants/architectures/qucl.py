@@ -50,6 +50,8 @@ from sae_variants.architectures.qucl_functional import (
     RankSchedule,
     batch_diversity,
     code_uniformity_infonce,
+    diversity_from_sums,
+    diversity_sums,
     effective_encoder,
     fake_quantize,
     feature_importance_weights,
@@ -60,7 +62,13 @@ from sae_variants.architectures.qucl_functional import (
     rank_schedule,
     scale_ranks,
 )
-from sae_variants.functional import fraction_of_variance_unexplained, unit_norm_rows
+from sae_variants.functional import (
+    fraction_of_variance_unexplained,
+    fvu_from_sums,
+    unit_norm_rows,
+    variance_sums,
+)
+from sae_variants.replicas import replicas_of
 from sae_variants.validation import require_fields
 
 
@@ -389,10 +397,23 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         if self.training:
             # The curriculum needs this step's FVU whether or not the step is logged.
             x = step_input.sae_in.detach()
-            self._advance_curriculum(
-                x, fraction_of_variance_unexplained(x, output.sae_out.detach())
-            )
+            self._advance_curriculum(x, self._global_fvu(x, output.sae_out.detach()))
         return output
+
+    def _global_fvu(self, x: Float[Tensor, "batch d_in"], x_hat: Tensor) -> Tensor:
+        """This step's FVU; in data-parallel training, that of the global batch (the curriculum's
+        decisions read it, so every replica must see the same)."""
+        replicas = replicas_of(self)
+        if replicas.world_size == 1:
+            return fraction_of_variance_unexplained(x, x_hat)
+        return fvu_from_sums(replicas.sum_(variance_sums(x, x_hat)))
+
+    def _global_diversity(self, x: Float[Tensor, "batch d_in"]) -> Tensor:
+        """This batch's diversity; in data-parallel training, the global batch's."""
+        replicas = replicas_of(self)
+        if replicas.world_size == 1:
+            return batch_diversity(x)
+        return diversity_from_sums(replicas.sum_(diversity_sums(x)))
 
     @override
     def step_metrics(self, output: TrainStepOutput) -> dict[str, Any]:
@@ -429,8 +450,8 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
     def _advance_curriculum(self, x: Float[Tensor, "batch d_in"], fvu: Tensor) -> None:
         cfg = self.cfg
         self.curriculum_step.add_(1)
-        if not self.threshold_ready and x.shape[0] > 1:
-            self.diversity_sum.add_(batch_diversity(x).double())
+        if not self.threshold_ready and x.shape[0] * replicas_of(self).world_size > 1:
+            self.diversity_sum.add_(self._global_diversity(x).double())
             self.diversity_count.add_(1)
             if int(self.diversity_count) >= cfg.diversity_batches:
                 mean_diversity = float(self.diversity_sum) / int(self.diversity_count)

@@ -144,6 +144,24 @@ def batch_diversity(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, ""]:
     return 1.0 - off_diagonal / (n_rows * (n_rows - 1))
 
 
+def diversity_sums(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, " d_in_plus_1"]:
+    """``[rows, sum_b x_b/||x_b|| (d_in)]`` in float64: summed over several batches (e.g.
+    data-parallel replicas'), :func:`diversity_from_sums` gives their union's
+    :func:`batch_diversity`."""
+    x = x.double()
+    unit = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return torch.cat([x.new_tensor([float(x.shape[0])]), unit.sum(dim=0)])
+
+
+def diversity_from_sums(sums: Float[Tensor, " d_in_plus_1"]) -> Float[Tensor, ""]:
+    """:func:`batch_diversity` of the rows :func:`diversity_sums` summed."""
+    n_rows = sums[0]
+    if float(n_rows) < 2:
+        raise ValueError(f"batch diversity needs at least 2 rows, got {int(n_rows)}")
+    off_diagonal = sums[1:].pow(2).sum() - n_rows
+    return 1.0 - off_diagonal / (n_rows * (n_rows - 1))
+
+
 def feature_importance_weights(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, " d_in"]:
     """Eq. 5's input-dimension weights ``softplus(v_j) / mean_k softplus(v_k)`` with
     ``v_j = Var_b(x_bj / ||x_:,j||)``, detached (B6).

@@ -250,10 +250,10 @@ def test_saved_as_standard_and_loadable_without_sae_variants(tmp_path: Path) -> 
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_both_block_routes_give_the_same_coactivation() -> None:
+def test_both_block_routes_give_the_same_column_products() -> None:
     from sae_variants.architectures.cubic_ortho_penalty import (
-        _block_coactivation_dense,
-        _block_coactivation_from_pairs,
+        _block_products_dense,
+        _block_products_from_pairs,
     )
 
     acts = _sparse_acts(32, 24, 0.3)
@@ -261,8 +261,8 @@ def test_both_block_routes_give_the_same_coactivation() -> None:
     slot_of = torch.randperm(24)  # 3 blocks of 8, every feature active
     blocks = torch.empty(24, dtype=torch.long)
     blocks[slot_of] = torch.arange(24)
-    sparse_route = _block_coactivation_from_pairs(acts, rows, feats, slot_of, n_blocks=3, size=8)
-    dense_route = _block_coactivation_dense(acts, blocks.view(3, 8))
+    sparse_route = _block_products_from_pairs(acts, rows, feats, slot_of, n_blocks=3, size=8)
+    dense_route = _block_products_dense(acts, blocks.view(3, 8))
     torch.testing.assert_close(sparse_route, dense_route, atol=1e-6, rtol=1e-5)
 
 
@@ -293,14 +293,15 @@ def test_an_unbound_warm_up_follows_the_paper_and_says_so_while_a_bound_one_is_s
 def test_both_overlap_routes_give_the_same_penalty_and_gradients(act_mode: str) -> None:
     """Overlaps sampled at the co-firing pairs (sparse codes) against whole-block products."""
     from sae_variants.architectures.cubic_ortho_penalty import (
-        _block_coactivation_dense,
+        _block_products_dense,
         _block_terms,
         _coactive_cell_terms,
+        normalize_columns,
     )
 
     acts = _sparse_acts(16, 24, 0.15)
     blocks = torch.randperm(24, generator=torch.Generator().manual_seed(3)).view(3, 8)
-    coactivation = _block_coactivation_dense(acts, blocks)
+    coactivation = _block_products_dense(normalize_columns(acts), blocks)
     cells = coactivation != 0
     cells.diagonal(dim1=1, dim2=2).fill_(False)
     assert 0 < int(cells.sum()) < cells.numel() - 24  # some pairs co-fire, not all

@@ -74,7 +74,18 @@ def _logs(folder: Path) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("architecture", ALL_ARCHITECTURES)
+DEFAULT_SUITE = ("standard", "qucl", "multiscale_norm")
+"""Resumed in the default suite: SAELens's own, the variant with resumable state beside its
+buffers (QuCL's decisions) and the one that acts on its optimizer; the rest run with -m slow."""
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        a if a in DEFAULT_SUITE else pytest.param(a, marks=pytest.mark.slow)
+        for a in ALL_ARCHITECTURES
+    ],
+)
 def test_a_run_interrupted_by_sigint_resumes_to_the_uninterrupted_result(
     architecture: str, tmp_path: Path
 ) -> None:

@@ -1,0 +1,71 @@
+"""The statistics data-parallel replicas reduce (``sae_variants/replicas.py`` and the variants'
+sum forms): summed over the parts of a batch, each gives the whole batch's value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_variants.architectures.multiscale_norm_functional import (
+    batch_moments,
+    feature_importance,
+    importance_from_mean_codes,
+    moment_sums,
+    moments_from_sums,
+)
+from sae_variants.architectures.qucl_functional import (
+    batch_diversity,
+    diversity_from_sums,
+    diversity_sums,
+)
+from sae_variants.functional import fraction_of_variance_unexplained, fvu_from_sums, variance_sums
+from sae_variants.replicas import SINGLE, Replicas, replicas_of
+
+
+def _parts(x: torch.Tensor) -> list[torch.Tensor]:
+    return [x[:7], x[7:20], x[20:]]
+
+
+def test_fvu_from_summed_parts_is_the_whole_batch_fvu() -> None:
+    x = torch.randn(32, 16) * 2 + 5  # a large mean: the sums must not cancel it away
+    x_hat = x + 0.3 * torch.randn(32, 16)
+    sums = sum(variance_sums(a, b) for a, b in zip(_parts(x), _parts(x_hat), strict=True))
+    whole = fraction_of_variance_unexplained(x, x_hat)
+    assert fvu_from_sums(sums).item() == pytest.approx(whole.item(), rel=1e-5)
+    # One part alone is not the whole batch's figure.
+    assert fvu_from_sums(variance_sums(x[:7], x_hat[:7])).item() != pytest.approx(whole.item())
+
+
+def test_diversity_from_summed_parts_is_the_whole_batch_diversity() -> None:
+    x = torch.randn(32, 16) + 1
+    sums = sum(diversity_sums(part) for part in _parts(x))
+    assert diversity_from_sums(sums).item() == pytest.approx(batch_diversity(x).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        diversity_from_sums(diversity_sums(x[:1]))
+
+
+def test_moments_from_summed_parts_are_the_whole_batch_moments() -> None:
+    pre = torch.randn(32, 8) * 3 - 1
+    mean, variance = moments_from_sums(sum(moment_sums(p) for p in _parts(pre)), pre.dtype)
+    expected_mean, expected_variance = batch_moments(pre)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(variance, expected_variance, rtol=1e-5, atol=1e-5)
+    assert mean.dtype == pre.dtype
+
+
+def test_importance_from_mean_codes_is_the_batch_importance() -> None:
+    codes = torch.relu(torch.randn(32, 8))
+    norms = torch.rand(8) + 0.5
+    torch.testing.assert_close(
+        importance_from_mean_codes(codes.mean(dim=0), norms), feature_importance(codes, norms)
+    )
+
+
+def test_a_single_process_reduces_nothing() -> None:
+    tensor = torch.arange(4.0)
+    for reduce in (SINGLE.mean_, SINGLE.sum_, SINGLE.min_, SINGLE.max_, SINGLE.broadcast_):
+        assert reduce(tensor.clone()).equal(tensor)
+    assert SINGLE.differentiable_sum(tensor) is tensor
+    assert replicas_of(torch.nn.Linear(2, 2)) is SINGLE
+    with pytest.raises(ValueError, match="world_size >= 1"):
+        Replicas(world_size=0)
