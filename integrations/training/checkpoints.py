@@ -208,6 +208,8 @@ class CheckpointSeam:
         self.trainer: SAETrainer[Any, Any] | None = None
         self.training_started = False
         self.signal_received: int | None = None
+        self.writing = False
+        """True while a checkpoint is written (a repeated signal then waits for it)."""
         self.layout: DataParallel | None = None
         """Set in data-parallel training: every rank checkpoints together."""
 
@@ -220,6 +222,8 @@ class CheckpointSeam:
         return self
 
     def on_signal(self, signal_number: int, _frame: Any) -> None:
+        if self.writing:  # a repeat while the ranks write together: finish the checkpoint
+            return
         if self.signal_received is not None or not self.training_started:
             raise KeyboardInterrupt(signal.Signals(signal_number).name)  # insisted, or too early
         self.signal_received = signal_number
@@ -229,23 +233,29 @@ class CheckpointSeam:
         if trainer is not None and self.training_started:
             step = trainer.n_training_steps
             due = self.every is not None and step > 0 and step % self.every == 0
+            stop = self.signal_received
             if self.layout is not None:
-                self._agree_on_signal(trainer.sae.W_dec.device)
-            if self.signal_received is not None or due:
-                written = write_checkpoint(trainer, self._provider, self.layout)
-                if self.signal_received is not None:
-                    name = signal.Signals(self.signal_received).name
+                stop = self._agree_on_signal(stop, trainer.sae.W_dec.device)
+            if stop is not None or due:
+                self.writing = True
+                try:
+                    written = write_checkpoint(trainer, self._provider, self.layout)
+                finally:
+                    self.writing = False
+                if stop is not None:
+                    name = signal.Signals(stop).name
                     raise TrainingInterrupted(
                         f"{name}: training stopped before step {step}; a complete checkpoint is "
                         f"at {written}. {self.resume_hint(written)}",
-                        self.signal_received,
+                        stop,
                     )
         return next(self._provider)
 
-    def _agree_on_signal(self, device: torch.device) -> None:
+    @staticmethod
+    def _agree_on_signal(seen: int | None, device: torch.device) -> int | None:
         # A signal that reached one rank stops them all at the same step (one small all-reduce,
-        # on the SAE's device: NCCL reduces CUDA tensors only).
-        received = torch.tensor([self.signal_received or 0], dtype=torch.long, device=device)
+        # on the SAE's device: NCCL reduces CUDA tensors only). Only the reduced value decides:
+        # a signal handled while the reduction ran is left for the next step, on every rank.
+        received = torch.tensor([seen or 0], dtype=torch.long, device=device)
         dist.all_reduce(received, op=dist.ReduceOp.MAX)
-        if int(received) and self.signal_received is None:
-            self.signal_received = int(received)
+        return int(received) or None

@@ -185,10 +185,14 @@ def per_rank_config(
     return ranked
 
 
-def config_fingerprint(cfg: LanguageModelSAERunnerConfig[Any]) -> str:
+def config_fingerprint(
+    cfg: LanguageModelSAERunnerConfig[Any], options: dict[str, Any] | None = None
+) -> str:
     """A digest of everything in ``cfg`` but the device (which differs by rank on a GPU node) and
-    the checkpoint folder (SAELens draws a random one per process; the run replaces it)."""
+    the checkpoint folder (SAELens draws a random one per process; the run replaces it), and of
+    the run's ``options`` outside the config (checkpointing, initialization, resumption)."""
     data = cfg.to_dict()
+    data["sae_variants_options"] = options or {}
     for key in ("device", "act_store_device", "llm_device", "checkpoint_path"):
         data.pop(key, None)
     if isinstance(data.get("sae"), dict):
@@ -197,10 +201,15 @@ def config_fingerprint(cfg: LanguageModelSAERunnerConfig[Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_same_config(cfg: LanguageModelSAERunnerConfig[Any], layout: DataParallel) -> None:
-    """``ValueError`` on every rank when some rank was given another config than rank 0."""
+def check_same_config(
+    cfg: LanguageModelSAERunnerConfig[Any],
+    layout: DataParallel,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """``ValueError`` on every rank when some rank was given another config (or other run
+    ``options``) than rank 0."""
     fingerprints: list[Any] = [None] * layout.world_size
-    dist.all_gather_object(fingerprints, config_fingerprint(cfg))
+    dist.all_gather_object(fingerprints, config_fingerprint(cfg, options))
     differing = [r for r, f in enumerate(fingerprints) if f != fingerprints[0]]
     if differing:
         raise ValueError(
@@ -274,12 +283,14 @@ class GradientAverager:
         """All-reduce and average the current gradients (called at the end of backward)."""
         self._queued = False
         params = self.parameters
+        # Reduced in the parameters' own precision (float64 stays float64, bfloat16 bfloat16).
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
         has_grad = torch.tensor(
-            [p.grad is not None for p in params], dtype=torch.float32, device=params[0].device
+            [p.grad is not None for p in params], dtype=dtype, device=params[0].device
         )
         flat = torch.cat(
             [
-                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
                 for p in params
             ]
             + [has_grad]

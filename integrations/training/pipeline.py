@@ -231,7 +231,13 @@ def train_from_runner_config(
     """
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 step, got {checkpoint_every}")
-    ranks = _join_launched_ranks(runner_cfg)
+    options = {
+        "model_path": model_path,
+        "init_b_dec_to_mean": init_b_dec_to_mean,
+        "checkpoint_every": checkpoint_every,
+        "overwrite": overwrite,
+    }
+    ranks = _join_launched_ranks(runner_cfg, options)
 
     def prepare() -> None:
         staging = Path(prepare_run_folders(runner_cfg, overwrite).output_path)
@@ -252,16 +258,18 @@ def train_from_runner_config(
     )
 
 
-def _join_launched_ranks(runner_cfg: LanguageModelSAERunnerConfig[Any]) -> DataParallel | None:
+def _join_launched_ranks(
+    runner_cfg: LanguageModelSAERunnerConfig[Any], options: dict[str, Any]
+) -> DataParallel | None:
     """Under torchrun, this process's rank, once the run is known to split over the ranks and
-    every rank is known to run the same config (None: a single process)."""
+    every rank is known to run the same config and ``options`` (None: a single process)."""
     ranks = launched_data_parallel()
     if ranks is None:
         return None
     device = rank_device(runner_cfg.device, ranks)
     per_rank_config(runner_cfg, ranks, device)  # refuses a batch that does not split, early
     join_process_group(ranks, device)
-    check_same_config(runner_cfg, ranks)
+    check_same_config(runner_cfg, ranks, options)
     return ranks
 
 
@@ -280,7 +288,7 @@ def resume_training(path: str | Path, *, model: HookedSAETransformer | None = No
             f"{written_by} (torchrun --nproc-per-node {written_by}), not {now}: each one's share "
             "of the data stream is in it"
         )
-    ranks = _join_launched_ranks(requested)
+    ranks = _join_launched_ranks(requested, {"resume": str(staging), "checkpoint": checkpoint.name})
     output = Path(requested.output_path).expanduser()
     if staging_folder(output) != staging:
         raise ValueError(
@@ -345,12 +353,15 @@ def _run(
     output = Path(requested.output_path).expanduser()
     staging = Path(runner_cfg.output_path)
     main = ranks is None or ranks.is_main
+    recorded = runner_cfg  # the global figures, which the saved runner_cfg.json records
     if ranks is not None:
         runner_cfg = per_rank_config(runner_cfg, ranks, rank_device(runner_cfg.device, ranks))
     try:
         runner = _build_runner(
             runner_cfg, model_path, init_b_dec_to_mean, model, checkpoint_every, resume_from, ranks
         )
+        if ranks is not None:
+            runner.recorded_cfg = bind_run(recorded)
         sae = runner.run()
     except BaseException:
         if main and not has_checkpoints(staging):  # nothing to resume from: leave nothing behind

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
+from sae_lens.constants import RUNNER_CFG_FILENAME
 from sae_lens.saes.sae import TrainingSAE, TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
@@ -214,6 +216,9 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
             override_sae=override_sae,
         )
         self.data_parallel = data_parallel
+        self.recorded_cfg: LanguageModelSAERunnerConfig[Any] | None = None
+        """The config ``runner_cfg.json`` records when it is not ``cfg`` (in data-parallel
+        training: the global batch and token counts, not this rank's share)."""
         if data_parallel is not None:
             shard_activation_cache(self.activations_store, data_parallel)
             self.sae.replicas = data_parallel.replicas  # type: ignore[assignment]
@@ -297,3 +302,14 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
             return
         check_finite_parameters(sae, f"saving to {output_path}")
         super().save_final_sae(sae, output_path, **kwargs)
+        self._record_config(Path(output_path))
+
+    def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+        """SAELens's checkpoint of the data provider and the runner config (as recorded)."""
+        super().save_checkpoint(checkpoint_path)
+        if checkpoint_path is not None:
+            self._record_config(checkpoint_path)
+
+    def _record_config(self, folder: Path) -> None:
+        if self.recorded_cfg is not None:
+            (folder / RUNNER_CFG_FILENAME).write_text(json.dumps(self.recorded_cfg.to_dict()))

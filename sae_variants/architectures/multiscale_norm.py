@@ -564,14 +564,14 @@ class MultiScaleNormTrainingSAE(
         self.W_dec[index] = directions
         self.W_enc[:, index] = self.cfg.reactivation_encoder_scale * live_norm * directions.T
         self.b_enc[index] = 0.0
+        # The revived directions come from this replica's batch and a random sketch: every
+        # replica takes rank 0's before their moments are taken over every replica's rows.
+        replicas = replicas_of(self)
+        for tensor in (self.W_dec, self.W_enc, self.b_enc):
+            replicas.broadcast_(tensor.data)
         mean, variance = self._moments(encoder_input @ self.W_enc[:, index])
         self.gate_mean[index] = mean
         self.gate_var[index] = variance
-        # The revived directions come from this replica's batch and a random sketch: every
-        # replica takes rank 0's.
-        replicas = replicas_of(self)
-        for tensor in (self.W_dec, self.W_enc, self.b_enc, self.gate_mean, self.gate_var):
-            replicas.broadcast_(tensor.data)
         self.steps_since_fired[index] = 0
         self.pending_moment_reset[index] = True
         self.features_revived.add_(n_dead)

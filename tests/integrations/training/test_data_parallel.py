@@ -14,6 +14,7 @@ of them matches, the test says so.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -123,6 +124,8 @@ def test_the_saved_sae_is_written_once_by_rank_0(trained: Path) -> None:
     assert "sae_weights.safetensors" in saved
     assert "cfg.json" in saved
     assert not (trained / "two" / "standard.partial").exists()
+    recorded = json.loads((trained / "two" / "standard" / "runner_cfg.json").read_text())
+    assert recorded["train_batch_size_tokens"] == 1024  # the global batch, not a rank's share
     one = load_file(trained / "one" / "standard" / "sae_weights.safetensors")
     two = load_file(trained / "two" / "standard" / "sae_weights.safetensors")
     for name, tensor in one.items():
@@ -260,3 +263,18 @@ def test_a_rank_that_dies_does_not_leave_the_others_waiting() -> None:
     errors = _spawn("dies")
     assert 0 in errors, "the surviving rank returned from a collective its peer never joined"
     assert time.monotonic() - start < 60
+
+
+def test_a_signal_repeated_while_the_ranks_write_a_checkpoint_lets_them_finish() -> None:
+    from sae_variants.integrations.training.checkpoints import CheckpointSeam
+
+    seam = CheckpointSeam(iter([]), None, lambda _checkpoint: "")
+    seam.training_started = True
+    seam.writing = True
+    seam.on_signal(signal.SIGINT, None)  # ignored: the checkpoint under way completes
+    assert seam.signal_received is None
+    seam.writing = False
+    seam.on_signal(signal.SIGINT, None)
+    assert seam.signal_received == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # a second one outside a checkpoint insists
+        seam.on_signal(signal.SIGINT, None)
