@@ -32,32 +32,31 @@ class Replicas:
         if self.world_size < 1:
             raise ValueError(f"Replicas needs world_size >= 1, got {self.world_size}")
 
+    def _all_reduce_(self, tensor: Tensor, op: Any) -> Tensor:
+        """``tensor`` replaced in place by ``op`` applied over the replicas. Returns it."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=op, group=self.group)
+        return tensor
+
     def mean_(self, tensor: Tensor) -> Tensor:
         """``tensor`` replaced in place by its mean over the replicas (each replica's batch
         statistic becomes the statistic of the global batch, for statistics that are means over
         equally sized batches). Returns it."""
         if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
-            tensor.div_(self.world_size)
+            self._all_reduce_(tensor, dist.ReduceOp.SUM).div_(self.world_size)
         return tensor
 
     def sum_(self, tensor: Tensor) -> Tensor:
         """``tensor`` replaced in place by its sum over the replicas. Returns it."""
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
-        return tensor
+        return self._all_reduce_(tensor, dist.ReduceOp.SUM)
 
     def min_(self, tensor: Tensor) -> Tensor:
         """``tensor`` replaced in place by its element-wise minimum over the replicas."""
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self.group)
-        return tensor
+        return self._all_reduce_(tensor, dist.ReduceOp.MIN)
 
     def max_(self, tensor: Tensor) -> Tensor:
         """``tensor`` replaced in place by its element-wise maximum over the replicas."""
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.group)
-        return tensor
+        return self._all_reduce_(tensor, dist.ReduceOp.MAX)
 
     def differentiable_sum(self, tensor: Tensor) -> Tensor:
         """The sum of ``tensor`` over the replicas, as a new tensor that carries gradient: the

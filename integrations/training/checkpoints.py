@@ -142,6 +142,18 @@ def checkpoint_world_size(checkpoint: Path) -> int:
     return int(state.get("world_size", 1))
 
 
+def check_resumable_by(checkpoint: Path, world_size: int) -> None:
+    """Refuse to resume ``checkpoint`` in a run of ``world_size`` processes unless as many
+    wrote it: each one's share of the data stream is in it."""
+    written_by = checkpoint_world_size(checkpoint)
+    if written_by != world_size:
+        raise ValueError(
+            f"{checkpoint} was written by a run of {written_by} process(es); resume it with "
+            f"{written_by} (torchrun --nproc-per-node {written_by}), not {world_size}: each "
+            "one's share of the data stream is in it"
+        )
+
+
 def rank_folder_name(rank: int) -> str:
     """The folder inside a data-parallel checkpoint holding rank ``rank``'s own state."""
     return f"rank-{rank}"
@@ -156,15 +168,8 @@ def load_checkpoint(
     """Restore the run from ``checkpoint`` into a freshly built ``trainer`` and its data
     ``provider`` (in data-parallel training, this rank's, from its ``rank-R/`` folder); the RNG
     states last, so nothing draws from them before the next step."""
+    check_resumable_by(checkpoint, 1 if layout is None else layout.world_size)
     state = torch.load(checkpoint / RESUME_STATE_FILENAME, weights_only=True)
-    written_by = int(state.get("world_size", 1))
-    world_size = 1 if layout is None else layout.world_size
-    if written_by != world_size:
-        raise ValueError(
-            f"{checkpoint} was written by a run of {written_by} process(es); resume it with "
-            f"{written_by} (torchrun --nproc-per-node), not {world_size}: each one's share of "
-            "the data is in it"
-        )
     own = checkpoint
     if layout is not None and not layout.is_main:
         own = checkpoint / rank_folder_name(layout.rank)

@@ -34,7 +34,7 @@ from sae_variants.integrations.training.activation_cache import (
     open_cache,
 )
 from sae_variants.integrations.training.checkpoints import (
-    checkpoint_world_size,
+    check_resumable_by,
     latest_complete_checkpoint,
 )
 from sae_variants.integrations.training.datasets import (
@@ -237,7 +237,7 @@ def train_from_runner_config(
         "checkpoint_every": checkpoint_every,
         "overwrite": overwrite,
     }
-    ranks = _join_launched_ranks(runner_cfg, options)
+    ranks, share = _join_launched_ranks(runner_cfg, options)
 
     def prepare() -> None:
         staging = Path(prepare_run_folders(runner_cfg, overwrite).output_path)
@@ -252,25 +252,36 @@ def train_from_runner_config(
         (staging / RUN_CONFIG_FILENAME).write_text(json.dumps(record, indent=1, default=str))
 
     on_main_first(ranks, prepare)
-    staged = _staged_config(runner_cfg, staging_folder(Path(runner_cfg.output_path).expanduser()))
+    staging = staging_folder(Path(runner_cfg.output_path).expanduser())
     return _run(
-        runner_cfg, staged, model_path, init_b_dec_to_mean, model, checkpoint_every, None, ranks
+        _Run(
+            requested=runner_cfg,
+            trained=_staged_config(share, staging),
+            model_path=model_path,
+            init_b_dec_to_mean=init_b_dec_to_mean,
+            model=model,
+            checkpoint_every=checkpoint_every,
+            resume_from=None,
+            ranks=ranks,
+        )
     )
 
 
 def _join_launched_ranks(
     runner_cfg: LanguageModelSAERunnerConfig[Any], options: dict[str, Any]
-) -> DataParallel | None:
-    """Under torchrun, this process's rank, once the run is known to split over the ranks and
-    every rank is known to run the same config and ``options`` (None: a single process)."""
+) -> tuple[DataParallel | None, LanguageModelSAERunnerConfig[Any]]:
+    """(this process's rank under torchrun, or None for a single process; the config this
+    process trains: ``runner_cfg`` itself, or this rank's share of each global batch on its own
+    device). Under torchrun the group is joined once the run is known to split over the ranks
+    and every rank is known to run the same config and ``options``."""
     ranks = launched_data_parallel()
     if ranks is None:
-        return None
-    device = rank_device(runner_cfg.device, ranks)
-    per_rank_config(runner_cfg, ranks, device)  # refuses a batch that does not split, early
-    join_process_group(ranks, device)
+        return None, runner_cfg
+    # per_rank_config refuses a batch that does not split before the group is joined
+    share = per_rank_config(runner_cfg, ranks, rank_device(runner_cfg.device, ranks))
+    join_process_group(ranks, share.device)
     check_same_config(runner_cfg, ranks, options)
-    return ranks
+    return ranks, share
 
 
 def resume_training(path: str | Path, *, model: HookedSAETransformer | None = None) -> TrainResult:
@@ -280,15 +291,10 @@ def resume_training(path: str | Path, *, model: HookedSAETransformer | None = No
     staging, checkpoint = _locate_resume(Path(path).expanduser())
     record = json.loads((staging / RUN_CONFIG_FILENAME).read_text())
     requested = LanguageModelSAERunnerConfig.from_dict(record["runner_config"])
-    ranks = launched_data_parallel()
-    written_by, now = checkpoint_world_size(checkpoint), 1 if ranks is None else ranks.world_size
-    if written_by != now:
-        raise ValueError(
-            f"{checkpoint} was written by a run of {written_by} process(es); resume it with "
-            f"{written_by} (torchrun --nproc-per-node {written_by}), not {now}: each one's share "
-            "of the data stream is in it"
-        )
-    ranks = _join_launched_ranks(requested, {"resume": str(staging), "checkpoint": checkpoint.name})
+    launched = launched_data_parallel()
+    check_resumable_by(checkpoint, 1 if launched is None else launched.world_size)
+    options = {"resume": str(staging), "checkpoint": checkpoint.name}
+    ranks, share = _join_launched_ranks(requested, options)
     output = Path(requested.output_path).expanduser()
     if staging_folder(output) != staging:
         raise ValueError(
@@ -297,17 +303,18 @@ def resume_training(path: str | Path, *, model: HookedSAETransformer | None = No
         )
     overwrite = bool(record.get("overwrite", False))  # as the interrupted run was asked
     check_output_folder(output, overwrite=overwrite, marker="cfg.json", what="a trained SAE")
-    staged = _staged_config(requested, staging)
     logger.info("resuming %s from %s", output, checkpoint)
     return _run(
-        requested,
-        staged,
-        record["model_path"],
-        False,  # b_dec comes from the checkpoint
-        model,
-        record["checkpoint_every"],
-        checkpoint,
-        ranks,
+        _Run(
+            requested=requested,
+            trained=_staged_config(share, staging),
+            model_path=record["model_path"],
+            init_b_dec_to_mean=False,  # b_dec comes from the checkpoint
+            model=model,
+            checkpoint_every=record["checkpoint_every"],
+            resume_from=checkpoint,
+            ranks=ranks,
+        )
     )
 
 
@@ -340,28 +347,31 @@ def _resume_hint(output: Path) -> Callable[[Path], str]:
     )
 
 
-def _run(
-    requested: LanguageModelSAERunnerConfig[Any],
-    runner_cfg: LanguageModelSAERunnerConfig[Any],
-    model_path: str | None,
-    init_b_dec_to_mean: bool,
-    model: HookedSAETransformer | None,
-    checkpoint_every: int | None,
-    resume_from: Path | None,
-    ranks: DataParallel | None = None,
-) -> TrainResult:
-    output = Path(requested.output_path).expanduser()
-    staging = Path(runner_cfg.output_path)
-    main = ranks is None or ranks.is_main
-    recorded = runner_cfg  # the global figures, which the saved runner_cfg.json records
-    if ranks is not None:
-        runner_cfg = per_rank_config(runner_cfg, ranks, rank_device(runner_cfg.device, ranks))
+@dataclass(frozen=True)
+class _Run:
+    """One run as the entry points hand it to :func:`_run`."""
+
+    requested: LanguageModelSAERunnerConfig[Any]
+    """The config as asked: the global batch and token counts, the final output folder."""
+    trained: LanguageModelSAERunnerConfig[Any]
+    """The config this process trains: writing into the staging folder, with this rank's share
+    of each batch in data-parallel training."""
+    model_path: str | None
+    init_b_dec_to_mean: bool
+    model: HookedSAETransformer | None
+    checkpoint_every: int | None
+    resume_from: Path | None
+    ranks: DataParallel | None
+
+
+def _run(run: _Run) -> TrainResult:
+    output = Path(run.requested.output_path).expanduser()
+    staging = staging_folder(output)
+    main = run.ranks is None or run.ranks.is_main
     try:
-        runner = _build_runner(
-            runner_cfg, model_path, init_b_dec_to_mean, model, checkpoint_every, resume_from, ranks
-        )
-        if ranks is not None:
-            runner.recorded_cfg = bind_run(recorded)
+        runner = _build_runner(run)
+        if run.ranks is not None:  # the saved runner_cfg.json records the global figures
+            runner.recorded_cfg = bind_run(_staged_config(run.requested, staging))
         sae = runner.run()
     except BaseException:
         if main and not has_checkpoints(staging):  # nothing to resume from: leave nothing behind
@@ -371,25 +381,18 @@ def _run(
         (staging / RUN_CONFIG_FILENAME).unlink(missing_ok=True)
         move_into_place(staging, output)
         logger.info("saved the trained SAE to %s", output)
-    if ranks is not None:
+    if run.ranks is not None:
         dist.barrier()  # every rank returns once the SAE is in place
-    result_cfg = copy.copy(runner.cfg if ranks is None else bind_run(requested))
+    result_cfg = copy.copy(runner.cfg if run.ranks is None else bind_run(run.requested))
     result_cfg.output_path, result_cfg.checkpoint_path = (
-        requested.output_path,
-        requested.checkpoint_path,
+        run.requested.output_path,
+        run.requested.checkpoint_path,
     )
     return TrainResult(output, sae, result_cfg)
 
 
-def _build_runner(
-    runner_cfg: LanguageModelSAERunnerConfig[Any],
-    model_path: str | None,
-    init_b_dec_to_mean: bool,
-    model: HookedSAETransformer | None,
-    checkpoint_every: int | None,
-    resume_from: Path | None,
-    ranks: DataParallel | None = None,
-) -> VariantTrainingRunner:
+def _build_runner(run: _Run) -> VariantTrainingRunner:
+    runner_cfg, model_path, model, ranks = run.trained, run.model_path, run.model, run.ranks
     for device in {runner_cfg.device, runner_cfg.llm_device, runner_cfg.act_store_device}:
         resolve_device(device)  # a config written on another machine may name a device not here
     cache = None
@@ -406,19 +409,16 @@ def _build_runner(
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
     if ranks is not None:
         dataset = shard_dataset(_hub_dataset(runner_cfg) if dataset is None else dataset, ranks)
-    output = Path(runner_cfg.output_path).with_name(
-        Path(runner_cfg.output_path).name.removesuffix(".partial")
-    )
     runner = VariantTrainingRunner(
         runner_cfg,
         override_dataset=dataset,
         override_model=model,
-        checkpoint_every=checkpoint_every,
-        resume_from=resume_from,
-        resume_hint=_resume_hint(output),
+        checkpoint_every=run.checkpoint_every,
+        resume_from=run.resume_from,
+        resume_hint=_resume_hint(Path(run.requested.output_path).expanduser()),
         data_parallel=ranks,
     )
-    if init_b_dec_to_mean:
+    if run.init_b_dec_to_mean:
         initialize_b_dec_to_mean(
             runner.sae,
             runner.activations_store,
