@@ -1,11 +1,15 @@
 """The replicas of one SAE in data-parallel training: what a training SAE reduces across them.
 
 In data-parallel training (``sae_variants.integrations.training.distributed``) every process
-holds an identical copy of the SAE and steps it on its own share of each global batch. Gradients
-are averaged by the trainer; everything else a step changes (a running statistic, a decision
-read from one, a random draw that is not a gradient) must be reduced here, or the copies drift
-apart. A training SAE outside data-parallel training has no :class:`Replicas` and every method
-below is the identity, so a variant calls them unconditionally at its statistic points.
+holds an identical copy of the SAE and steps it on its own share of each global batch: replica
+``rank`` holds the ``rank``-th slice of its rows, so the replicas' rows in rank order are the
+batch one process would train on. Gradients are averaged by the trainer; everything else a step
+changes (a running statistic, a decision read from one, a random draw that is not a gradient)
+must be reduced here, or the copies drift apart, and a term coupling the rows of the batch (a
+contrastive term, a dropout mask drawn for the batch) gathers the global batch here so that it
+is the term one process computes. A training SAE outside data-parallel training has no
+:class:`Replicas` and every method below is the identity, so a variant calls them
+unconditionally.
 
 Every replica must make the same calls in the same order with tensors of the same shape: they
 are collective operations.
@@ -18,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from jaxtyping import Float
 from torch import Tensor
 
 
@@ -26,11 +31,15 @@ class Replicas:
     """The process group of one SAE's replicas (``None``: torch.distributed's default group)."""
 
     world_size: int
+    rank: int = 0
+    """This replica's place among them: its rows are the ``rank``-th slice of a global batch."""
     group: Any = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
             raise ValueError(f"Replicas needs world_size >= 1, got {self.world_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not among {self.world_size} replicas")
 
     def _all_reduce_(self, tensor: Tensor, op: Any) -> Tensor:
         """``tensor`` replaced in place by ``op`` applied over the replicas. Returns it."""
@@ -69,11 +78,65 @@ class Replicas:
 
         return all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
 
+    def gather(self, tensor: Tensor) -> Tensor:
+        """Every replica's ``tensor`` (the same shape on each) concatenated along the first axis
+        in rank order, without gradient: a global batch's rows when each replica holds its
+        ``rank``-th slice of them."""
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous(), group=self.group)
+        return torch.cat(parts)
+
+    def gather_for_shared_term(self, tensor: Tensor) -> Tensor:
+        """:meth:`gather`, carrying gradient, for a loss term that every replica computes alike
+        from the gathered rows (e.g. a contrastive term over the global batch).
+
+        The backward pass gives this replica's rows N times their slice of the term's gradient:
+        every replica's term is the same function of the same rows, so that is the sum of the
+        replicas' gradients for these rows, and once the trainer averages gradients over the N
+        replicas the parameters get the term's gradient computed in one process."""
+        if self.world_size == 1:
+            return tensor
+        return _GatherForSharedTerm.apply(tensor, self)
+
+    def own_rows(self, rows_per_replica: int) -> slice:
+        """Where this replica's ``rows_per_replica`` rows sit in the gathered global batch."""
+        return slice(self.rank * rows_per_replica, (self.rank + 1) * rows_per_replica)
+
+    def dropout(self, x: Float[Tensor, "rows ..."], p: float) -> Float[Tensor, "rows ..."]:
+        """``torch.nn.functional.dropout(x, p)`` in training, with the mask drawn for the global
+        batch (every replica draws the same ``N * rows`` rows from its generator, which the
+        replicas keep in step) and this replica's slice applied: the masks one process would
+        draw for the whole batch, and the generator advanced as far. With one replica the draw
+        and arithmetic are ``F.dropout``'s own on the CPU (a ``bernoulli_(1 - p)`` mask, then
+        ``x * mask * 1 / (1 - p)``)."""
+        if p == 0.0:
+            return x
+        mask = torch.empty(
+            (self.world_size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device
+        ).bernoulli_(1.0 - p)
+        return x.mul(mask[self.own_rows(x.shape[0])]).mul_(1.0 / (1.0 - p))
+
     def broadcast_(self, tensor: Tensor) -> Tensor:
         """``tensor`` replaced in place by rank 0's (for anything drawn at random)."""
         if self.world_size > 1:
             dist.broadcast(tensor, src=0, group=self.group)
         return tensor
+
+
+class _GatherForSharedTerm(torch.autograd.Function):
+    """See :meth:`Replicas.gather_for_shared_term`."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, replicas: Replicas) -> Tensor:
+        ctx.rows = replicas.own_rows(tensor.shape[0])
+        ctx.world_size = replicas.world_size
+        return replicas.gather(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad[ctx.rows] * ctx.world_size, None
 
 
 SINGLE = Replicas(world_size=1)

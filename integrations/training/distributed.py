@@ -3,7 +3,11 @@
     torchrun --nproc-per-node N $(which sae-variants) train ...
 
 Each process (rank) runs its own copy of the model on its own share of the token stream (or of
-the activation cache): contexts are dealt out round-robin, context ``i`` to rank ``i mod N``. The
+the activation cache): contexts are dealt out in blocks, block ``j`` to rank ``j mod N``, a block
+being what a rank takes at a time (:func:`contexts_per_share`), so the ranks' slices of a global
+batch are, in rank order, the batch one process would read. A sequence-aware SAE's pool is
+global: every rank runs the model on its share of each refill and the activations are gathered,
+so every rank holds the same pool, makes the same draws, and serves its slice. The
 config's ``train_batch_size_tokens`` and ``training_tokens`` are the *global* figures, so a config
 means the same training whatever N is: each rank steps on ``batch / N`` tokens, for the same number
 of steps.
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from sae_lens import LanguageModelSAERunnerConfig
@@ -66,7 +71,7 @@ class DataParallel:
 
     @property
     def replicas(self) -> Replicas:
-        return Replicas(world_size=self.world_size)
+        return Replicas(world_size=self.world_size, rank=self.rank)
 
 
 def launched_data_parallel(environ: dict[str, str] | None = None) -> DataParallel | None:
@@ -172,6 +177,13 @@ def per_rank_config(
             "normalize_activations='covariance_whitening' estimates its statistics per rank; "
             "data-parallel training supports 'none', 'expected_average_only_in' and 'layer_norm'"
         )
+    fetch = cfg.store_batch_size_prompts
+    if callable(getattr(cfg.sae, "sequence_layout", None)) and fetch % n:
+        raise ValueError(
+            f"store_batch_size_prompts={fetch} is how many contexts the sequence-aware pool "
+            f"refills at a time, and each of the {n} ranks runs the model on its share: use a "
+            f"multiple of {n}"
+        )
     steps = cfg.training_tokens // batch
     ranked = copy.deepcopy(cfg)
     ranked.train_batch_size_tokens = batch // n
@@ -218,30 +230,56 @@ def check_same_config(
         )
 
 
-def shard_dataset(dataset: Any, layout: DataParallel) -> Any:
-    """This rank's share of a token dataset: every N-th context, starting at its rank (a map-style
-    ``datasets.Dataset``), or ``datasets.distributed.split_dataset_by_node``'s share of a streamed
-    one."""
+def shard_dataset(dataset: Any, layout: DataParallel, block: int = 1) -> Any:
+    """This rank's share of a token dataset: contexts dealt out in blocks of ``block``, block
+    ``j`` to rank ``j mod N`` (a map-style ``datasets.Dataset``), or
+    ``datasets.distributed.split_dataset_by_node``'s share of a streamed one.
+
+    With ``block`` the contexts one rank takes at a time (see :func:`contexts_per_share`), the
+    ranks' ``j``-th takes, in rank order, are the ``j``-th take of one process reading the whole
+    stream."""
     from datasets import Dataset, IterableDataset
     from datasets.distributed import split_dataset_by_node
 
+    if block < 1:
+        raise ValueError(f"block must be >= 1 context, got {block}")
     if isinstance(dataset, Dataset):
-        if len(dataset) < layout.world_size:
+        if len(dataset) < layout.world_size * block:
             raise ValueError(
-                f"the dataset holds {len(dataset)} contexts, fewer than the {layout.world_size} "
-                "ranks sharing it"
+                f"the dataset holds {len(dataset)} contexts, fewer than the "
+                f"{layout.world_size * block} one round of {layout.world_size} ranks takes "
+                f"({block} each)"
             )
-        return dataset.shard(num_shards=layout.world_size, index=layout.rank, contiguous=False)
+        index = np.arange(len(dataset))
+        return dataset.select(index[(index // block) % layout.world_size == layout.rank])
     if isinstance(dataset, IterableDataset):
         return split_dataset_by_node(dataset, rank=layout.rank, world_size=layout.world_size)
     raise TypeError(f"cannot share out a dataset of type {type(dataset).__name__} over ranks")
 
 
-def shard_activation_cache(store: Any, layout: DataParallel) -> None:
-    """Give ``store`` (SAELens's ``ActivationsStore`` over a cache) this rank's rows of it."""
+def contexts_per_share(cfg: LanguageModelSAERunnerConfig[Any], layout: DataParallel) -> int:
+    """How many consecutive contexts of the stream a rank takes at a time (``cfg`` the per-rank
+    config): for a sequence-aware SAE, its share of each refill of the pool
+    (``store_batch_size_prompts / N``); otherwise its batch when that is whole contexts, else one.
+    Dealt out in such blocks, the ranks' batches are the slices of one process's global batch,
+    in rank order, whenever one process would read its batches as whole contexts in order."""
+    if callable(getattr(cfg.sae, "sequence_layout", None)):
+        return cfg.store_batch_size_prompts // layout.world_size
+    batch, context = cfg.train_batch_size_tokens, cfg.context_size
+    return batch // context if batch % context == 0 else 1
+
+
+SHARDED_CACHE_MARK = "sae_variants_sharded_cache"
+"""Set (True) on a SAELens store whose ``cached_activation_dataset`` is this rank's share only."""
+
+
+def shard_activation_cache(store: Any, layout: DataParallel, block: int = 1) -> None:
+    """Give ``store`` (SAELens's ``ActivationsStore`` over a cache) this rank's rows of it, dealt
+    out as :func:`shard_dataset` deals contexts."""
     cached = store.cached_activation_dataset
     if cached is not None:
-        store.cached_activation_dataset = shard_dataset(cached, layout)
+        store.cached_activation_dataset = shard_dataset(cached, layout, block)
+        setattr(store, SHARDED_CACHE_MARK, True)
 
 
 # ------------------------------------------------------------------------------ the step

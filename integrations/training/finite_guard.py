@@ -20,6 +20,8 @@ import torch
 from sae_lens.saes.sae import TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 
+from sae_variants.replicas import replicas_of
+
 
 class NonFiniteTrainingError(RuntimeError):
     """Training produced a NaN or inf (a loss term, or a parameter after a step)."""
@@ -74,14 +76,33 @@ def check_step_finite(
     sae: torch.nn.Module, output: TrainStepOutput, step: int, checkpoint_path: str | None
 ) -> None:
     """Raise :class:`NonFiniteTrainingError` if a loss term of ``output`` or a parameter of
-    ``sae`` is not finite, naming the step, the terms, the parameters and the last checkpoint."""
+    ``sae`` is not finite, naming the step, the terms, the parameters and the last checkpoint.
+    Among data-parallel replicas (``sae.replicas``) every rank raises when any rank's step is
+    not finite, so none waits for the others at the next collective."""
     terms = _terms(output)
     parameters = dict(sae.named_parameters())
     norms = torch._foreach_norm([p.detach() for p in parameters.values()])
     values = torch.stack([*terms.values(), *(n.float().to(output.loss.device) for n in norms)])
     finite = torch.isfinite(values)
-    if bool(finite.all()):  # the step's one synchronization
+    here = finite.all()
+    replicas = replicas_of(sae)
+    if replicas.world_size > 1:
+        everywhere = bool(replicas.min_(here.to(torch.int32)))
+    else:
+        everywhere = bool(here)  # the step's one synchronization
+    if everywhere:
         return
+    checkpoint = latest_checkpoint(checkpoint_path)
+    resume = (
+        f"the last good checkpoint is {checkpoint}"
+        if checkpoint is not None
+        else "no checkpoint was written before it"
+    )
+    if bool(here):
+        raise NonFiniteTrainingError(
+            f"training stopped at step {step}: another rank's step was non-finite (its error "
+            f"names the terms). Nothing was saved; {resume}."
+        )
     flags = finite.tolist()
     bad_terms = [name for name, ok in zip(terms, flags[: len(terms)], strict=True) if not ok]
     bad_parameters = [
@@ -92,12 +113,6 @@ def check_step_finite(
         found.append(f"loss terms {', '.join(bad_terms)}")
     if bad_parameters:
         found.append(f"parameters {', '.join(bad_parameters)} after the optimizer step")
-    checkpoint = latest_checkpoint(checkpoint_path)
-    resume = (
-        f"the last good checkpoint is {checkpoint}"
-        if checkpoint is not None
-        else "no checkpoint was written before it"
-    )
     raise NonFiniteTrainingError(
         f"training stopped at step {step}: non-finite {' and '.join(found)}. Nothing was saved; "
         f"{resume}. Lower the learning rate or the loss coefficients, or check the activations."

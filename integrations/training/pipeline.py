@@ -44,8 +44,10 @@ from sae_variants.integrations.training.datasets import (
 )
 from sae_variants.integrations.training.devices import resolve_device
 from sae_variants.integrations.training.distributed import (
+    SHARDED_CACHE_MARK,
     DataParallel,
     check_same_config,
+    contexts_per_share,
     join_process_group,
     launched_data_parallel,
     on_main_first,
@@ -64,18 +66,25 @@ from sae_variants.validation import check_activations
 logger = logging.getLogger(__name__)
 
 
-def sample_contexts(store: Any, n_contexts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_contexts(
+    store: Any, n_contexts: int, ranks: DataParallel | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids ``[n, context]``, activations ``[n, context, d_in]``) of ``n_contexts`` contexts:
     the first rows of the store's activation cache, or the next contexts of its dataset stream run
     through the model (training then starts that many contexts later in the data; they come round
-    again in later epochs)."""
+    again in later epochs). In data-parallel training (``ranks``) the first rows of this rank's
+    share of the cache, or, where every rank reads the whole cache (a sequence-aware pool), this
+    rank's slice of the first ``N * n_contexts`` rows."""
     cached = getattr(store, "cached_activation_dataset", None)
     if cached is not None:
-        rows = slice(0, min(n_contexts, len(cached)))
-        acts = cached[rows][store.hook_name]
+        start = 0
+        if ranks is not None and not getattr(store, SHARDED_CACHE_MARK, False):
+            start = ranks.rank * n_contexts
+        rows = range(min(start, len(cached)), min(start + n_contexts, len(cached)))
+        acts = cached[rows.start : rows.stop][store.hook_name]
         if TOKEN_IDS_COLUMN not in cached.column_names:  # nothing to filter by
             return torch.full(acts.shape[:2], -1, dtype=torch.long), acts
-        return cached_token_ids(cached.select(range(rows.stop))), acts
+        return cached_token_ids(cached.select(rows)), acts
     tokens = store.get_batch_tokens(n_contexts)
     return tokens, store.get_activations(tokens)
 
@@ -98,7 +107,7 @@ def initialize_b_dec_to_mean(
     n_contexts = n_batches * store.store_batch_size_prompts
     if ranks is not None:  # each rank reads its share of the same global contexts
         n_contexts = max(1, n_contexts // ranks.world_size)
-    tokens, acts = sample_contexts(store, n_contexts)
+    tokens, acts = sample_contexts(store, n_contexts, ranks)
     acts = acts.reshape(-1, sae.cfg.d_in)
     if store.exclude_special_tokens is not None:
         keep = ~torch.isin(tokens.reshape(-1), store.exclude_special_tokens.to(tokens.device))
@@ -408,7 +417,11 @@ def _build_runner(run: _Run) -> VariantTrainingRunner:
     if cache is None and runner_cfg.dataset_path == AUSTEN_RECORD:
         dataset = austen_contexts("train", model.tokenizer, runner_cfg.context_size)
     if ranks is not None:
-        dataset = shard_dataset(_hub_dataset(runner_cfg) if dataset is None else dataset, ranks)
+        dataset = shard_dataset(
+            _hub_dataset(runner_cfg) if dataset is None else dataset,
+            ranks,
+            contexts_per_share(runner_cfg, ranks),
+        )
     runner = VariantTrainingRunner(
         runner_cfg,
         override_dataset=dataset,

@@ -58,6 +58,7 @@ from sae_variants.integrations.training.distributed import (
     GradientAverager,
     broadcast_state,
     check_replicas_agree,
+    contexts_per_share,
     only_on_main,
     shard_activation_cache,
     synchronize_feature_statistics,
@@ -70,6 +71,7 @@ from sae_variants.integrations.training.finite_guard import (
 )
 from sae_variants.integrations.training.mixing_stream import ResumableMixingStream
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
+from sae_variants.replicas import SINGLE
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout
 
 
@@ -219,18 +221,23 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
         self.recorded_cfg: LanguageModelSAERunnerConfig[Any] | None = None
         """The config ``runner_cfg.json`` records when it is not ``cfg`` (in data-parallel
         training: the global batch and token counts, not this rank's share)."""
-        if data_parallel is not None:
-            shard_activation_cache(self.activations_store, data_parallel)
-            self.sae.replicas = data_parallel.replicas  # type: ignore[assignment]
         layout = layout or sequence_layout_of(cfg.sae)
+        replicas = SINGLE
+        if data_parallel is not None:
+            replicas = data_parallel.replicas
+            self.sae.replicas = replicas  # type: ignore[assignment]
+            if layout is None:  # a sequence-aware pool reads its share of each refill itself
+                block = contexts_per_share(cfg, data_parallel)
+                shard_activation_cache(self.activations_store, data_parallel, block)
         self.sequence_batches = None
         if layout is not None:
             self.sequence_batches = SequenceBatchSource(
                 self.activations_store,
                 layout,
-                cfg.train_batch_size_tokens,
+                cfg.train_batch_size_tokens * replicas.world_size,  # the global batch
                 pool_contexts=pool_contexts,
                 seed=cfg.seed,
+                replicas=replicas,
             )
             # The source checks every batch itself.
             self.activations_store = self.sequence_batches  # type: ignore[assignment]

@@ -19,6 +19,11 @@ model through the store, :class:`CachedContexts` reads whole rows (``[context, d
 ``token_ids``) of an activation cache written by SAELens's ``CacheActivationsRunner`` (``sae-variants
 cache``), so positions and sequence ids are as exact from a cache as live.
 
+In data-parallel training (``replicas``) the pool is global: each replica takes its share of
+every refill (its own stream's next contexts, or its slice of the cache rows) and the shares are
+gathered in rank order, so every replica holds the pool one process would, draws the same batch
+from it with the same generator, and serves its slice of the batch's contexts.
+
 Every batch comes with a :class:`~sae_variants.token_context.TokenContext` (position, sequence id
 and token id of each row); :meth:`SequenceBatchSource.context_of` returns it for a batch tensor
 the source produced, by identity. The source is also what the runner checkpoints: the pool's
@@ -40,6 +45,7 @@ from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sae_variants.replicas import SINGLE, Replicas
 from sae_variants.token_context import SequenceLayout, TokenContext
 from sae_variants.validation import check_activations
 
@@ -162,10 +168,15 @@ class ContextSupply(Protocol):
 
 
 class LiveContexts:
-    """Contexts from the dataset stream, run through the model by SAELens's store."""
+    """Contexts from the dataset stream, run through the model by SAELens's store.
 
-    def __init__(self, store: Any) -> None:
+    Among ``parts`` data-parallel replicas, the store's stream is this replica's share of the
+    data (dealt out in blocks of ``n / parts`` contexts), and :meth:`take` returns its share of
+    the next ``n`` contexts."""
+
+    def __init__(self, store: Any, parts: int = 1) -> None:
         self.store = store
+        self.parts = parts
 
     def _model_device(self) -> torch.device:
         try:
@@ -184,8 +195,9 @@ class LiveContexts:
     def take(
         self, n: int
     ) -> tuple[Int[Tensor, "n pos"], Float[Tensor, "n pos d_in"], Int[Tensor, " n"]]:
-        tokens = self.store.get_batch_tokens(n).cpu()
-        return tokens, self.reload(tokens, torch.full((n,), -1)), torch.full((n,), -1)
+        share = n // self.parts
+        tokens = self.store.get_batch_tokens(share).cpu()
+        return tokens, self.reload(tokens, torch.full((share,), -1)), torch.full((share,), -1)
 
     def state(self) -> dict[str, Tensor]:
         return {}  # SAELens's own store state holds the dataset position
@@ -201,9 +213,20 @@ class LiveContexts:
 class CachedContexts:
     """Whole contexts read in order from an activation cache (the store's
     ``cached_activation_dataset``: a ``hook_name`` column of ``[context, d_in]`` and ``token_ids``),
-    starting over at the end as SAELens's store does."""
+    starting over at the end as SAELens's store does.
 
-    def __init__(self, dataset: Any, hook_name: str, context_size: int, d_in: int) -> None:
+    Among ``parts`` data-parallel replicas every one reads the whole cache: :meth:`take` returns
+    the ``part``-th slice of the next ``n`` rows and moves past all ``n``."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        hook_name: str,
+        context_size: int,
+        d_in: int,
+        part: int = 0,
+        parts: int = 1,
+    ) -> None:
         if "token_ids" not in dataset.column_names:
             raise ValueError(
                 f"the activation cache has columns {dataset.column_names} but no 'token_ids': the "
@@ -217,6 +240,7 @@ class CachedContexts:
         self.hook_name = hook_name
         self.context_size = context_size
         self.d_in = d_in
+        self.part, self.parts = part, parts
         self.cursor = 0
         self.epochs = 0
 
@@ -247,8 +271,10 @@ class CachedContexts:
                 self.epochs + 1,
                 size,
             )
-        tokens, acts = self._read(slice(self.cursor, self.cursor + n))  # one contiguous read
-        rows = torch.arange(self.cursor, self.cursor + n)
+        share = n // self.parts
+        start = self.cursor + self.part * share
+        tokens, acts = self._read(slice(start, start + share))  # one contiguous read
+        rows = torch.arange(start, start + share)
         self.cursor += n
         return tokens, acts, rows
 
@@ -275,12 +301,15 @@ class CachedContexts:
         self.cursor, self.epochs = (int(v) for v in state["cache_position"])
 
 
-def context_supply(store: Any) -> ContextSupply:
-    """The supply for SAELens's ``store``: its activation cache if it reads one, else the model."""
+def context_supply(store: Any, replicas: Replicas = SINGLE) -> ContextSupply:
+    """The supply for SAELens's ``store``: its activation cache if it reads one, else the model;
+    among data-parallel ``replicas``, this replica's share of each take."""
     cached = getattr(store, "cached_activation_dataset", None)
     if cached is None:
-        return LiveContexts(store)
-    return CachedContexts(cached, store.hook_name, store.context_size, store.d_in)
+        return LiveContexts(store, replicas.world_size)
+    return CachedContexts(
+        cached, store.hook_name, store.context_size, store.d_in, replicas.rank, replicas.world_size
+    )
 
 
 class SequenceBatchSource:
@@ -298,6 +327,7 @@ class SequenceBatchSource:
         *,
         pool_contexts: int | None = None,
         seed: int = 0,
+        replicas: Replicas = SINGLE,
     ) -> None:
         if tuple(store.seqpos_slice) not in ((None,), (None, None), (0, None)):
             raise ValueError(
@@ -306,7 +336,8 @@ class SequenceBatchSource:
                 "at its default and let the SAE see every position"
             )
         self.store = store
-        self.supply = context_supply(store)
+        self.replicas = replicas
+        self.supply = context_supply(store, replicas)
         self.layout = layout
         self.context_size: int = store.context_size
         self.d_in: int = store.d_in
@@ -326,6 +357,13 @@ class SequenceBatchSource:
         self.batch_size = batch_size
         self.contexts_per_batch = batch_size // self.per_group
         fetch = store.store_batch_size_prompts
+        n = replicas.world_size
+        if self.contexts_per_batch % n or fetch % n:
+            raise ValueError(
+                f"a global batch of {self.contexts_per_batch} contexts and refills of {fetch} "
+                f"(store_batch_size_prompts) must split evenly over the {n} data-parallel ranks; "
+                f"make both multiples of {n}"
+            )
         capacity = pool_contexts or max(
             2 * self.contexts_per_batch, self.contexts_per_batch + fetch
         )
@@ -382,9 +420,17 @@ class SequenceBatchSource:
             )
         self.acts[slots.to(self.acts.device)] = acts.to(self.acts)
 
+    def _gathered(self, tensor: Tensor, device: torch.device) -> Tensor:
+        """Every replica's ``tensor`` in rank order (gathered on ``device``, which NCCL needs to
+        be the GPU), back where it was."""
+        return self.replicas.gather(tensor.to(device)).to(tensor.device)
+
     @torch.no_grad()
     def _fill(self, slots: Int[Tensor, " k"]) -> None:
         tokens, acts, rows = self.supply.take(slots.numel())
+        if self.replicas.world_size > 1:  # every replica holds the whole pool
+            tokens, rows = (self._gathered(t, acts.device) for t in (tokens, rows))
+            acts = self.replicas.gather(acts)
         self._store_acts(slots, acts)
         groups, counts = plan_groups(
             self._usable(tokens), self.layout, self.per_group, self.generator
@@ -430,9 +476,12 @@ class SequenceBatchSource:
             ]
             positions = self.groups[pick, self.cursors[pick]]  # [S, P]
             self.cursors[pick] += 1
+            # Among data-parallel replicas, each serves its slice of the global batch's contexts.
+            own = self.replicas.own_rows(self.contexts_per_batch // self.replicas.world_size)
+            pick, positions = pick[own], positions[own]
             device = self.acts.device
             batch = self.acts[pick.unsqueeze(1).to(device), positions.to(device)].reshape(
-                self.batch_size, self.d_in
+                -1, self.d_in
             )
             context = TokenContext(
                 positions=positions.reshape(-1),
@@ -443,7 +492,7 @@ class SequenceBatchSource:
                 batch, self.d_in, where=f"sequence-aware training batch at {self.store.hook_name}"
             )
             batch = batch.to(self.store.device)
-            self.positions_served += self.batch_size
+            self.positions_served += self.batch_size  # over every replica
             self._issued.append((batch, context))
             return batch
 

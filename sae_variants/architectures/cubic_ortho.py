@@ -152,11 +152,20 @@ class CubicOrthoTrainingSAEConfig(VariantTrainingSAEConfig, ArchitectureFields):
 
 
 def half_batch_ratio_ranks(
-    acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6
+    acts: Float[Tensor, "batch d_sae"], eps: float = 1e-6, replicas: Replicas | None = None
 ) -> Float[Tensor, " d_sae"]:
-    """Rank of each feature's (first-half mean + eps) / (second-half mean + eps), scaled to (0, 1]."""
-    half = acts.shape[0] // 2
-    ratio = (acts[:half].mean(0) + eps) / (acts[half:].mean(0) + eps)
+    """Rank of each feature's (first-half mean + eps) / (second-half mean + eps), scaled to (0, 1].
+    With ``replicas`` (each holding its slice of the global batch, in rank order) the halves are
+    the global batch's."""
+    if replicas is None or replicas.world_size == 1:
+        half = acts.shape[0] // 2
+        ratio = (acts[:half].mean(0) + eps) / (acts[half:].mean(0) + eps)
+    else:
+        rows = acts.shape[0]
+        total, half = rows * replicas.world_size, rows * replicas.world_size // 2
+        split = min(max(half - replicas.rank * rows, 0), rows)  # where the global halves meet
+        sums = replicas.sum_(torch.stack([acts[:split].sum(0), acts[split:].sum(0)]))
+        ratio = (sums[0] / half + eps) / (sums[1] / (total - half) + eps)
     ranks = torch.empty_like(ratio)
     ranks[ratio.argsort()] = torch.arange(
         1, ratio.shape[0] + 1, dtype=ratio.dtype, device=ratio.device
@@ -170,13 +179,15 @@ def pair_terms(
     act_mode: str,
     eps0: float,
     beta: float,
+    replicas: Replicas | None = None,
 ) -> PairTerms | None:
     """``(i, j) -> (weight_ij, margin_ij)`` for ``act_mode``: from the features' mean activations,
-    or, for "ratio_rank", from this batch's half-batch ratio ranks."""
+    or, for "ratio_rank", from this batch's half-batch ratio ranks (the global batch's, with
+    ``replicas``)."""
     if act_mode == "none":
         return None
     if act_mode == "ratio_rank":
-        ranks = half_batch_ratio_ranks(acts.detach())
+        ranks = half_batch_ratio_ranks(acts.detach(), replicas=replicas)
 
         def rank_terms(i: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
             weight = ranks[i] * ranks[j]
@@ -212,7 +223,7 @@ def cubic_ortho_penalty(
     mode = cfg.penalty_mode
     if mode == "auto":
         mode = "dense" if d_sae <= cfg.dense_max_d_sae else "blocks"
-    terms = pair_terms(mean_acts, acts, cfg.act_mode, cfg.eps0, cfg.beta)
+    terms = pair_terms(mean_acts, acts, cfg.act_mode, cfg.eps0, cfg.beta, replicas)
     if mode == "dense":
         weight = margin = None
         if terms is not None:

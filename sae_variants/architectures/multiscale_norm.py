@@ -64,6 +64,7 @@ from sae_variants.architectures.multiscale_norm_functional import (
     gate_thresholds,
     gated_codes,
     importance_from_mean_codes,
+    interleave_rows,
     moment_sums,
     moments_from_sums,
     multiscale_normalize,
@@ -447,19 +448,21 @@ class MultiScaleNormTrainingSAE(
             if self._reactivation_due():
                 self.revive_dead_features(x)
         n_micro = min(self.cfg.grad_accumulation if self.training else 1, x.shape[0])
+        # Micro-batch j is rows j, j + M, j + 2M, ...: among data-parallel replicas each holding
+        # its slice of the global batch (rows in rank order), the replicas' j-th micro-batches
+        # together are one process's j-th, whose statistics they reduce.
         parts = [
-            self._micro_batch(chunk, step_input.coefficients["l1"]) for chunk in x.chunk(n_micro)
+            self._micro_batch(x[j::n_micro], step_input.coefficients["l1"]) for j in range(n_micro)
         ]
-        # Chunks of equal size make the mean of the micro-batch means the batch mean; the last
-        # chunk may be shorter, so weight by rows.
+        # The micro-batch means, weighted by rows, make the batch mean.
         weights = [part.feature_acts.shape[0] / x.shape[0] for part in parts]
         losses = {
             "mse_loss": sum(w * p.mse_loss for w, p in zip(weights, parts, strict=False)),
             "l1_loss": sum(w * p.l1_loss for w, p in zip(weights, parts, strict=False)),
         }
-        feature_acts = torch.cat([p.feature_acts for p in parts])
-        sae_out = torch.cat([p.sae_out for p in parts])
-        hidden_pre = torch.cat([p.hidden_pre for p in parts])
+        feature_acts = interleave_rows([p.feature_acts for p in parts])
+        sae_out = interleave_rows([p.sae_out for p in parts])
+        hidden_pre = interleave_rows([p.hidden_pre for p in parts])
         losses.update(self.calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out))
         if self.training:
             self._count_firing(feature_acts)
@@ -556,6 +559,9 @@ class MultiScaleNormTrainingSAE(
         # The residual lives in input space: undo the centring process_sae_in may have applied.
         target = sae_in + self.b_dec if self.cfg.apply_b_dec_to_input else sae_in
         residual = target - (self.activation(pre, scale) @ self.W_dec + self.b_dec)
+        # From the global batch's residual: every replica draws the same sketch (their
+        # generators are in step), so each computes the directions one process would.
+        residual = replicas_of(self).gather(residual)
         directions = reactivation_directions(residual.float(), n_dead, self.cfg.reactivation_rank)
         directions = directions.to(self.dtype)
         index = dead.nonzero().squeeze(1)
@@ -564,8 +570,8 @@ class MultiScaleNormTrainingSAE(
         self.W_dec[index] = directions
         self.W_enc[:, index] = self.cfg.reactivation_encoder_scale * live_norm * directions.T
         self.b_enc[index] = 0.0
-        # The revived directions come from this replica's batch and a random sketch: every
-        # replica takes rank 0's before their moments are taken over every replica's rows.
+        # Every replica takes rank 0's revived rows (the same up to the order of float sums)
+        # before their moments are taken over every replica's rows.
         replicas = replicas_of(self)
         for tensor in (self.W_dec, self.W_enc, self.b_enc):
             replicas.broadcast_(tensor.data)

@@ -207,3 +207,15 @@ def reactivation_directions(
 def dead_features(steps_since_fired: Tensor, window: int) -> Bool[Tensor, " d_sae"]:
     """Features that have not fired in the last ``window`` steps."""
     return steps_since_fired >= window
+
+
+def interleave_rows(parts: list[Tensor]) -> Float[Tensor, "rows ..."]:
+    """The inverse of splitting rows into ``x[j::M]`` for ``j < M`` (``M = len(parts)``): row
+    ``i`` of the result is row ``i // M`` of part ``i % M``."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    out = first.new_empty((sum(p.shape[0] for p in parts), *first.shape[1:]))
+    for j, part in enumerate(parts):
+        out[j :: len(parts)] = part
+    return out

@@ -71,6 +71,7 @@ from sae_variants.encoder_gradient import (
     layer_normalized_scaled_preactivation,
 )
 from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
+from sae_variants.replicas import replicas_of
 from sae_variants.token_context import NeedsTokenContext, SequenceLayout, SequenceStepInput
 from sae_variants.validation import check_positions, require_fields
 
@@ -400,9 +401,18 @@ class PositionAwareEncoder(TokenNormalizingEncoder):
             self.adapter_ln_bias if with_ln else None,
             cfg.ln_eps,
             alpha,
-            self.adapter_dropout,
+            self._drop_adapter_units if self._dropping_adapter_units() else None,
         )
         return base_codes, torch.addmm(base_pre, factors, blocks)
+
+    def _dropping_adapter_units(self) -> bool:
+        return self.adapter_dropout is not None and self.adapter_dropout.training
+
+    def _drop_adapter_units(self, hidden: Float[Tensor, "rows rank"]) -> Float[Tensor, "rows rank"]:
+        """``adapter_dropout`` on the adapters' hidden units; in data-parallel training the mask is
+        this replica's rows of the one a single process would draw for the global batch."""
+        assert self.adapter_dropout is not None
+        return replicas_of(self).dropout(hidden, self.adapter_dropout.p)
 
     def adapted_preactivation(
         self, sae_in: Float[Tensor, "*batch d_in"], positions: Int[Tensor, "*batch"], alpha: float

@@ -13,12 +13,13 @@ position_aware`` measures it). Tests check every function against the spec's lit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
 from sae_variants.functional import power_of_two_scale, scaled_root, stacked_affine
 
@@ -106,7 +107,7 @@ def range_adapter_shift(
     ln_bias: Float[Tensor, "n_ranges d_sae"] | None,
     eps: float,
     alpha: float,
-    hidden_dropout: nn.Dropout | None = None,
+    hidden_dropout: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Float[Tensor, "rows factors"], Float[Tensor, "factors d_sae"]]:
     """P3 for every row through its own range's adapter, as factors ``(Z, U)`` with
     ``(Z @ U)[b] = s_b alpha LN_r(B_r z_b + c_r)``, ``z_b = Dropout(ReLU(A_r (h_b / s_b) + a_r))``,

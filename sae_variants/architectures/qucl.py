@@ -55,6 +55,8 @@ from sae_variants.architectures.qucl_functional import (
     effective_encoder,
     fake_quantize,
     feature_importance_weights,
+    importance_sums,
+    importance_weights_from_sums,
     jl_projection,
     next_rank,
     pyramid_blocks,
@@ -68,7 +70,7 @@ from sae_variants.functional import (
     unit_norm_rows,
     variance_sums,
 )
-from sae_variants.replicas import replicas_of
+from sae_variants.replicas import SINGLE, Replicas, replicas_of
 from sae_variants.validation import require_fields
 
 
@@ -306,11 +308,19 @@ CURRICULUM_LOG_FILENAME = "qucl_curriculum.json"
 
 
 def weighted_squared_error(
-    preds: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_in"]
+    preds: Float[Tensor, "batch d_in"],
+    target: Float[Tensor, "batch d_in"],
+    replicas: Replicas = SINGLE,
 ) -> Float[Tensor, "batch d_in"]:
     """Eq. 5's reconstruction error: ``(x^ - x)^2`` weighted per input dim by the batch's
-    feature importance (SAELens's ``mse_loss_fn`` slot: summed over d_in, averaged over rows)."""
-    return (preds - target).pow(2) * feature_importance_weights(target)
+    feature importance (SAELens's ``mse_loss_fn`` slot: summed over d_in, averaged over rows);
+    among data-parallel ``replicas``, the global batch's importance."""
+    if replicas.world_size == 1:
+        weights = feature_importance_weights(target)
+    else:
+        sums = replicas.sum_(importance_sums(target))
+        weights = importance_weights_from_sums(sums).to(target.dtype)
+    return (preds - target).pow(2) * weights
 
 
 class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
@@ -354,7 +364,12 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         self.rank_trajectory: list[RankEvent] = []
         """Every curriculum decision of this process (a log for reports, not resumable state)."""
         if cfg.feature_weight:
-            self.mse_loss_fn = weighted_squared_error
+            self.mse_loss_fn = self._weighted_squared_error
+
+    def _weighted_squared_error(
+        self, preds: Float[Tensor, "batch d_in"], target: Float[Tensor, "batch d_in"]
+    ) -> Float[Tensor, "batch d_in"]:
+        return weighted_squared_error(preds, target, replicas_of(self))
 
     @override
     def initialize_weights(self) -> None:
@@ -435,8 +450,11 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
             * feature_acts.sum(dim=-1).mean()
         }
         weight = step_input.coefficients.get("contrastive", 0.0)
-        n_rows = feature_acts.shape[0]
+        replicas = replicas_of(self)
+        n_rows = feature_acts.shape[0] * replicas.world_size
         if self.cfg.contrastive and weight > 0 and n_rows > 1:
+            # Anchors and keys come from the global batch, as in one process.
+            feature_acts = replicas.gather_for_shared_term(feature_acts)
             anchors = torch.randperm(n_rows, device=feature_acts.device)[
                 : self.cfg.contrastive_anchors
             ]

@@ -176,6 +176,24 @@ def feature_importance_weights(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, 
     return weights / weights.mean()
 
 
+def importance_sums(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "3 d_in"]:
+    """The sums eq. 5's weights are made of, in float64: ``[sum_b x_bj, sum_b x_bj^2, rows]``
+    (the row count broadcast over d_in). Summed over several batches (e.g. data-parallel
+    replicas'), :func:`importance_weights_from_sums` gives the weights of their union."""
+    x = x.detach().double()
+    return torch.stack([x.sum(dim=0), x.pow(2).sum(dim=0), torch.full_like(x[0], x.shape[0])])
+
+
+def importance_weights_from_sums(sums: Float[Tensor, "3 d_in"]) -> Float[Tensor, " d_in"]:
+    """:func:`feature_importance_weights` of the rows :func:`importance_sums` summed:
+    ``v_j = E_b[(x_bj / n_j)^2] - E_b[x_bj / n_j]^2`` with ``n_j^2 = sum_b x_bj^2``."""
+    column_sums, squares, rows = sums[0], sums[1], sums[2]
+    norms = squares.sqrt().clamp_min(1e-8)
+    variance = squares / norms.pow(2) / rows - (column_sums / norms / rows).pow(2)
+    weights = torch.nn.functional.softplus(variance.float())
+    return weights / weights.mean()
+
+
 def next_rank(
     rank: int, mean_fvu: float, threshold: float, shrink_ratio: float, schedule: RankSchedule
 ) -> int:

@@ -61,6 +61,7 @@ from sae_variants.architectures.seq_contrastive_functional import (
 )
 from sae_variants.encoder_gradient import layer_normalized_scaled_preactivation
 from sae_variants.functional import layer_normalized_preactivation, unit_norm_rows
+from sae_variants.replicas import replicas_of
 from sae_variants.token_context import (
     NeedsTokenContext,
     SequenceLayout,
@@ -292,7 +293,18 @@ class SeqContrastiveTrainingSAE(
         self, feature_acts: Float[Tensor, "rows d_sae"], context: TokenContext
     ) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
         """S4-S5 on this batch: sampled window pairs, symmetric masked InfoNCE, and the top-1
-        retrieval accuracy of the positives."""
+        retrieval accuracy of the positives. In data-parallel training the batch is the global
+        one: every replica gathers the rows and their contexts and computes the term one process
+        would (see ``Replicas.gather_for_shared_term``)."""
+        replicas = replicas_of(self)
+        if replicas.world_size > 1:
+            feature_acts = replicas.gather_for_shared_term(feature_acts)
+            context = TokenContext(
+                *(
+                    replicas.gather(t)
+                    for t in (context.positions, context.sequence_ids, context.token_ids)
+                )
+            )
         partners = window_partners(
             context.positions, context.sequence_ids, self.cfg.positive_window
         )

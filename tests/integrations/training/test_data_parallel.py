@@ -2,14 +2,13 @@
 processes on the CPU, on the embedded model.
 
 The main check trains SAELens ``standard`` and each of the five variants (CubicOrtho with both forms
-of its penalty) for 8 steps twice on the
-same token stream: in one process with the global batch of 1024 tokens, and under
+of its penalty and with its ratio-rank weights, MultiScaleNorm once more with its SVD revival
+firing) for 8 steps twice on the same
+token stream: in one process with the global batch of 1024 tokens, and under
 ``torchrun --nproc-per-node 2`` with 512 tokens per rank. Every rank must end with the same state
 (parameters and every buffer, training-only ones included), and that state must equal the
-one-process run's where the step's loss is a mean over rows and every statistic is reduced over
-the ranks. The variants whose loss couples the rows of a batch in ways kept per rank (documented
-in ``docs/distributed.md``) are marked as known differences: the mark is strict, so the day one
-of them matches, the test says so.
+one-process run's: statistics are reduced over the ranks, terms coupling the rows of a batch
+(contrastive terms, the sequence pool, dropout masks, micro-batches) see the global batch.
 """
 
 from __future__ import annotations
@@ -33,9 +32,11 @@ from sae_variants.integrations.training.checkpoints import checkpoint_world_size
 from sae_variants.integrations.training.distributed import (
     DataParallel,
     collective_timeout,
+    contexts_per_share,
     launched_data_parallel,
     per_rank_config,
     rank_device,
+    shard_dataset,
 )
 
 WORKER = Path(__file__).with_name("data_parallel_worker.py")
@@ -43,16 +44,13 @@ ARCHITECTURES = [
     "standard",
     "cubic_ortho",
     "cubic_ortho:blocks",
+    "cubic_ortho:ratio_rank",
     "qucl",
     "multiscale_norm",
+    "multiscale_norm:revival",
     "seq_contrastive",
     "position_aware",
 ]
-PER_RANK_TERMS = {
-    "qucl": "InfoNCE anchors and keys, and eq. 5's input weights, come from the rank's batch",
-    "seq_contrastive": "each rank samples contexts from its own pool and pairs within its batch",
-    "position_aware": "each rank samples contexts from its own pool (and its own dropout masks)",
-}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 ENV.pop("WORLD_SIZE", None)
 
@@ -76,6 +74,30 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+CACHED = ["standard", "seq_contrastive"]
+"""Trained from an activation cache too: SAELens's store reads each rank's share of the rows, the
+sequence pool reads its share of each refill from the whole cache."""
+
+
+@pytest.fixture(scope="module")
+def trained_from_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both runs of :data:`CACHED` from one activation cache of 256 contexts (about 40 s)."""
+    from sae_variants.integrations.training.activation_cache import (
+        CacheRequest,
+        cache_activations,
+    )
+
+    root = tmp_path_factory.mktemp("data_parallel_cache")
+    cache = root / "acts"
+    cache_activations(
+        CacheRequest(output_path=cache, training_tokens=256 * 64, context_size=64, device="cpu")
+    )
+    cached = ["1024", "--cache", str(cache), *CACHED]
+    _run([sys.executable, str(WORKER), str(root / "one"), *cached])
+    _run(_torchrun(str(WORKER), str(root / "two"), *cached))
+    return root
+
+
 def _state(root: Path, run: str, name: str, rank: int) -> dict[str, torch.Tensor]:
     file = root / run / f"{name.replace(':', '-')}-state-rank{rank}.pt"
     return torch.load(file, weights_only=True)
@@ -94,20 +116,26 @@ def test_every_rank_ends_with_the_same_state(trained: Path, architecture: str) -
         assert tensor.equal(rank1[name]), f"{architecture}: {name} differs between the ranks"
 
 
-@pytest.mark.parametrize(
-    "architecture",
-    [
-        pytest.param(a, marks=pytest.mark.xfail(reason=PER_RANK_TERMS[a], strict=True))
-        if a in PER_RANK_TERMS
-        else a
-        for a in ARCHITECTURES
-    ],
-)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_two_ranks_of_batch_b_reproduce_one_process_of_batch_2b(
     trained: Path, architecture: str
 ) -> None:
-    one = _state(trained, "one", architecture, 0)
-    two = _state(trained, "two", architecture, 0)
+    _assert_runs_match(trained, architecture)
+
+
+@pytest.mark.parametrize("architecture", CACHED)
+def test_two_ranks_reading_an_activation_cache_reproduce_one_process(
+    trained_from_cache: Path, architecture: str
+) -> None:
+    _assert_runs_match(trained_from_cache, architecture)
+    rank0, rank1 = (_state(trained_from_cache, "two", architecture, r) for r in (0, 1))
+    for name, tensor in rank0.items():
+        assert tensor.equal(rank1[name]), f"{architecture}: {name} differs between the ranks"
+
+
+def _assert_runs_match(root: Path, architecture: str) -> None:
+    one = _state(root, "one", architecture, 0)
+    two = _state(root, "two", architecture, 0)
     assert one.keys() == two.keys()
     for name, tensor in one.items():
         if not tensor.is_floating_point():
@@ -134,7 +162,7 @@ def test_the_saved_sae_is_written_once_by_rank_0(trained: Path) -> None:
 
 # ------------------------------------------------------------------------- checkpoint, resume
 
-RUN = ["--architecture", "standard", "--training-tokens", "16384", "--batch-size", "1024"]
+RUN = ["--training-tokens", "16384", "--batch-size", "1024"]
 RUN += ["--d-sae", "256", "--lr-warm-up-steps", "0", "--context-size", "64"]
 
 
@@ -149,13 +177,17 @@ def shutil_which_sae_variants() -> str:
     return str(script)
 
 
+@pytest.mark.parametrize("architecture", ["standard", "seq_contrastive"])
 def test_a_distributed_run_interrupted_by_sigint_resumes_to_the_uninterrupted_result(
-    tmp_path: Path,
+    tmp_path: Path, architecture: str
 ) -> None:
-    _run(_torchrun(*_cli("train", *RUN, "--output", str(tmp_path / "full"))))
+    """SAELens's store (each rank's share of the stream in its checkpoint), or the sequence pool
+    every rank holds whole (its activations recomputed on resume)."""
+    run = [*RUN, "--architecture", architecture]
+    _run(_torchrun(*_cli("train", *run, "--output", str(tmp_path / "full"))))
 
     output = tmp_path / "run"
-    command = _torchrun(*_cli("train", *RUN, "--checkpoint-every", "4", "--output", str(output)))
+    command = _torchrun(*_cli("train", *run, "--checkpoint-every", "4", "--output", str(output)))
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
     )
@@ -169,10 +201,25 @@ def test_a_distributed_run_interrupted_by_sigint_resumes_to_the_uninterrupted_re
     assert "training stopped before step" in stderr, stderr[-3000:]
     checkpoint = next((tmp_path / "run.partial" / "checkpoints").iterdir())
     assert checkpoint_world_size(checkpoint) == 2
-    assert (checkpoint / "rank-1" / "sae_variants_mixing_buffer.safetensors").is_file()
+    own_state = {
+        "standard": "sae_variants_mixing_buffer.safetensors",
+        "seq_contrastive": "sequence_batches_state.safetensors",
+    }
+    assert (checkpoint / "rank-1" / own_state[architecture]).is_file()
 
+    if architecture == "standard":  # (the refusal does not depend on the architecture)
+        _check_one_process_refuses_to_resume(tmp_path / "run.partial")
+
+    _run(_torchrun(*_cli("train", "--resume", str(tmp_path / "run.partial"))))
+    expected = load_file(tmp_path / "full" / "sae_weights.safetensors")
+    got = load_file(tmp_path / "run" / "sae_weights.safetensors")
+    for name, tensor in expected.items():
+        assert tensor.equal(got[name]), f"{name} differs after resuming"
+
+
+def _check_one_process_refuses_to_resume(staging: Path) -> None:
     one_process = subprocess.run(
-        _cli("train", "--resume", str(tmp_path / "run.partial")),
+        _cli("train", "--resume", str(staging)),
         capture_output=True,
         text=True,
         env=ENV,
@@ -180,12 +227,6 @@ def test_a_distributed_run_interrupted_by_sigint_resumes_to_the_uninterrupted_re
     )
     assert one_process.returncode == 2
     assert "written by a run of 2 process(es)" in one_process.stderr
-
-    _run(_torchrun(*_cli("train", "--resume", str(tmp_path / "run.partial"))))
-    expected = load_file(tmp_path / "full" / "sae_weights.safetensors")
-    got = load_file(tmp_path / "run" / "sae_weights.safetensors")
-    for name, tensor in expected.items():
-        assert tensor.equal(got[name]), f"{name} differs after resuming"
 
 
 # ------------------------------------------------------------------------------- bad setups
@@ -201,6 +242,33 @@ def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused() -> None:
     assert ranked.train_batch_size_tokens == 500
     assert ranked.training_tokens // 500 == cfg.training_tokens // 1000
     assert not ranked.logger.log_to_wandb
+
+
+def test_contexts_are_dealt_in_blocks_so_the_ranks_slices_make_the_global_batch() -> None:
+    from datasets import Dataset
+
+    from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+
+    data = Dataset.from_dict({"tokens": [[i] for i in range(12)]})
+    shares = [shard_dataset(data, DataParallel(r, 2, r), block=2)["tokens"] for r in (0, 1)]
+    assert shares == [[[0], [1], [4], [5], [8], [9]], [[2], [3], [6], [7], [10], [11]]]
+    with pytest.raises(ValueError, match="fewer than the 16 one round of 2 ranks takes"):
+        shard_dataset(data, DataParallel(0, 2, 0), block=8)
+
+    two = DataParallel(rank=0, world_size=2, local_rank=0)
+    request = {"train_batch_size_tokens": 1024, "context_size": 64, "d_sae": 64}
+    cfg, _ = build_runner_config(TrainRequest(**request))
+    assert contexts_per_share(per_rank_config(cfg, two, "cpu"), two) == 8  # 512 tokens each
+    cfg, _ = build_runner_config(TrainRequest(**{**request, "context_size": 96}))
+    assert contexts_per_share(per_rank_config(cfg, two, "cpu"), two) == 1  # not whole contexts
+    sequence = TrainRequest(architecture="seq_contrastive", **request)
+    cfg, _ = build_runner_config(sequence)
+    assert contexts_per_share(per_rank_config(cfg, two, "cpu"), two) == (
+        cfg.store_batch_size_prompts // 2
+    )
+    cfg.store_batch_size_prompts = 7
+    with pytest.raises(ValueError, match=r"store_batch_size_prompts=7 .* use a multiple of 2"):
+        per_rank_config(cfg, two, "cpu")
 
 
 def test_the_launcher_environment_is_read_and_checked() -> None:
@@ -263,6 +331,16 @@ def test_a_rank_that_dies_does_not_leave_the_others_waiting() -> None:
     errors = _spawn("dies")
     assert 0 in errors, "the surviving rank returned from a collective its peer never joined"
     assert time.monotonic() - start < 60
+
+
+def test_a_non_finite_step_on_one_rank_stops_every_rank() -> None:
+    errors = _spawn("non_finite")
+    assert "step 5: non-finite loss terms loss, mse_loss" in errors[1]
+    assert "step 5: another rank's step was non-finite" in errors[0]
+
+
+def test_a_term_over_the_global_batch_gets_the_one_process_gradient() -> None:
+    assert _spawn("shared_term") == {}
 
 
 def test_a_signal_repeated_while_the_ranks_write_a_checkpoint_lets_them_finish() -> None:

@@ -29,7 +29,12 @@ from sae_variants.integrations.models.tiny_gemma2 import random_tiny_gemma2_conf
 from sae_variants.integrations.models.tiny_gemma2.model import build_model
 from sae_variants.integrations.training.activation_cache import CacheRequest, cache_activations
 from sae_variants.integrations.training.runner import VariantTrainingRunner
-from sae_variants.integrations.training.sequence_batches import plan_groups
+from sae_variants.integrations.training.sequence_batches import (
+    CachedContexts,
+    SequenceBatchSource,
+    plan_groups,
+)
+from sae_variants.replicas import Replicas
 
 HOOK = "blocks.1.hook_resid_post"
 CONTEXT = 32
@@ -394,6 +399,27 @@ def test_bad_layouts_are_clear_errors(tmp_path: Path) -> None:
         override_dataset=Dataset.from_dict({"tokens": tagged_tokens().tolist()}),
     )
     assert plain.sequence_batches is None  # a per-token config trains on SAELens's shuffled store
+
+
+def test_a_data_parallel_pool_splits_its_batches_and_refills_over_the_ranks(
+    tmp_path: Path, marked_cache: Path
+) -> None:
+    store = sequence_runner(seq_config(), tmp_path).sequence_batches.store
+    layout = seq_config().sequence_layout()
+    with pytest.raises(ValueError, match="must split evenly over the 3 data-parallel ranks"):
+        SequenceBatchSource(store, layout, 2 * 8, replicas=Replicas(3, rank=0))  # S = 2 of P = 8
+    # Every rank reads the whole cache: rank 1's share of the next 4 rows is the second two.
+    from datasets import load_from_disk
+
+    cache = load_from_disk(str(marked_cache)).with_format("torch")
+    shares = [CachedContexts(cache, HOOK, CONTEXT, 64, part=r, parts=2) for r in (0, 1)]
+    whole = CachedContexts(cache, HOOK, CONTEXT, 64)
+    expected_tokens, expected_acts, expected_rows = whole.take(4)
+    parts = [share.take(4) for share in shares]
+    assert torch.equal(torch.cat([p[0] for p in parts]), expected_tokens)
+    assert torch.equal(torch.cat([p[1] for p in parts]), expected_acts)
+    assert torch.equal(torch.cat([p[2] for p in parts]), expected_rows)
+    assert shares[0].cursor == shares[1].cursor == whole.cursor == 4
 
 
 def test_a_resumed_source_serves_the_batches_an_uninterrupted_one_would(
