@@ -333,6 +333,7 @@ def _time_and_report(
     start = time.monotonic()
     result = train()
     seconds = time.monotonic() - start
+    leave_process_group()  # every rank together; rank 0's evaluation needs no group
     if not is_main_process():
         return
     if not as_json:

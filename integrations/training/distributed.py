@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -153,10 +154,35 @@ def join_process_group(layout: DataParallel, device: str) -> None:
     dist.init_process_group(backend=backend, timeout=collective_timeout())
 
 
-def leave_process_group() -> None:
-    """Leave torchrun's process group, if this process joined one (at the end of a command)."""
-    if dist.is_available() and dist.is_initialized():
+LEAVE_TIMEOUT_SECONDS = 60.0
+"""How long :func:`leave_process_group` waits for torch to tear the group down."""
+
+logger = logging.getLogger(__name__)
+
+
+def leave_process_group(timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
+    """Leave torchrun's process group, if this process joined one (at the end of a command, once
+    everything is saved): after a barrier, so no rank tears its connections down while another
+    still uses them, then ``destroy_process_group`` in a helper thread given ``timeout`` seconds.
+    On torch 2.6's gloo it has been seen to hang once every rank was past the barrier (once in
+    about fifteen runs); the command's work is done then, so it goes on with a warning rather
+    than hold the process forever."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    left = threading.Event()
+
+    def destroy() -> None:
         dist.destroy_process_group()
+        left.set()
+
+    threading.Thread(target=destroy, name="leave-process-group", daemon=True).start()
+    if not left.wait(timeout):
+        logger.warning(
+            "torch.distributed did not finish tearing down its process group within %.0f s; "
+            "exiting without it (everything was saved before)",
+            timeout,
+        )
 
 
 def per_rank_config(
@@ -394,13 +420,31 @@ def synchronize_scaling_estimate(trainer: SAETrainer[Any, Any], replicas: Replic
 
 
 def only_on_main(layout: DataParallel, trainer: SAETrainer[Any, Any]) -> None:
-    """SAELens's own checkpoints (``n_checkpoints``, the final one) are written by rank 0 only."""
+    """SAELens's own checkpoints (``n_checkpoints``, the final one) are written by rank 0 only,
+    named by the samples the whole run has seen (SAELens's trainer counts this rank's share),
+    as one process would name them."""
     if not layout.is_main:
 
         def write_nothing(*_args: Any, **_kwargs: Any) -> None:
             return None
 
         trainer.save_checkpoint = write_nothing  # type: ignore[method-assign]
+        return
+    save = trainer.save_checkpoint
+
+    def save_globally_named(checkpoint_name: str, *args: Any, **kwargs: Any) -> Any:
+        return save(global_sample_name(checkpoint_name, layout.world_size), *args, **kwargs)
+
+    trainer.save_checkpoint = save_globally_named  # type: ignore[method-assign]
+
+
+def global_sample_name(name: str, world_size: int) -> str:
+    """SAELens's checkpoint name ``"<samples>"`` or ``"final_<samples>"`` with one rank's sample
+    count replaced by the run's (``world_size`` times it); other names are kept."""
+    prefix, separator, count = name.rpartition("_")
+    if not count.isdigit():
+        return name
+    return f"{prefix}{separator}{int(count) * world_size}"
 
 
 @torch.no_grad()

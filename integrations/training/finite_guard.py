@@ -54,6 +54,23 @@ def refuse_non_finite_config(cfg: Any, name: str = "") -> None:
         raise ValueError(f"{field_name} must be a finite number, got {value}")
 
 
+def refuse_overflowing_learning_rate(cfg: Any) -> None:
+    """``ValueError`` for a learning rate whose first Adam step, ``lr / (1 - adam_beta1)``, is
+    beyond the largest number of the SAE's dtype (``cfg`` a SAELens runner config): torch would
+    fail converting it in the middle of the first step."""
+    dtype = getattr(torch, str(cfg.sae.dtype).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        return  # SAELens refuses a dtype it does not know
+    largest = torch.finfo(dtype).max
+    first_step = cfg.lr / (1.0 - cfg.adam_beta1) if cfg.adam_beta1 < 1 else math.inf
+    if first_step > largest:
+        raise ValueError(
+            f"lr={cfg.lr:g} is too large: Adam's first step is lr / (1 - adam_beta1) = "
+            f"{first_step:.3g}, beyond the largest {cfg.sae.dtype} ({largest:.3g}); use a "
+            f"learning rate below {largest * (1.0 - cfg.adam_beta1):.3g}"
+        )
+
+
 def latest_checkpoint(checkpoint_path: str | Path | None) -> Path | None:
     """The most recent checkpoint folder SAELens wrote under ``checkpoint_path`` (its folders
     are named by training samples seen), if any."""

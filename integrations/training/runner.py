@@ -68,6 +68,7 @@ from sae_variants.integrations.training.finite_guard import (
     check_finite_parameters,
     guard_finite_steps,
     refuse_non_finite_config,
+    refuse_overflowing_learning_rate,
 )
 from sae_variants.integrations.training.mixing_stream import ResumableMixingStream
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
@@ -115,6 +116,7 @@ def bind_run(cfg: LanguageModelSAERunnerConfig[Any]) -> LanguageModelSAERunnerCo
     """A copy of ``cfg`` whose SAE config is bound to the run and whose warm-ups fit in it.
     Binding a bound config changes nothing."""
     refuse_non_finite_config(cfg)
+    refuse_overflowing_learning_rate(cfg)
     run = run_info(cfg)
     sae_cfg = bind_sae_config(cfg.sae, run)
     check_warm_ups_fit(sae_cfg, run)

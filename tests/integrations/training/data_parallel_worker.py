@@ -45,7 +45,7 @@ def request(name: str, output: Path, batch: int, cache: str | None = None) -> Tr
     return TrainRequest(
         architecture=architecture,
         d_sae=256,
-        training_tokens=8 * batch,
+        training_tokens=6 * batch,
         train_batch_size_tokens=batch,
         lr_warm_up_steps=0,
         context_size=64,

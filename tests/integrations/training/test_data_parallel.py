@@ -1,11 +1,10 @@
 """Data-parallel training (``integrations/training/distributed.py``) launched by torchrun: two gloo
 processes on the CPU, on the embedded model.
 
-The main check trains SAELens ``standard`` and each of the five variants (CubicOrtho with both forms
-of its penalty and with its ratio-rank weights, MultiScaleNorm once more with its SVD revival
-firing) for 8 steps twice on the same
-token stream: in one process with the global batch of 1024 tokens, and under
-``torchrun --nproc-per-node 2`` with 512 tokens per rank. Every rank must end with the same state
+The main check trains SAELens ``standard`` and each of the five variants (CubicOrtho with both
+forms of its penalty and with its ratio-rank weights, MultiScaleNorm once more with its SVD
+revival firing) for 6 steps twice on the same token stream: in one process with the global batch
+of 1024 tokens, and under ``torchrun --nproc-per-node 2`` with 512 tokens per rank. Every rank must end with the same state
 (parameters and every buffer, training-only ones included), and that state must equal the
 one-process run's: statistics are reduced over the ranks, terms coupling the rows of a batch
 (contrastive terms, the sequence pool, dropout masks, micro-batches) see the global batch.
@@ -21,6 +20,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -33,7 +33,9 @@ from sae_variants.integrations.training.distributed import (
     DataParallel,
     collective_timeout,
     contexts_per_share,
+    global_sample_name,
     launched_data_parallel,
+    only_on_main,
     per_rank_config,
     rank_device,
     shard_dataset,
@@ -269,6 +271,47 @@ def test_contexts_are_dealt_in_blocks_so_the_ranks_slices_make_the_global_batch(
     cfg.store_batch_size_prompts = 7
     with pytest.raises(ValueError, match=r"store_batch_size_prompts=7 .* use a multiple of 2"):
         per_rank_config(cfg, two, "cpu")
+
+
+def test_saelens_checkpoints_are_named_by_the_whole_runs_samples() -> None:
+    assert global_sample_name("2048", 2) == "4096"
+    assert global_sample_name("final_4096", 4) == "final_16384"
+    assert global_sample_name("best", 2) == "best"
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    names: dict[int, list[str]] = {0: [], 1: []}
+    for rank in (0, 1):
+        trainer: Any = SAETrainer.__new__(SAETrainer)  # only its save_checkpoint is used
+        trainer.save_checkpoint = lambda checkpoint_name, rank=rank: names[rank].append(
+            checkpoint_name
+        )
+        only_on_main(DataParallel(rank=rank, world_size=2, local_rank=rank), trainer)
+        trainer.save_checkpoint("final_512")
+    assert names == {0: ["final_1024"], 1: []}
+
+
+def test_leaving_the_process_group_cannot_hold_the_process_forever(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    import torch.distributed as dist
+
+    from sae_variants.integrations.training import distributed
+
+    calls: list[str] = []
+    never = threading.Event()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(
+        dist, "destroy_process_group", lambda: calls.append("destroy") or never.wait()
+    )
+    start = time.monotonic()
+    distributed.leave_process_group(timeout=0.2)
+    assert time.monotonic() - start < 5
+    assert calls == ["barrier", "destroy"]
+    assert "did not finish tearing down its process group" in caplog.text
+    never.set()
 
 
 def test_the_launcher_environment_is_read_and_checked() -> None:

@@ -115,3 +115,14 @@ def test_final_weights_are_checked_before_saving() -> None:
         sae.weight[0, 0] = float("inf")
     with pytest.raises(NonFiniteTrainingError, match=r"saving to out: .* in weight; nothing"):
         check_finite_parameters(sae, "saving to out")
+
+
+def test_a_learning_rate_whose_first_adam_step_overflows_is_refused() -> None:
+    from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+    from sae_variants.integrations.training.runner import bind_run
+
+    cfg, _ = build_runner_config(TrainRequest(d_sae=64, lr=1e37))
+    bind_run(cfg)  # its first step, 1e38, still fits in float32
+    cfg.lr = 1e38
+    with pytest.raises(ValueError, match=r"lr=1e\+38 is too large: .* = 1e\+39, beyond"):
+        bind_run(cfg)
