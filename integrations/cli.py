@@ -92,8 +92,9 @@ from sae_variants.integrations.training.request import (
     request_from_cache,
     training_config_class,
 )
-from sae_variants.integrations.training.runner import bind_run, needs_sequence_pipeline
+from sae_variants.integrations.training.runner import bind_run
 from sae_variants.registry import registered_variants, training_architectures
+from sae_variants.token_context import needs_sequence_pipeline
 
 DEMO_OUTPUT = Path("sae_runs/demo")
 

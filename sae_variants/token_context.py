@@ -62,6 +62,17 @@ class SequenceLayout:
                 raise ValueError(f"pair_window must be >= 1, got {self.pair_window}")
 
 
+def sequence_layout_of(sae_cfg: Any) -> SequenceLayout | None:
+    """The batches a training config declares it needs, or None for per-token SAEs."""
+    declare = getattr(sae_cfg, "sequence_layout", None)
+    return declare() if callable(declare) else None
+
+
+def needs_sequence_pipeline(sae_cfg: Any) -> bool:
+    """Whether a training config (or config class) declares a sequence layout."""
+    return callable(getattr(sae_cfg, "sequence_layout", None))
+
+
 @dataclass(frozen=True)
 class TokenContext:
     """Per-row provenance of one training batch (row ``i`` describes ``sae_in[i]``)."""

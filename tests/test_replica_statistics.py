@@ -79,10 +79,12 @@ def test_importance_weights_from_summed_parts_are_the_whole_batch_weights() -> N
     x = torch.randn(32, 16) * 3 + 2
     sums = sum(importance_sums(part) for part in _parts(x))
     whole = feature_importance_weights(x)
-    assert torch.allclose(importance_weights_from_sums(sums), whole, rtol=0, atol=1e-6)
+    from_sums = importance_weights_from_sums(sums)
+    assert from_sums.dtype == torch.float64  # the caller casts to the activations' dtype
+    assert torch.allclose(from_sums.float(), whole, rtol=0, atol=1e-6)
     # The weights move with the rows (so one part alone is not the batch's): compare the
     # deviation from 1 (the weights are 1 to within about 1/B, docs/spec.md §2 d11).
-    alone = importance_weights_from_sums(importance_sums(x[:7]))
+    alone = importance_weights_from_sums(importance_sums(x[:7])).float()
     assert not torch.allclose(alone - 1, whole - 1, rtol=0.1)
 
 

@@ -21,9 +21,8 @@ from tqdm.auto import tqdm
 from sae_variants.integrations.models import load_model
 from sae_variants.integrations.models.tiny_gemma2 import EMBEDDED_MODEL_NAME, austen_dataset
 from sae_variants.integrations.training.request import TrainRequest, build_runner_config
-from sae_variants.integrations.training.runner import sequence_layout_of
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
-from sae_variants.token_context import SequenceLayout
+from sae_variants.token_context import SequenceLayout, sequence_layout_of
 
 
 @dataclass

@@ -33,9 +33,14 @@ from tqdm.auto import tqdm
 
 from sae_variants.architectures.base import RunInfo, VariantTrainingSAE
 from sae_variants.integrations.training.request import build_sae_config
-from sae_variants.integrations.training.runner import bind_sae_config, sequence_layout_of
+from sae_variants.integrations.training.runner import bind_sae_config
 from sae_variants.integrations.training.sequence_batches import plan_groups
-from sae_variants.token_context import NeedsTokenContext, SequenceLayout, TokenContext
+from sae_variants.token_context import (
+    NeedsTokenContext,
+    SequenceLayout,
+    TokenContext,
+    sequence_layout_of,
+)
 
 BENCHMARK_CONTEXT = 128
 """Context length of the timed steps' token contexts (the papers' and the presets')."""

@@ -24,7 +24,7 @@ from sae_variants.integrations.training.request import (
     config_fields,
     training_config_class,
 )
-from sae_variants.integrations.training.runner import needs_sequence_pipeline
+from sae_variants.token_context import needs_sequence_pipeline
 
 BENCHMARK_FILENAME = "benchmark.json"
 BENCHMARK_L0 = 64

@@ -48,11 +48,8 @@ from sae_variants.integrations.training.request import (
     config_fields,
     training_config_class,
 )
-from sae_variants.integrations.training.runner import (
-    attach_to_trainer,
-    bind_sae_config,
-    needs_sequence_pipeline,
-)
+from sae_variants.integrations.training.runner import attach_to_trainer, bind_sae_config
+from sae_variants.token_context import needs_sequence_pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -122,6 +122,7 @@ def write_checkpoint(
         state = {
             "step": step,
             "world_size": 1 if layout is None else layout.world_size,
+            "dealing": DEALING,
             "rng": capture_rng_states(),
             "variant": sae.resumable_state() if isinstance(sae, VariantTrainingSAE) else {},
         }
@@ -142,15 +143,28 @@ def checkpoint_world_size(checkpoint: Path) -> int:
     return int(state.get("world_size", 1))
 
 
+DEALING = "blocks"
+"""How a data-parallel run deals contexts out to its ranks (``distributed.shard_dataset``),
+recorded in its checkpoints: a stream dealt otherwise cannot be continued."""
+
+
 def check_resumable_by(checkpoint: Path, world_size: int) -> None:
     """Refuse to resume ``checkpoint`` in a run of ``world_size`` processes unless as many
-    wrote it: each one's share of the data stream is in it."""
-    written_by = checkpoint_world_size(checkpoint)
+    wrote it, and (in data-parallel training) dealt the data out as this version does: each
+    one's share of the data stream is in it."""
+    state = torch.load(checkpoint / RESUME_STATE_FILENAME, weights_only=True)
+    written_by = int(state.get("world_size", 1))
     if written_by != world_size:
         raise ValueError(
             f"{checkpoint} was written by a run of {written_by} process(es); resume it with "
             f"{written_by} (torchrun --nproc-per-node {written_by}), not {world_size}: each "
             "one's share of the data stream is in it"
+        )
+    if written_by > 1 and state.get("dealing") != DEALING:
+        raise ValueError(
+            f"{checkpoint} was written by a data-parallel run that dealt contexts to its ranks "
+            "one by one (sae-variants before the global sequence pool); its ranks' data streams "
+            "cannot be continued by this version: train the run again"
         )
 
 

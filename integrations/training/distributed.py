@@ -51,7 +51,11 @@ from sae_lens.training import sae_trainer as trainer_module
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor, nn
 
+from sae_variants.architectures.base import VariantTrainingSAEConfig
 from sae_variants.replicas import Replicas
+from sae_variants.token_context import needs_sequence_pipeline
+
+logger = logging.getLogger(__name__)
 
 TIMEOUT_ENVIRONMENT_VARIABLE = "SAE_VARIANTS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 600
@@ -157,7 +161,8 @@ def join_process_group(layout: DataParallel, device: str) -> None:
 LEAVE_TIMEOUT_SECONDS = 60.0
 """How long :func:`leave_process_group` waits for torch to tear the group down."""
 
-logger = logging.getLogger(__name__)
+_left = threading.Event()
+"""Set once this process has left its group (a second call must not meet a half-torn one)."""
 
 
 def leave_process_group(timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
@@ -166,9 +171,10 @@ def leave_process_group(timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
     still uses them, then ``destroy_process_group`` in a helper thread given ``timeout`` seconds.
     On torch 2.6's gloo it has been seen to hang once every rank was past the barrier (once in
     about fifteen runs); the command's work is done then, so it goes on with a warning rather
-    than hold the process forever."""
-    if not (dist.is_available() and dist.is_initialized()):
+    than hold the process forever. Calls after the first do nothing."""
+    if _left.is_set() or not (dist.is_available() and dist.is_initialized()):
         return
+    _left.set()
     dist.barrier()
     left = threading.Event()
 
@@ -204,12 +210,14 @@ def per_rank_config(
             "data-parallel training supports 'none', 'expected_average_only_in' and 'layer_norm'"
         )
     fetch = cfg.store_batch_size_prompts
-    if callable(getattr(cfg.sae, "sequence_layout", None)) and fetch % n:
+    if needs_sequence_pipeline(cfg.sae) and fetch % n:
         raise ValueError(
             f"store_batch_size_prompts={fetch} is how many contexts the sequence-aware pool "
             f"refills at a time, and each of the {n} ranks runs the model on its share: use a "
             f"multiple of {n}"
         )
+    if isinstance(cfg.sae, VariantTrainingSAEConfig):
+        cfg.sae.check_replica_rows(batch // n)
     steps = cfg.training_tokens // batch
     ranked = copy.deepcopy(cfg)
     ranked.train_batch_size_tokens = batch // n
@@ -289,14 +297,10 @@ def contexts_per_share(cfg: LanguageModelSAERunnerConfig[Any], layout: DataParal
     (``store_batch_size_prompts / N``); otherwise its batch when that is whole contexts, else one.
     Dealt out in such blocks, the ranks' batches are the slices of one process's global batch,
     in rank order, whenever one process would read its batches as whole contexts in order."""
-    if callable(getattr(cfg.sae, "sequence_layout", None)):
+    if needs_sequence_pipeline(cfg.sae):
         return cfg.store_batch_size_prompts // layout.world_size
     batch, context = cfg.train_batch_size_tokens, cfg.context_size
     return batch // context if batch % context == 0 else 1
-
-
-SHARDED_CACHE_MARK = "sae_variants_sharded_cache"
-"""Set (True) on a SAELens store whose ``cached_activation_dataset`` is this rank's share only."""
 
 
 def shard_activation_cache(store: Any, layout: DataParallel, block: int = 1) -> None:
@@ -305,7 +309,6 @@ def shard_activation_cache(store: Any, layout: DataParallel, block: int = 1) -> 
     cached = store.cached_activation_dataset
     if cached is not None:
         store.cached_activation_dataset = shard_dataset(cached, layout, block)
-        setattr(store, SHARDED_CACHE_MARK, True)
 
 
 # ------------------------------------------------------------------------------ the step
@@ -419,7 +422,7 @@ def synchronize_scaling_estimate(trainer: SAETrainer[Any, Any], replicas: Replic
     scaler.estimate_scaling_factor = estimate_then_reduce  # type: ignore[method-assign]
 
 
-def only_on_main(layout: DataParallel, trainer: SAETrainer[Any, Any]) -> None:
+def checkpoints_from_rank_zero(layout: DataParallel, trainer: SAETrainer[Any, Any]) -> None:
     """SAELens's own checkpoints (``n_checkpoints``, the final one) are written by rank 0 only,
     named by the samples the whole run has seen (SAELens's trainer counts this rank's share),
     as one process would name them."""

@@ -44,7 +44,6 @@ from sae_variants.integrations.training.datasets import (
 )
 from sae_variants.integrations.training.devices import resolve_device
 from sae_variants.integrations.training.distributed import (
-    SHARDED_CACHE_MARK,
     DataParallel,
     check_same_config,
     contexts_per_share,
@@ -61,26 +60,29 @@ from sae_variants.integrations.training.request import (
     build_runner_config,
 )
 from sae_variants.integrations.training.runner import VariantTrainingRunner, bind_run
-from sae_variants.validation import check_activations
+from sae_variants.replicas import Replicas
+from sae_variants.token_context import needs_sequence_pipeline
+from sae_variants.validation import all_finite, check_activations
 
 logger = logging.getLogger(__name__)
 
 
 def sample_contexts(
-    store: Any, n_contexts: int, ranks: DataParallel | None = None
+    store: Any, n_contexts: int, slice_of: DataParallel | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token ids ``[n, context]``, activations ``[n, context, d_in]``) of ``n_contexts`` contexts:
     the first rows of the store's activation cache, or the next contexts of its dataset stream run
     through the model (training then starts that many contexts later in the data; they come round
-    again in later epochs). In data-parallel training (``ranks``) the first rows of this rank's
-    share of the cache, or, where every rank reads the whole cache (a sequence-aware pool), this
-    rank's slice of the first ``N * n_contexts`` rows."""
+    again in later epochs). ``slice_of``: every rank reads the whole cache (a sequence-aware pool
+    in data-parallel training), and this one takes its rank's slice of the first
+    ``N * n_contexts`` rows."""
     cached = getattr(store, "cached_activation_dataset", None)
     if cached is not None:
-        start = 0
-        if ranks is not None and not getattr(store, SHARDED_CACHE_MARK, False):
-            start = ranks.rank * n_contexts
-        rows = range(min(start, len(cached)), min(start + n_contexts, len(cached)))
+        rows = range(min(n_contexts, len(cached)))
+        if slice_of is not None:
+            total = min(slice_of.world_size * n_contexts, len(cached))
+            rank, n = slice_of.rank, slice_of.world_size
+            rows = range(rank * total // n, (rank + 1) * total // n)
         acts = cached[rows.start : rows.stop][store.hook_name]
         if TOKEN_IDS_COLUMN not in cached.column_names:  # nothing to filter by
             return torch.full(acts.shape[:2], -1, dtype=torch.long), acts
@@ -96,29 +98,60 @@ def initialize_b_dec_to_mean(
     normalize_activations: str,
     n_batches: int = 4,
     ranks: DataParallel | None = None,
+    whole_cache: bool = False,
 ) -> None:
     """Set ``b_dec`` to the mean of a few store batches, in the space the SAE trains in.
 
     With ``expected_average_only_in`` the trainer scales inputs by sqrt(d_in) / E||x||, so the
     mean is scaled the same way. Special tokens are left out, as in training. In data-parallel
-    training (``ranks``) each rank reads its share of the contexts one process would, and the
-    ranks' means are averaged.
+    training (``ranks``) each rank reads its share of the contexts one process would (with
+    ``whole_cache``, every rank reading the whole activation cache, its slice of the first rows),
+    and the mean and norm come from the ranks' summed rows.
     """
     n_contexts = n_batches * store.store_batch_size_prompts
     if ranks is not None:  # each rank reads its share of the same global contexts
         n_contexts = max(1, n_contexts // ranks.world_size)
-    tokens, acts = sample_contexts(store, n_contexts, ranks)
+    tokens, acts = sample_contexts(store, n_contexts, ranks if whole_cache else None)
     acts = acts.reshape(-1, sae.cfg.d_in)
     if store.exclude_special_tokens is not None:
         keep = ~torch.isin(tokens.reshape(-1), store.exclude_special_tokens.to(tokens.device))
         acts = acts[keep.to(acts.device)]
-    check_activations(acts, sae.cfg.d_in, where="activations for the b_dec initialization")
-    mean = acts.mean(dim=0)
+    where = "activations for the b_dec initialization"
+    if ranks is None:
+        check_activations(acts, sae.cfg.d_in, where=where)
+        rows = acts.shape[0]
+        mean, norm = acts.mean(dim=0), None
+        if rows and normalize_activations == "expected_average_only_in":
+            norm = acts.norm(dim=-1).mean()
+    else:
+        mean, norm, rows = _mean_over_ranks(acts, ranks.replicas, where)
+    if rows == 0:
+        raise ValueError(
+            f"{where}: no usable token in the {n_contexts} context(s) read (every token is one "
+            "of the excluded special tokens?)"
+        )
     if normalize_activations == "expected_average_only_in":
-        mean = mean * (sae.cfg.d_in**0.5 / acts.norm(dim=-1).mean())
+        mean = mean * (sae.cfg.d_in**0.5 / norm)
     sae.b_dec.copy_(mean.to(sae.b_dec.dtype))
-    if ranks is not None:  # equal shares: the mean of the means is the global mean
-        ranks.replicas.mean_(sae.b_dec.data)
+
+
+def _mean_over_ranks(
+    acts: torch.Tensor, replicas: Replicas, where: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(mean row, mean row norm, rows) of every rank's ``acts`` together, from their summed
+    float64 sums; refused on every rank at once when any rank's rows are not finite (the rank
+    holding them names how many)."""
+    d_in = acts.shape[-1]
+    finite_here = all_finite(acts)
+    flag = torch.tensor(int(finite_here), dtype=torch.int32, device=acts.device)
+    if not bool(replicas.min_(flag)):
+        check_activations(acts, d_in, where=where)  # raises on the rank holding them
+        raise ValueError(f"{where}: another rank's activations are not finite (see its error)")
+    x = acts.double()
+    sums = torch.cat([x.sum(dim=0), x.norm(dim=-1).sum().reshape(1), x.new_tensor([len(x)])])
+    replicas.sum_(sums)
+    rows = int(sums[-1])
+    return sums[:d_in] / max(rows, 1), sums[d_in] / max(rows, 1), rows
 
 
 def has_checkpoints(staging: Path) -> bool:
@@ -437,6 +470,7 @@ def _build_runner(run: _Run) -> VariantTrainingRunner:
             runner.activations_store,
             runner_cfg.sae.normalize_activations,
             ranks=ranks,
+            whole_cache=ranks is not None and needs_sequence_pipeline(runner_cfg.sae),
         )
     return runner
 

@@ -58,8 +58,8 @@ from sae_variants.integrations.training.distributed import (
     GradientAverager,
     broadcast_state,
     check_replicas_agree,
+    checkpoints_from_rank_zero,
     contexts_per_share,
-    only_on_main,
     shard_activation_cache,
     synchronize_feature_statistics,
     synchronize_scaling_estimate,
@@ -73,18 +73,7 @@ from sae_variants.integrations.training.finite_guard import (
 from sae_variants.integrations.training.mixing_stream import ResumableMixingStream
 from sae_variants.integrations.training.sequence_batches import SequenceBatchSource
 from sae_variants.replicas import SINGLE
-from sae_variants.token_context import NeedsTokenContext, SequenceLayout
-
-
-def sequence_layout_of(sae_cfg: TrainingSAEConfig) -> SequenceLayout | None:
-    """The batches a training config declares it needs, or None for per-token SAEs."""
-    declare = getattr(sae_cfg, "sequence_layout", None)
-    return declare() if callable(declare) else None
-
-
-def needs_sequence_pipeline(sae_cfg: TrainingSAEConfig | type[TrainingSAEConfig]) -> bool:
-    """Whether a training config (or config class) declares a sequence layout."""
-    return callable(getattr(sae_cfg, "sequence_layout", None))
+from sae_variants.token_context import NeedsTokenContext, SequenceLayout, sequence_layout_of
 
 
 def run_info(cfg: LanguageModelSAERunnerConfig[Any]) -> RunInfo:
@@ -203,7 +192,8 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
         folder to continue from exactly; ``resume_hint``: the sentence an interrupted run prints
         about resuming, given the checkpoint written; ``data_parallel``: this process's rank in
         data-parallel training (:mod:`~.distributed`), with ``cfg`` its per-rank config and
-        ``override_dataset`` its share of the data already."""
+        ``override_dataset`` its share of the data already, dealt out by ``shard_dataset`` in
+        blocks of ``contexts_per_share`` (an activation cache is shared out here)."""
         if cfg.prefetch_llm_batches and (checkpoint_every or resume_from):
             raise ValueError(
                 "prefetch_llm_batches reads batches ahead in another thread, so no step boundary "
@@ -268,7 +258,7 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
                     "data-parallel training reads batches step by step; set "
                     "prefetch_llm_batches=False"
                 )
-            only_on_main(ranks, trainer)
+            checkpoints_from_rank_zero(ranks, trainer)
             synchronize_scaling_estimate(trainer, ranks.replicas)
             synchronize_feature_statistics(trainer, ranks.replicas)
         seam = self.checkpoint_seam
@@ -299,6 +289,7 @@ class VariantTrainingRunner(LanguageModelSAETrainingRunner):
                 averager.remove()
         if ranks is not None:
             check_replicas_agree(sae, "the end of training")
+            sae.replicas = None  # training is over: what the caller does next is its own
         return sae
 
     def save_final_sae(self, sae: TrainingSAE[Any], output_path: str, **kwargs: Any) -> None:

@@ -149,9 +149,10 @@ class ContextSupply(Protocol):
 
     def take(
         self, n: int
-    ) -> tuple[Int[Tensor, "n pos"], Float[Tensor, "n pos d_in"], Int[Tensor, " n"]]:
-        """The next ``n`` contexts: token ids (CPU, int64), activations, and the cache row of each
-        (-1 when they were computed live)."""
+    ) -> tuple[Int[Tensor, "k pos"], Float[Tensor, "k pos d_in"], Int[Tensor, " k"]]:
+        """The next ``n`` contexts, or among data-parallel replicas this replica's ``k = n / N``
+        of them: token ids (CPU, int64), activations, and the cache row of each (-1 when they
+        were computed live)."""
         ...
 
     def reload(
@@ -240,6 +241,8 @@ class CachedContexts:
         self.hook_name = hook_name
         self.context_size = context_size
         self.d_in = d_in
+        if not 0 <= part < parts:
+            raise ValueError(f"part {part} is not among {parts} parts")
         self.part, self.parts = part, parts
         self.cursor = 0
         self.epochs = 0
@@ -314,6 +317,9 @@ def context_supply(store: Any, replicas: Replicas = SINGLE) -> ContextSupply:
 
 class SequenceBatchSource:
     """SAELens data provider of sequence-structured batches (see the module docstring).
+
+    ``batch_size`` is the global batch: among data-parallel ``replicas`` each serves its slice,
+    ``batch_size / N`` rows.
 
     Attributes the runner or user code read on SAELens's store (``store_batch_size_prompts``,
     ``get_batch_tokens``, ...) are forwarded to the wrapped store.
@@ -414,6 +420,13 @@ class SequenceBatchSource:
         return ~torch.isin(tokens, self._special_ids)
 
     def _store_acts(self, slots: Int[Tensor, " k"], acts: Float[Tensor, "k pos d_in"]) -> None:
+        # Checked as they enter the pool (every batch is drawn from it): among data-parallel
+        # replicas every one holds the same contexts here, so all refuse a bad one together.
+        check_activations(
+            acts.reshape(-1, self.d_in),
+            self.d_in,
+            where=f"contexts entering the sequence-aware pool at {self.store.hook_name}",
+        )
         if self.acts.shape[0] == 0:
             self.acts = torch.zeros(
                 self.capacity, self.context_size, self.d_in, dtype=acts.dtype, device=acts.device
@@ -487,9 +500,6 @@ class SequenceBatchSource:
                 positions=positions.reshape(-1),
                 sequence_ids=self.sequence_ids[pick].repeat_interleave(self.per_group),
                 token_ids=self.tokens[pick.unsqueeze(1), positions].reshape(-1),
-            )
-            check_activations(
-                batch, self.d_in, where=f"sequence-aware training batch at {self.store.hook_name}"
             )
             batch = batch.to(self.store.device)
             self.positions_served += self.batch_size  # over every replica

@@ -230,6 +230,10 @@ class VariantTrainingSAEConfig(TrainingSAEConfig):
         """Whether training acts on the optimizer (the SAE must then be ``bind_optimizer``-ed)."""
         return False
 
+    def check_replica_rows(self, rows: int) -> None:
+        """Raise ``ValueError`` if data-parallel replicas stepping on ``rows`` rows each cannot
+        train as one process on all their rows does (any count can, by default)."""
+
 
 class OptimizerNotBoundError(RuntimeError):
     """A variant whose training acts on the optimizer trained without being bound to one."""

@@ -227,6 +227,17 @@ class MultiScaleNormTrainingSAEConfig(VariantTrainingSAEConfig, MultiScaleNormAr
         require_fields(self, ("lr_decay",), lambda v: 0 < v < 1, "in (0, 1)")
         require_fields(self, ("lr_recovery",), lambda v: v >= 1, ">= 1")
 
+    @override
+    def check_replica_rows(self, rows: int) -> None:
+        # Micro-batch j is rows j, j + M, ...: the replicas' j-th micro-batches make one
+        # process's j-th only when each replica's rows split into whole rounds of M.
+        if rows % self.grad_accumulation:
+            raise ValueError(
+                f"each data-parallel rank steps on {rows} tokens, which do not split into the "
+                f"grad_accumulation={self.grad_accumulation} micro-batches evenly; make the "
+                f"per-rank batch a multiple of {self.grad_accumulation}"
+            )
+
 
 class MultiScaleNormEncoder(TokenNormalizingEncoder):
     """Parameters and encoder path shared by the inference and the training SAE.

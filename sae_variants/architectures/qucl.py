@@ -454,12 +454,12 @@ class QuCLTrainingSAE(QuCLEncoder, VariantTrainingSAE[QuCLTrainingSAEConfig]):
         n_rows = feature_acts.shape[0] * replicas.world_size
         if self.cfg.contrastive and weight > 0 and n_rows > 1:
             # Anchors and keys come from the global batch, as in one process.
-            feature_acts = replicas.gather_for_shared_term(feature_acts)
-            anchors = torch.randperm(n_rows, device=feature_acts.device)[
+            global_acts = replicas.gather_for_shared_term(feature_acts)
+            anchors = torch.randperm(n_rows, device=global_acts.device)[
                 : self.cfg.contrastive_anchors
             ]
             infonce = code_uniformity_infonce(
-                feature_acts, anchors, self.cfg.contrastive_temperature
+                global_acts, anchors, self.cfg.contrastive_temperature
             )
             losses["contrastive_loss"] = weight * infonce
         return losses

@@ -185,12 +185,13 @@ def importance_sums(x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "3 d_in"]:
 
 
 def importance_weights_from_sums(sums: Float[Tensor, "3 d_in"]) -> Float[Tensor, " d_in"]:
-    """:func:`feature_importance_weights` of the rows :func:`importance_sums` summed:
+    """:func:`feature_importance_weights` of the rows :func:`importance_sums` summed, in
+    float64 (cast them to the activations' dtype):
     ``v_j = E_b[(x_bj / n_j)^2] - E_b[x_bj / n_j]^2`` with ``n_j^2 = sum_b x_bj^2``."""
     column_sums, squares, rows = sums[0], sums[1], sums[2]
     norms = squares.sqrt().clamp_min(1e-8)
     variance = squares / norms.pow(2) / rows - (column_sums / norms / rows).pow(2)
-    weights = torch.nn.functional.softplus(variance.float())
+    weights = torch.nn.functional.softplus(variance)
     return weights / weights.mean()
 
 

@@ -73,6 +73,8 @@ def main(argv: list[str]) -> None:
     rank = os.environ.get("RANK", "0")
     for name in names:
         result = train_sae(request(name, output, batch, cache))
+        # Training is over: the returned SAE no longer reduces anything with the other ranks.
+        assert getattr(result.sae, "replicas", None) is None, "the SAE still has replicas"
         # Every buffer, training-only ones included (the saved inference SAE drops those).
         state = {k: v.detach().clone() for k, v in result.sae.state_dict().items()}
         torch.save(state, output / f"{name.replace(':', '-')}-state-rank{rank}.pt")

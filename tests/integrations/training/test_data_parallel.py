@@ -4,10 +4,11 @@ processes on the CPU, on the embedded model.
 The main check trains SAELens ``standard`` and each of the five variants (CubicOrtho with both
 forms of its penalty and with its ratio-rank weights, MultiScaleNorm once more with its SVD
 revival firing) for 6 steps twice on the same token stream: in one process with the global batch
-of 1024 tokens, and under ``torchrun --nproc-per-node 2`` with 512 tokens per rank. Every rank must end with the same state
-(parameters and every buffer, training-only ones included), and that state must equal the
-one-process run's: statistics are reduced over the ranks, terms coupling the rows of a batch
-(contrastive terms, the sequence pool, dropout masks, micro-batches) see the global batch.
+of 1024 tokens, and under ``torchrun --nproc-per-node 2`` with 512 tokens per rank. Every rank
+must end with the same state (parameters and every buffer, training-only ones included), and
+that state must equal the one-process run's: statistics are reduced over the ranks, terms
+coupling the rows of a batch (contrastive terms, the sequence pool, dropout masks,
+micro-batches) see the global batch.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from safetensors.torch import load_file
 from sae_variants.integrations.training.checkpoints import checkpoint_world_size
 from sae_variants.integrations.training.distributed import (
     DataParallel,
+    checkpoints_from_rank_zero,
     collective_timeout,
     contexts_per_share,
     global_sample_name,
     launched_data_parallel,
-    only_on_main,
     per_rank_config,
     rank_device,
     shard_dataset,
@@ -123,6 +124,8 @@ def test_two_ranks_of_batch_b_reproduce_one_process_of_batch_2b(
     trained: Path, architecture: str
 ) -> None:
     _assert_runs_match(trained, architecture)
+    if architecture == "multiscale_norm:revival":  # the gathered-residual path did run
+        assert int(_state(trained, "one", architecture, 0)["features_revived"]) > 0
 
 
 @pytest.mark.parametrize("architecture", CACHED)
@@ -285,7 +288,7 @@ def test_saelens_checkpoints_are_named_by_the_whole_runs_samples() -> None:
         trainer.save_checkpoint = lambda checkpoint_name, rank=rank: names[rank].append(
             checkpoint_name
         )
-        only_on_main(DataParallel(rank=rank, world_size=2, local_rank=rank), trainer)
+        checkpoints_from_rank_zero(DataParallel(rank=rank, world_size=2, local_rank=rank), trainer)
         trainer.save_checkpoint("final_512")
     assert names == {0: ["final_1024"], 1: []}
 
@@ -306,12 +309,42 @@ def test_leaving_the_process_group_cannot_hold_the_process_forever(
     monkeypatch.setattr(
         dist, "destroy_process_group", lambda: calls.append("destroy") or never.wait()
     )
+    monkeypatch.setattr(distributed, "_left", threading.Event())
     start = time.monotonic()
     distributed.leave_process_group(timeout=0.2)
     assert time.monotonic() - start < 5
-    assert calls == ["barrier", "destroy"]
     assert "did not finish tearing down its process group" in caplog.text
+    distributed.leave_process_group(timeout=0.2)  # the command's second call: nothing more
+    assert calls == ["barrier", "destroy"]
     never.set()
+
+
+def test_a_per_rank_batch_that_breaks_multiscale_micro_batches_is_refused() -> None:
+    from sae_variants.integrations.training.request import TrainRequest, build_runner_config
+
+    two = DataParallel(rank=0, world_size=2, local_rank=0)
+    request = TrainRequest(architecture="multiscale_norm", d_sae=64, train_batch_size_tokens=1028)
+    cfg, _ = build_runner_config(request)
+    with pytest.raises(ValueError, match=r"514 tokens, which do not split into the grad_acc"):
+        per_rank_config(cfg, two, "cpu")
+    cfg, _ = build_runner_config(TrainRequest(architecture="multiscale_norm", d_sae=64))
+    per_rank_config(cfg, two, "cpu")
+
+
+def test_a_checkpoint_dealt_out_otherwise_is_refused(tmp_path: Path) -> None:
+    from sae_variants.integrations.training.checkpoints import (
+        DEALING,
+        RESUME_STATE_FILENAME,
+        check_resumable_by,
+    )
+
+    torch.save({"step": 4, "world_size": 2}, tmp_path / RESUME_STATE_FILENAME)
+    with pytest.raises(ValueError, match="dealt contexts to its ranks one by one"):
+        check_resumable_by(tmp_path, 2)
+    torch.save({"step": 4, "world_size": 2, "dealing": DEALING}, tmp_path / RESUME_STATE_FILENAME)
+    check_resumable_by(tmp_path, 2)
+    with pytest.raises(ValueError, match="resume it with 2"):
+        check_resumable_by(tmp_path, 1)
 
 
 def test_the_launcher_environment_is_read_and_checked() -> None:

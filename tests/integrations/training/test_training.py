@@ -310,6 +310,19 @@ def test_b_dec_starts_at_the_scaled_mean_of_non_special_tokens(store_class: type
     torch.testing.assert_close(sae.b_dec.detach(), kept.mean(0) * scale)
 
 
+def test_b_dec_from_nothing_but_special_tokens_is_refused() -> None:
+    from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    from sae_variants.integrations.training.pipeline import initialize_b_dec_to_mean
+
+    store = _FakeStore()
+    store.exclude_special_tokens = torch.tensor([0, 5, 6, 7, 8])  # every token of the contexts
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=2, d_sae=4))
+    with pytest.raises(ValueError, match="no usable token in the 8 context"):
+        initialize_b_dec_to_mean(sae, store, "none")
+    assert bool(torch.isfinite(sae.b_dec).all())
+
+
 def test_a_dry_run_config_trains_back_to_the_same_sae(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
